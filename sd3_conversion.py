@@ -1,0 +1,458 @@
+"""Convert a Stable Diffusion 3 checkpoint (diffusers format) to OpenVINO IR with NNCF weight compression.
+
+`convert_sd3` writes the folder layout that optimum-intel and openvino.genai load:
+
+    model_index.json
+    transformer/        openvino_model.xml|.bin + config.json
+    text_encoder/       (CLIP-L)   "
+    text_encoder_2/     (CLIP-G)   "
+    text_encoder_3/     (T5-XXL, optional)
+    vae_decoder/, vae_encoder/
+    tokenizer/, tokenizer_2/, tokenizer_3/, scheduler/
+
+with the same input and output names as optimum-intel's SD3 export. One table (`SUBMODEL_EXPORTS`) describes
+every submodel; one loop converts them, one at a time, freeing the PyTorch weights before the next.
+
+Every folder is written to a hidden staging folder and renamed into place when complete, and
+`model_index.json` is written last: an interrupted conversion never leaves files that look finished, and the
+next call picks up where it stopped.
+"""
+
+import gc
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
+RT_INFO_WEIGHT_FORMAT = ["sd3_helper", "weight_format"]  # where a converted IR records its weight format
+OV_MODEL_XML = "openvino_model.xml"
+OV_MODEL_BIN = "openvino_model.bin"
+MODEL_INDEX = "model_index.json"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading the PyTorch checkpoint
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _model_not_found(model_id_or_path: str | Path, error: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"Could not load the SD3 checkpoint `{model_id_or_path}` ({type(error).__name__}: {error}). "
+        "Pass either a local folder in diffusers format (it contains `model_index.json`) or a Hugging Face hub "
+        "id such as `stabilityai/stable-diffusion-3-medium-diffusers`. The official SD3 checkpoints are gated: "
+        "accept the license on the model page, then log in with `huggingface-cli login` (or "
+        "`huggingface_hub.login()`) on a machine that can reach huggingface.co."
+    )
+
+
+def load_model_index(model_id_or_path: str | Path) -> dict:
+    """Read `model_index.json` of a diffusers checkpoint (local folder or hub id), with a clear error if absent."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(str(model_id_or_path)))
+    except Exception as error:  # hub, network and file errors all mean the same thing to the user
+        raise _model_not_found(model_id_or_path, error) from error
+
+
+def load_sd3_pipeline(model_id_or_path: str | Path, *, load_t5: bool = True, torch_dtype: torch.dtype | None = None):
+    """Load the PyTorch `diffusers.StableDiffusion3Pipeline` from a hub id or a local folder.
+
+    With `load_t5=False` the T5-XXL encoder (4.7B parameters, about 9.5 GB in fp16) and its tokenizer are not
+    loaded; the pipeline then uses zeros in place of the T5 embeddings, as diffusers does.
+    """
+    from diffusers import StableDiffusion3Pipeline
+
+    load_model_index(model_id_or_path)  # fails early, with the helpful message, if the model is unreachable
+    t5_kwargs = {} if load_t5 else {"text_encoder_3": None, "tokenizer_3": None}
+    try:
+        return StableDiffusion3Pipeline.from_pretrained(str(model_id_or_path), torch_dtype=torch_dtype, **t5_kwargs)
+    except OSError as error:
+        raise _model_not_found(model_id_or_path, error) from error
+
+
+def _load_component(model_id_or_path: str | Path, *, model_index: dict, name: str, **kwargs):
+    """Load one component (`transformer`, `vae`, `tokenizer_2`, ...) by the class `model_index.json` names."""
+    library_name, class_name = model_index[name]
+    component_class = getattr(importlib.import_module(library_name), class_name)
+    try:
+        return component_class.from_pretrained(str(model_id_or_path), subfolder=name, **kwargs)
+    except OSError as error:
+        raise _model_not_found(model_id_or_path, error) from error
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Export wrappers: each gives a submodel the inputs and outputs optimum-intel's SD3 export has.
+# Example inputs have batch 2 so that torch.export keeps the batch dynamic (it specializes sizes 0 and 1).
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ClipTextEncoderExport(torch.nn.Module):
+    """CLIP text encoder with projection -> (text_embeds, last_hidden_state, hidden_states.0 ... hidden_states.N)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        output = self.model(input_ids=input_ids, output_hidden_states=True, return_dict=True)
+        return (output.text_embeds, output.last_hidden_state, *output.hidden_states)
+
+
+class T5EncoderExport(torch.nn.Module):
+    """T5 encoder -> last_hidden_state."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids, return_dict=True).last_hidden_state
+
+
+class TransformerExport(torch.nn.Module):
+    """MMDiT transformer -> out_sample (the predicted flow)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, pooled_projections):
+        return self.model(
+            hidden_states=hidden_states,
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            return_dict=False,
+        )[0]
+
+
+class VaeDecoderExport(torch.nn.Module):
+    """VAE decoder: unscaled latents -> image in [-1, 1]."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample):
+        return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+class VaeEncoderExport(torch.nn.Module):
+    """VAE encoder: image in [-1, 1] -> latent distribution parameters (mean and log-variance)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample):
+        return self.vae.encode(sample).latent_dist.parameters
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """How to export one submodel: the module to trace, example inputs and shapes, output names."""
+
+    module: torch.nn.Module
+    example_input: dict[str, torch.Tensor]
+    input_shapes: dict[str, list[int]]  # -1 marks a dynamic dimension
+    output_names: list[str]
+    source: torch.nn.Module  # the diffusers / transformers model, whose config is saved beside the IR
+    runtime_options: dict[str, str] | None = None
+
+
+def _clip_spec(model) -> ExportSpec:
+    num_layers = model.config.num_hidden_layers
+    max_length = model.config.max_position_embeddings
+    return ExportSpec(
+        module=ClipTextEncoderExport(model),
+        example_input={"input_ids": torch.ones((2, max_length), dtype=torch.int64)},
+        input_shapes={"input_ids": [-1, -1]},
+        output_names=["text_embeds", "last_hidden_state"] + [f"hidden_states.{i}" for i in range(num_layers + 1)],
+        source=model,
+    )
+
+
+def _t5_spec(model) -> ExportSpec:
+    return ExportSpec(
+        module=T5EncoderExport(model),
+        example_input={"input_ids": torch.ones((2, 16), dtype=torch.int64)},
+        input_shapes={"input_ids": [-1, -1]},
+        output_names=["last_hidden_state"],
+        source=model,
+        runtime_options={"ACTIVATIONS_SCALE_FACTOR": "8.0"},  # as optimum-intel: keeps T5 finite in f16 on GPU
+    )
+
+
+def _transformer_spec(model) -> ExportSpec:
+    config = model.config
+    latent_side = 8 * config.patch_size  # any multiple of the patch size traces the same graph
+    example_input = {
+        "hidden_states": torch.randn(2, config.in_channels, latent_side, latent_side),
+        "timestep": torch.tensor([500.0, 500.0]),
+        "encoder_hidden_states": torch.randn(2, 16, config.joint_attention_dim),
+        "pooled_projections": torch.randn(2, config.pooled_projection_dim),
+    }
+    input_shapes = {
+        "hidden_states": [-1, config.in_channels, -1, -1],
+        "timestep": [-1],
+        "encoder_hidden_states": [-1, -1, config.joint_attention_dim],
+        "pooled_projections": [-1, config.pooled_projection_dim],
+    }
+    return ExportSpec(TransformerExport(model), example_input, input_shapes, ["out_sample"], source=model)
+
+
+def _vae_decoder_spec(vae) -> ExportSpec:
+    channels = vae.config.latent_channels
+    return ExportSpec(
+        module=VaeDecoderExport(vae),
+        example_input={"latent_sample": torch.randn(2, channels, 8, 8)},
+        input_shapes={"latent_sample": [-1, channels, -1, -1]},
+        output_names=["sample"],
+        source=vae,
+    )
+
+
+def _vae_encoder_spec(vae) -> ExportSpec:
+    channels = vae.config.in_channels
+    scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return ExportSpec(
+        module=VaeEncoderExport(vae),
+        example_input={"sample": torch.randn(2, channels, 8 * scale_factor, 8 * scale_factor)},
+        input_shapes={"sample": [-1, channels, -1, -1]},
+        output_names=["latent_parameters"],
+        source=vae,
+    )
+
+
+@dataclass(frozen=True)
+class SubmodelExport:
+    name: str  # folder in the OpenVINO layout
+    component: str  # component in the diffusers checkpoint
+    make_spec: Callable[[torch.nn.Module], ExportSpec]
+    description: str
+
+
+# The one table of submodels. Order: the largest first, so a machine that lacks memory fails early.
+SUBMODEL_EXPORTS = (
+    SubmodelExport("transformer", "transformer", _transformer_spec, "MMDiT transformer (denoiser)"),
+    SubmodelExport("text_encoder_3", "text_encoder_3", _t5_spec, "T5-XXL text encoder"),
+    SubmodelExport("text_encoder_2", "text_encoder_2", _clip_spec, "CLIP-G text encoder"),
+    SubmodelExport("text_encoder", "text_encoder", _clip_spec, "CLIP-L text encoder"),
+    SubmodelExport("vae_decoder", "vae", _vae_decoder_spec, "VAE decoder"),
+    SubmodelExport("vae_encoder", "vae", _vae_encoder_spec, "VAE encoder"),
+)
+COPIED_COMPONENTS = ("tokenizer", "tokenizer_2", "tokenizer_3", "scheduler")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weight compression
+# ----------------------------------------------------------------------------------------------------------
+
+# int4 settings per submodel. The MMDiT and T5 hold ~97% of SD3's weights, so they get 4 bits; NNCF keeps
+# their embeddings and last layer at int8 (all_layers=False) and, for the transformer, the 20% of layers with
+# the largest 4-bit error too (ratio 0.8), because the denoiser's errors accumulate over every step. A group
+# of 64 input channels divides SD3's widths (1536, 4096) and is more accurate than 128 at ~3% size cost.
+# The CLIP encoders (small, and their pooled output steers the whole image) and the VAE (convolutions, which
+# NNCF compresses to 8 bits only) stay int8.
+INT4_SETTINGS = {
+    "transformer": {"ratio": 0.8, "group_size": 64},
+    "text_encoder_3": {"ratio": 1.0, "group_size": 64},
+}
+
+
+def compress_weights(ov_model, *, submodel: str, weight_format: str):
+    """Compress an `openvino.Model`'s weights for `weight_format` (see `INT4_SETTINGS` for the int4 choices).
+
+    fp32 and fp16 return the model unchanged (fp16 is applied when saving); int8 is NNCF's asymmetric per-channel
+    8-bit weight compression; int4 is symmetric 4-bit with groups for the transformer and T5, int8 elsewhere.
+    """
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    if weight_format in ("fp32", "fp16"):
+        return ov_model
+    if weight_format == "int4" and submodel in INT4_SETTINGS:
+        return nncf.compress_weights(
+            ov_model,
+            mode=nncf.CompressWeightsMode.INT4_SYM,
+            **INT4_SETTINGS[submodel],
+            # Widths not divisible by the group get the largest power-of-two group that divides them.
+            advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST),
+        )
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _staging_dir(final_dir: Path) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.partial-", dir=final_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the published folder gets the usual permissions
+    return staging
+
+
+def _publish(staging_dir: Path, final_dir: Path) -> None:
+    """Move a finished staging folder to `final_dir`, replacing an older one without a moment of absence."""
+    if final_dir.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=final_dir.parent))
+        final_dir.rename(retired / final_dir.name)
+        staging_dir.rename(final_dir)
+        shutil.rmtree(retired)
+    else:
+        staging_dir.rename(final_dir)
+
+
+def _write_json_atomically(data: dict, path: Path) -> None:
+    tmp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_path, path)
+
+
+def _remove_stale_staging(output_dir: Path) -> None:
+    """Delete staging folders left by a conversion that was killed."""
+    for stale in output_dir.glob(".*.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    for stale in output_dir.glob(".*.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def is_converted(submodel_dir: Path) -> bool:
+    """True when `submodel_dir` holds a finished IR (published folders are complete by construction)."""
+    return all((submodel_dir / name).is_file() for name in (OV_MODEL_XML, OV_MODEL_BIN, "config.json"))
+
+
+def _recorded_weight_format(submodel_dir: Path) -> str | None:
+    import openvino as ov
+
+    model = ov.Core().read_model(submodel_dir / OV_MODEL_XML)
+    return model.get_rt_info(RT_INFO_WEIGHT_FORMAT).astype(str) if model.has_rt_info(RT_INFO_WEIGHT_FORMAT) else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _save_config(model: torch.nn.Module, directory: Path) -> None:
+    if hasattr(model, "save_config"):  # diffusers
+        model.save_config(directory)
+    else:  # transformers
+        model.config.save_pretrained(directory)
+
+
+def _export_submodel(spec: ExportSpec, *, submodel: str, weight_format: str, output_dir: Path) -> None:
+    """Trace, compress and save one submodel into a staging folder, then publish it."""
+    import openvino as ov
+
+    # torch.export rather than TorchScript tracing: transformers' mask helpers reject the tensors that tracing
+    # makes of shapes, and an exported program shares the module's weights instead of copying them.
+    dynamic_shapes = {
+        name: {axis: torch.export.Dim.AUTO for axis, size in enumerate(shape) if size == -1}
+        for name, shape in spec.input_shapes.items()
+    }
+    with torch.no_grad():
+        program = torch.export.export(spec.module, args=(), kwargs=spec.example_input, dynamic_shapes=dynamic_shapes)
+        ov_model = ov.convert_model(program)
+    for ov_input, (name, shape) in zip(ov_model.inputs, spec.input_shapes.items()):
+        ov_input.get_tensor().set_names({name})
+    ov_model.reshape({name: ov.PartialShape(shape) for name, shape in spec.input_shapes.items()})
+    for ov_output, name in zip(ov_model.outputs, spec.output_names):
+        ov_output.get_tensor().set_names({name})
+    ov_model = compress_weights(ov_model, submodel=submodel, weight_format=weight_format)
+    ov_model.set_rt_info(weight_format, RT_INFO_WEIGHT_FORMAT)
+    for option, value in (spec.runtime_options or {}).items():
+        ov_model.set_rt_info(value, ["runtime_options", option])
+
+    final_dir = output_dir / submodel
+    staging = _staging_dir(final_dir)
+    try:
+        ov.save_model(ov_model, staging / OV_MODEL_XML, compress_to_fp16=weight_format != "fp32")
+        _save_config(spec.source, staging)
+        _publish(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_component(model_id_or_path: str | Path, *, model_index: dict, name: str, output_dir: Path) -> None:
+    component = _load_component(model_id_or_path, model_index=model_index, name=name)
+    staging = _staging_dir(output_dir / name)
+    try:
+        component.save_pretrained(staging)
+        _publish(staging, output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_weight_format(weight_format: str) -> None:
+    """Raise a ValueError naming the valid choices if `weight_format` is not one of `WEIGHT_FORMATS`."""
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"`weight_format` must be one of {list(WEIGHT_FORMATS)} but is {weight_format!r}.")
+
+
+def convert_sd3(
+    model_id_or_path: str | Path,
+    output_dir: str | Path,
+    *,
+    load_t5: bool = True,
+    weight_format: str = "fp16",
+    overwrite: bool = False,
+) -> Path:
+    """Convert an SD3 checkpoint to OpenVINO IR in the optimum-intel / openvino.genai layout; return `output_dir`.
+
+    `model_id_or_path` is a hub id or a local diffusers folder. `weight_format` is `fp32`, `fp16`, `int8`
+    (NNCF 8-bit weights in every submodel) or `int4` (4-bit transformer and T5, see `INT4_SETTINGS`).
+    Without `load_t5`, T5-XXL is neither loaded nor converted, and the pipeline runs without it.
+
+    Submodels are converted one at a time and their PyTorch weights freed before the next. Finished submodels
+    are skipped unless `overwrite=True`; `model_index.json` is written last, so a folder that has it is complete.
+    """
+    check_weight_format(weight_format)
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(output_dir)
+    model_index = load_model_index(model_id_or_path)
+    (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
+    has_t5 = load_t5 and model_index.get("text_encoder_3", [None])[0] is not None
+    exports = [item for item in SUBMODEL_EXPORTS if has_t5 or item.name != "text_encoder_3"]
+
+    progress = tqdm(exports, desc="Converting SD3 to OpenVINO", unit="submodel")
+    for item in progress:
+        progress.set_postfix_str(item.description)
+        submodel_dir = output_dir / item.name
+        if is_converted(submodel_dir) and not overwrite:
+            recorded = _recorded_weight_format(submodel_dir)
+            if recorded not in (None, weight_format):
+                raise ValueError(
+                    f"`{submodel_dir}` was converted with weight_format={recorded!r}, not {weight_format!r}. "
+                    "Pass `overwrite=True` to convert it again, or choose another `output_dir`."
+                )
+            tqdm.write(f"{item.name}: already converted, skipped")
+            continue
+        module = _load_component(model_id_or_path, model_index=model_index, name=item.component, torch_dtype=torch.float32)
+        _export_submodel(item.make_spec(module.eval()), submodel=item.name, weight_format=weight_format, output_dir=output_dir)
+        del module
+        gc.collect()
+
+    copied = [name for name in COPIED_COMPONENTS if has_t5 or name != "tokenizer_3"]
+    for name in copied:
+        if not (output_dir / name).is_dir() or overwrite:
+            _copy_component(model_id_or_path, model_index=model_index, name=name, output_dir=output_dir)
+
+    if not has_t5:
+        model_index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
+    _write_json_atomically(model_index, output_dir / MODEL_INDEX)
+    return output_dir

@@ -1,0 +1,208 @@
+"""A tiny random-weight Stable Diffusion 3 checkpoint, built offline from configs.
+
+Real SD3 weights need a download (and a Hugging Face login). The tests, the CI and the notebook's offline
+mode use this checkpoint instead: it has every part the real model has (MMDiT transformer, CLIP-L-like and
+CLIP-G-like text encoders of different widths, a T5 encoder, a VAE, a flow-matching scheduler and three
+tokenizers), in the diffusers folder layout, so it exercises exactly the same code paths in seconds.
+
+The widths are chosen to differ from each other (32, 48, 96, ...) so that a constant copied from the wrong
+config shows up as a shape error instead of passing silently.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+# A small built-in corpus the tokenizers are trained on; it only needs to cover common prompt words.
+TOKENIZER_CORPUS = [
+    "a photo of a cat sitting on a wooden table",
+    "an astronaut riding a horse on the moon, digital art",
+    "a watercolor painting of a lighthouse at sunset",
+    "portrait of an old man with a beard, dramatic lighting, 85mm",
+    "a bowl of ramen with eggs and green onions, food photography",
+    "a futuristic city skyline at night with neon lights",
+    "a cute corgi wearing sunglasses on the beach",
+    "a red sports car driving through a forest road in autumn",
+    "an oil painting of a ship in a stormy sea",
+    "a cozy cabin in the snowy mountains, warm light in the windows",
+    "a robot reading a book in a library, highly detailed",
+    "a field of sunflowers under a blue sky with white clouds",
+    "a dragon flying over a medieval castle, fantasy illustration",
+    "a macro photo of a dew drop on a green leaf",
+    "a minimalist poster with the text hello world in bold letters",
+    "a raccoon playing the guitar, cartoon style",
+    "blurry, low quality, deformed, ugly, watermark, text",
+    "the quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9",
+]
+
+
+def _train_clip_tokenizer(*, vocab_size: int, pad_token: str):
+    """A byte-level BPE tokenizer with CLIP's normalizer, pre-tokenizer and special tokens."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    untrained = CLIPTokenizer()
+    special_tokens = ["<|startoftext|>", "<|endoftext|>"] + ([pad_token] if pad_token != "<|endoftext|>" else [])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    backend = untrained.backend_tokenizer
+    backend.train_from_iterator(TOKENIZER_CORPUS, trainer=trainer)
+    model_state = json.loads(backend.to_str())["model"]
+    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model_state["merges"]]
+    return CLIPTokenizer(vocab=model_state["vocab"], merges=merges, pad_token=pad_token, model_max_length=77)
+
+
+def _train_t5_tokenizer(*, vocab_size: int):
+    """A Unigram tokenizer with T5's pre-tokenizer and special tokens (`<pad>`, `</s>`, `<unk>`)."""
+    from tokenizers import trainers
+    from transformers import T5Tokenizer
+
+    untrained = T5Tokenizer(extra_ids=0)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        show_progress=False,
+    )
+    backend = untrained.backend_tokenizer
+    backend.train_from_iterator(TOKENIZER_CORPUS, trainer=trainer)
+    vocab = [tuple(entry) for entry in json.loads(backend.to_str())["model"]["vocab"]]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _clip_text_encoder(*, hidden_size: int, vocab_size: int, pad_token_id: int, eos_token_id: int, seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        projection_dim=hidden_size,  # SD3's pooled embedding is the concatenation of both projections
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        vocab_size=vocab_size,
+        hidden_act="gelu",
+        pad_token_id=pad_token_id,
+        bos_token_id=0,
+        eos_token_id=eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny random-weight SD3 checkpoint in diffusers format to `output_dir` and return its path.
+
+    Everything is built from configs on this machine (no download). The same `seed` always gives the same
+    weights and tokenizers. The folder loads with `diffusers.StableDiffusion3Pipeline.from_pretrained`.
+    An existing complete checkpoint at `output_dir` is replaced; the folder appears atomically, so an
+    interrupted call never leaves a half-written checkpoint behind.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    output_dir = Path(output_dir)
+    clip_l_width, clip_g_width, t5_width = 32, 48, 96  # all different, as in the real model (768, 1280, 4096)
+
+    tokenizer = _train_clip_tokenizer(vocab_size=600, pad_token="<|endoftext|>")
+    tokenizer_2 = _train_clip_tokenizer(vocab_size=600, pad_token="!")  # SD3's CLIP-G tokenizer pads with "!"
+    tokenizer_3 = _train_t5_tokenizer(vocab_size=400)
+
+    text_encoder = _clip_text_encoder(
+        hidden_size=clip_l_width,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        seed=seed,
+    )
+    text_encoder_2 = _clip_text_encoder(
+        hidden_size=clip_g_width,
+        vocab_size=len(tokenizer_2),
+        pad_token_id=tokenizer_2.pad_token_id,
+        eos_token_id=tokenizer_2.eos_token_id,
+        seed=seed + 1,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder_3 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_3),
+            d_model=t5_width,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer_3.pad_token_id,
+            eos_token_id=tokenizer_3.eos_token_id,
+            decoder_start_token_id=tokenizer_3.pad_token_id,
+        )
+    ).eval()
+
+    torch.manual_seed(seed + 3)
+    transformer = SD3Transformer2DModel(
+        sample_size=32,  # default latent size, so the default image is 32 * vae_scale_factor pixels
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=t5_width,  # CLIP embeddings are zero-padded to the T5 width
+        caption_projection_dim=32,  # = heads * head_dim
+        pooled_projection_dim=clip_l_width + clip_g_width,
+        pos_embed_max_size=48,  # images up to 48 * patch_size * vae_scale_factor pixels
+    ).eval()
+
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),  # 2 blocks -> vae_scale_factor 2 (the real VAE has 4 -> 8)
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=1.5305,  # SD3's values, so the (latents / scaling) + shift step is exercised
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        pipeline.save_pretrained(staging_dir)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging_dir.rename(output_dir)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    return output_dir
