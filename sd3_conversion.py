@@ -280,14 +280,37 @@ def compress_weights(ov_model, *, submodel: str, weight_format: str):
     if weight_format in ("fp32", "fp16"):
         return ov_model
     if weight_format == "int4" and submodel in INT4_SETTINGS:
-        return nncf.compress_weights(
+        compressed = nncf.compress_weights(
             ov_model,
             mode=nncf.CompressWeightsMode.INT4_SYM,
             **INT4_SETTINGS[submodel],
             # Widths not divisible by the group get the largest power-of-two group that divides them.
             advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST),
         )
-    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    else:
+        compressed = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    return _store_large_constants_in_fp16(compressed)
+
+
+def _store_large_constants_in_fp16(ov_model, *, min_bytes: int = 16 * 1024):
+    """Store the large f32 constants NNCF leaves alone (buffers such as SD3's position-embedding table, 226 MB
+    in f32) as f16 + Convert, as `save_model(compress_to_fp16=True)` does for an uncompressed model but skips
+    once a model holds compressed weights."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as opset
+
+    for op in ov_model.get_ops():
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0) != ov.Type.f32 or op.get_byte_size() < min_bytes:
+            continue
+        data = op.get_data()
+        if np.abs(data).max() >= np.finfo(np.float16).max:
+            continue  # would overflow in f16
+        decompressed = opset.convert(opset.constant(data.astype(np.float16)), ov.Type.f32)
+        for target in list(op.output(0).get_target_inputs()):
+            target.replace_source_output(decompressed.output(0))
+    ov_model.validate_nodes_and_infer_types()
+    return ov_model
 
 
 # ----------------------------------------------------------------------------------------------------------

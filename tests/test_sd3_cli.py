@@ -1,0 +1,44 @@
+"""The command line, end to end in subprocesses: tiny-model -> convert -> generate a PNG."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+HELPER = Path(__file__).resolve().parents[1] / "sd3_helper.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HELPER), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("command", [[], ["tiny-model"], ["convert"], ["generate"]])
+def test_help(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0 and "usage: sd3_helper.py" in result.stdout
+
+
+def test_tiny_model_convert_generate(tmp_path):
+    checkpoint, model_dir, image_path = tmp_path / "tiny", tmp_path / "tiny-ov", tmp_path / "out" / "image.png"
+    assert run("tiny-model", str(checkpoint)).returncode == 0
+    assert (checkpoint / "model_index.json").is_file()
+
+    converted = run("convert", str(checkpoint), str(model_dir), "--weight-format", "int8", "--no-t5")
+    assert converted.returncode == 0, converted.stderr
+    assert (model_dir / "model_index.json").is_file() and not (model_dir / "text_encoder_3").exists()
+
+    generated = run(
+        "generate", str(model_dir), "--prompt", "a cat", "--output", str(image_path),
+        "--steps", "2", "--seed", "3", "--height", "32", "--width", "48",
+    )
+    assert generated.returncode == 0, generated.stderr
+    with Image.open(image_path) as image:
+        assert image.format == "PNG" and image.size == (48, 32)
+
+
+def test_generate_reports_bad_input_without_traceback(tmp_path):
+    result = run("generate", str(tmp_path / "nowhere"), "--prompt", "a cat")
+    assert result.returncode == 2
+    assert "model_index.json` is missing" in result.stderr and "Traceback" not in result.stderr

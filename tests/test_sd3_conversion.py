@@ -1,0 +1,168 @@
+"""convert_sd3: the folder layout, weight formats, idempotence, atomicity, and errors for damaged folders."""
+
+import json
+import shutil
+
+import openvino as ov
+import pytest
+
+import sd3_conversion
+import sd3_helper
+
+INT4_SUBMODELS = ["transformer", "text_encoder_3"]
+SUBMODELS = ["transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder", "vae_encoder"]
+
+# optimum-intel's SD3 export names (optimum/exporters/openvino/model_configs.py), so the folder is interchangeable.
+EXPECTED_INPUTS = {
+    "transformer": {"hidden_states", "timestep", "encoder_hidden_states", "pooled_projections"},
+    "text_encoder": {"input_ids"},
+    "text_encoder_2": {"input_ids"},
+    "text_encoder_3": {"input_ids"},
+    "vae_decoder": {"latent_sample"},
+    "vae_encoder": {"sample"},
+}
+EXPECTED_OUTPUTS = {
+    "transformer": ["out_sample"],
+    "text_encoder": ["text_embeds", "last_hidden_state"] + [f"hidden_states.{i}" for i in range(4)],
+    "text_encoder_2": ["text_embeds", "last_hidden_state"] + [f"hidden_states.{i}" for i in range(4)],
+    "text_encoder_3": ["last_hidden_state"],
+    "vae_decoder": ["sample"],
+    "vae_encoder": ["latent_parameters"],
+}
+
+
+def ir_size(folder, submodel):
+    return sum((folder / submodel / name).stat().st_size for name in ("openvino_model.xml", "openvino_model.bin"))
+
+
+def test_layout_matches_optimum_intel_and_genai(converted):
+    folder = converted("fp32")
+    model_index = json.loads((folder / "model_index.json").read_text())
+    assert model_index["_class_name"] == "StableDiffusion3Pipeline"
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3", "scheduler"):
+        assert (folder / name).is_dir()
+    core = ov.Core()
+    for submodel in SUBMODELS:
+        assert json.loads((folder / submodel / "config.json").read_text())
+        model = core.read_model(folder / submodel / "openvino_model.xml")
+        assert {port.get_any_name() for port in model.inputs} == EXPECTED_INPUTS[submodel]
+        assert [port.get_any_name() for port in model.outputs] == EXPECTED_OUTPUTS[submodel]
+        assert model.get_rt_info(sd3_conversion.RT_INFO_WEIGHT_FORMAT).astype(str) == "fp32"
+    transformer = core.read_model(folder / "transformer" / "openvino_model.xml")
+    assert str(transformer.input("hidden_states").get_partial_shape()) == "[?,4,?,?]"
+    assert not list(folder.glob(".*")), "no staging folders are left behind"
+
+
+def test_without_t5_marks_it_absent(converted):
+    folder = converted("fp32", load_t5=False)
+    model_index = json.loads((folder / "model_index.json").read_text())
+    assert model_index["text_encoder_3"] == [None, None] and model_index["tokenizer_3"] == [None, None]
+    assert not (folder / "text_encoder_3").exists() and not (folder / "tokenizer_3").exists()
+    assert sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(folder, compile=False).text_encoder_3 is None
+
+
+def test_weight_formats_shrink_the_weights(converted):
+    bin_size = lambda fmt, name: (converted(fmt) / name / "openvino_model.bin").stat().st_size  # noqa: E731
+    sizes = {fmt: {name: bin_size(fmt, name) for name in SUBMODELS} for fmt in ("fp32", "fp16", "int8", "int4")}
+    print("\nIR weight sizes (bytes):", json.dumps(sizes))
+    for name in SUBMODELS:
+        assert sizes["fp16"][name] < 0.55 * sizes["fp32"][name]
+        assert sizes["int8"][name] < 0.8 * sizes["fp16"][name]  # tiny layers: per-channel scales weigh a lot
+    for name in INT4_SUBMODELS:
+        assert sizes["int4"][name] < sizes["int8"][name]
+    core = ov.Core()
+    int4_transformer = core.read_model(converted("int4") / "transformer" / "openvino_model.xml")
+    constant_types = {op.get_output_element_type(0).get_type_name() for op in int4_transformer.get_ops() if op.get_type_name() == "Constant"}
+    assert "i4" in constant_types and "u8" in constant_types, constant_types  # 4 bits, sensitive layers at 8
+    int8_transformer = core.read_model(converted("int8") / "transformer" / "openvino_model.xml")
+    large_f32 = [op.get_friendly_name() for op in int8_transformer.get_ops() if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.f32 and op.get_byte_size() >= 16 * 1024]
+    assert not large_f32, f"buffers left in f32 after int8 compression: {large_f32}"
+
+
+def test_second_conversion_skips_finished_submodels(tiny_checkpoint, converted, capsys):
+    folder = converted("fp16", load_t5=True)
+    mtimes = {name: (folder / name / "openvino_model.bin").stat().st_mtime_ns for name in SUBMODELS}
+    sd3_helper.convert_sd3(tiny_checkpoint, folder, weight_format="fp16")
+    assert {name: (folder / name / "openvino_model.bin").stat().st_mtime_ns for name in SUBMODELS} == mtimes
+    assert capsys.readouterr().out.count("already converted, skipped") == len(SUBMODELS)
+
+
+def test_other_weight_format_into_same_folder_needs_overwrite(tiny_checkpoint, converted):
+    with pytest.raises(ValueError, match=r"was converted with weight_format='fp16', not 'int8'.*overwrite=True"):
+        sd3_helper.convert_sd3(tiny_checkpoint, converted("fp16"), weight_format="int8")
+
+
+def test_unknown_weight_format(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match=r"`weight_format` must be one of \['fp32', 'fp16', 'int8', 'int4'\] but is 'int3'"):
+        sd3_helper.convert_sd3(tiny_checkpoint, tmp_path / "out", weight_format="int3")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_says_how_to_fix(tmp_path):
+    for loader in (
+        lambda: sd3_helper.convert_sd3(tmp_path / "no-such-model", tmp_path / "out"),
+        lambda: sd3_helper.load_sd3_pipeline(tmp_path / "no-such-model"),
+    ):
+        with pytest.raises(FileNotFoundError) as raised:
+            loader()
+        message = str(raised.value)
+        assert "no-such-model" in message and "huggingface-cli login" in message and "local folder" in message
+
+
+def test_interrupted_conversion_resumes_and_loads(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    output_dir = tmp_path / "interrupted"
+    real_compress = sd3_conversion.compress_weights
+
+    def fail_on_clip_g(ov_model, *, submodel, weight_format):
+        if submodel == "text_encoder_2":
+            raise KeyboardInterrupt("simulated kill in the middle of the conversion")
+        return real_compress(ov_model, submodel=submodel, weight_format=weight_format)
+
+    monkeypatch.setattr(sd3_conversion, "compress_weights", fail_on_clip_g)
+    with pytest.raises(KeyboardInterrupt):
+        sd3_helper.convert_sd3(tiny_checkpoint, output_dir, weight_format="fp32")
+    assert sd3_conversion.is_converted(output_dir / "transformer")
+    assert not (output_dir / "text_encoder_2").exists()
+    assert not (output_dir / "model_index.json").exists()
+    with pytest.raises(FileNotFoundError, match=r"model_index.json` is missing.*re-run `convert_sd3"):
+        sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(output_dir)
+
+    monkeypatch.setattr(sd3_conversion, "compress_weights", real_compress)
+    capsys.readouterr()
+    sd3_helper.convert_sd3(tiny_checkpoint, output_dir, weight_format="fp32")
+    assert "transformer: already converted, skipped" in capsys.readouterr().out
+    pipeline = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(output_dir, ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+    pipeline.set_progress_bar_config(disable=True)
+    assert pipeline("a cat", num_inference_steps=1, output_type="np").images.shape == (1, 64, 64, 3)
+    assert not list(output_dir.glob(".*"))
+
+
+@pytest.fixture
+def damaged_copy(converted, tmp_path):
+    folder = tmp_path / "damaged"
+    shutil.copytree(converted("fp32", load_t5=False), folder)
+    return folder
+
+
+def test_missing_submodel_names_the_file(damaged_copy):
+    shutil.rmtree(damaged_copy / "vae_decoder")
+    with pytest.raises(FileNotFoundError) as raised:
+        sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(damaged_copy)
+    assert f"`{damaged_copy / 'vae_decoder' / 'openvino_model.xml'}` is missing" in str(raised.value)
+    assert "re-run `convert_sd3(" in str(raised.value) and "overwrite=True" in str(raised.value)
+
+
+def test_truncated_bin_names_the_file(damaged_copy):
+    bin_path = damaged_copy / "transformer" / "openvino_model.bin"
+    bin_path.write_bytes(bin_path.read_bytes()[: bin_path.stat().st_size // 2])
+    with pytest.raises(ValueError) as raised:
+        sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(damaged_copy)
+    assert f"`{bin_path}` is truncated" in str(raised.value) and "re-run `convert_sd3(" in str(raised.value)
+
+
+def test_corrupt_xml_names_the_file(damaged_copy):
+    xml_path = damaged_copy / "text_encoder" / "openvino_model.xml"
+    xml_path.write_bytes(xml_path.read_bytes()[:5000])
+    with pytest.raises(ValueError) as raised:
+        sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(damaged_copy)
+    assert f"`{xml_path}` could not be read" in str(raised.value) and "re-run `convert_sd3(" in str(raised.value)
