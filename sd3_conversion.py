@@ -124,7 +124,7 @@ class TransformerExport(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hidden_states, timestep, encoder_hidden_states, pooled_projections):
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep):  # optimum-intel's order
         return self.model(
             hidden_states=hidden_states,
             timestep=timestep,
@@ -196,15 +196,15 @@ def _transformer_spec(model) -> ExportSpec:
     latent_side = 8 * config.patch_size  # any multiple of the patch size traces the same graph
     example_input = {
         "hidden_states": torch.randn(2, config.in_channels, latent_side, latent_side),
-        "timestep": torch.tensor([500.0, 500.0]),
         "encoder_hidden_states": torch.randn(2, 16, config.joint_attention_dim),
         "pooled_projections": torch.randn(2, config.pooled_projection_dim),
+        "timestep": torch.tensor([500.0, 500.0]),
     }
     input_shapes = {
         "hidden_states": [-1, config.in_channels, -1, -1],
-        "timestep": [-1],
         "encoder_hidden_states": [-1, -1, config.joint_attention_dim],
         "pooled_projections": [-1, config.pooled_projection_dim],
+        "timestep": [-1],
     }
     return ExportSpec(TransformerExport(model), example_input, input_shapes, ["out_sample"], source=model)
 
@@ -408,11 +408,24 @@ def _export_submodel(spec: ExportSpec, *, submodel: str, weight_format: str, out
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _save_openvino_tokenizer(tokenizer, directory: Path) -> None:
+    """Save `openvino_tokenizer.xml` / `openvino_detokenizer.xml`, which openvino.genai needs to run the folder."""
+    import openvino as ov
+    from openvino_tokenizers import convert_tokenizer
+
+    ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
+    ov.save_model(ov_tokenizer, directory / "openvino_tokenizer.xml")
+    ov.save_model(ov_detokenizer, directory / "openvino_detokenizer.xml")
+
+
 def _copy_component(model_id_or_path: str | Path, *, model_index: dict, name: str, output_dir: Path) -> None:
+    """Copy a tokenizer (also as an OpenVINO tokenizer model) or the scheduler into the output folder."""
     component = _load_component(model_id_or_path, model_index=model_index, name=name)
     staging = _staging_dir(output_dir / name)
     try:
         component.save_pretrained(staging)
+        if name.startswith("tokenizer"):
+            _save_openvino_tokenizer(component, staging)
         _publish(staging, output_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -472,7 +485,8 @@ def convert_sd3(
 
     copied = [name for name in COPIED_COMPONENTS if has_t5 or name != "tokenizer_3"]
     for name in copied:
-        if not (output_dir / name).is_dir() or overwrite:
+        finished_marker = "openvino_tokenizer.xml" if name.startswith("tokenizer") else "scheduler_config.json"
+        if overwrite or not (output_dir / name / finished_marker).is_file():
             _copy_component(model_id_or_path, model_index=model_index, name=name, output_dir=output_dir)
 
     if not has_t5:

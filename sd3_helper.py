@@ -41,6 +41,7 @@ __all__ = [
     "convert_sd3",
     "OVStableDiffusion3Pipeline",
     "SD3PipelineOutput",
+    "make_genai_pipeline",
     "WEIGHT_FORMATS",
 ]
 
@@ -526,6 +527,42 @@ class OVStableDiffusion3Pipeline:
         # 7. Decode
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type=output_type)
         return SD3PipelineOutput(images=images) if return_dict else (images,)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The same folder in openvino.genai's C++ pipeline
+# ----------------------------------------------------------------------------------------------------------
+
+
+def make_genai_pipeline(model_dir: str | Path, *, device: str = "CPU", ov_config: dict | None = None):
+    """`openvino_genai.Text2ImagePipeline` for a folder written by `convert_sd3`, with this pipeline's defaults.
+
+    The defaults (28 steps, guidance 7.0, max_sequence_length 256, the model's native size) match
+    `OVStableDiffusion3Pipeline.__call__`, so `pipe.generate(prompt, generator=openvino_genai.TorchGenerator(seed))`
+    and `OVStableDiffusion3Pipeline(prompt, generator=torch.Generator().manual_seed(seed))` make the same image
+    (within 1/255 with T5; without T5 genai's text conditioning differs from diffusers, see README).
+    """
+    import openvino_genai
+
+    model_dir = Path(model_dir)
+    if not (model_dir / MODEL_INDEX).is_file():
+        raise FileNotFoundError(_incomplete_model_error(model_dir / MODEL_INDEX, model_dir, "is missing"))
+    model_index = json.loads((model_dir / MODEL_INDEX).read_text())
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tokenizer_xml = model_dir / name / "openvino_tokenizer.xml"
+        if model_index.get(name, [None])[0] is not None and not tokenizer_xml.is_file():
+            raise FileNotFoundError(_incomplete_model_error(tokenizer_xml, model_dir, "is missing (openvino.genai needs it)"))
+    pipeline = openvino_genai.Text2ImagePipeline(model_dir, device, **(ov_config or {}))
+    transformer_config = json.loads((model_dir / "transformer" / "config.json").read_text())
+    vae_config = json.loads((model_dir / "vae_decoder" / "config.json").read_text())
+    native_size = transformer_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
+    config = pipeline.get_generation_config()
+    config.num_inference_steps = 28
+    config.guidance_scale = 7.0
+    config.max_sequence_length = 256
+    config.height = config.width = native_size
+    pipeline.set_generation_config(config)
+    return pipeline
 
 
 # ----------------------------------------------------------------------------------------------------------

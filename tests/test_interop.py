@@ -1,0 +1,102 @@
+"""One folder for every OpenVINO runtime: our export in optimum-intel and openvino.genai, optimum-cli's in ours."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+
+import sd3_helper
+from conftest import F32
+
+PROMPT = dict(prompt="a photo of a cat", negative_prompt="blurry", guidance_scale=5.0, num_inference_steps=4)
+SEED = 42
+
+
+def ours(ov_pipeline, load_t5: bool, **overrides) -> np.ndarray:
+    kwargs = {**PROMPT, **overrides}
+    return ov_pipeline("fp32", load_t5)(**kwargs, generator=torch.Generator().manual_seed(SEED), output_type="np").images
+
+
+def genai_image(pipeline, **overrides) -> np.ndarray:
+    import openvino_genai
+
+    kwargs = {**PROMPT, "height": 64, "width": 64, **overrides}
+    image = pipeline.generate(kwargs.pop("prompt"), generator=openvino_genai.TorchGenerator(SEED), **kwargs)
+    return image.data.astype(np.float32) / 255  # genai returns uint8 (B, H, W, 3)
+
+
+@pytest.mark.parametrize("load_t5", [True, False], ids=["t5", "no-t5"])
+def test_optimum_intel_loads_our_export_and_matches(converted, ov_pipeline, load_t5):
+    from optimum.intel import OVStableDiffusion3Pipeline as OptimumPipeline
+
+    pipeline = OptimumPipeline.from_pretrained(converted("fp32", load_t5), ov_config=F32)
+    images = pipeline(**PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(SEED), output_type="np").images
+    assert np.abs(images - ours(ov_pipeline, load_t5)).max() <= 1e-3  # measured here: 0.0
+
+
+def test_genai_loads_our_export_with_t5_within_one_level(converted, ov_pipeline):
+    pipeline = sd3_helper.make_genai_pipeline(converted("fp32", True), ov_config=F32)
+    difference = np.abs(genai_image(pipeline) - ours(ov_pipeline, True))
+    print(f"\ngenai vs ours, T5: max {difference.max():.5f}, mean {difference.mean():.5f}")
+    assert difference.max() <= 1 / 255 + 1e-6  # uint8 rounding only
+
+
+def test_genai_without_t5_differs_from_diffusers_within_measured_bound(converted, ov_pipeline):
+    """genai conditions differently without T5; ours matches diffusers (tests/test_sd3_pipeline.py).
+
+    Measured here on the tiny checkpoint: max 0.025, mean 0.0033 per pixel.
+    """
+    pipeline = sd3_helper.make_genai_pipeline(converted("fp32", False), ov_config=F32)
+    difference = np.abs(genai_image(pipeline) - ours(ov_pipeline, False))
+    print(f"\ngenai vs ours, no T5: max {difference.max():.5f}, mean {difference.mean():.5f}")
+    assert difference.max() <= 0.05 and difference.mean() <= 0.01
+
+
+def test_make_genai_pipeline_uses_our_defaults(converted):
+    import openvino_genai
+
+    pipeline = sd3_helper.make_genai_pipeline(converted("fp32", True))
+    assert isinstance(pipeline, openvino_genai.Text2ImagePipeline)
+    config = pipeline.get_generation_config()
+    assert (config.num_inference_steps, config.guidance_scale, config.max_sequence_length) == (28, 7.0, 256)
+    assert (config.height, config.width) == (64, 64)  # sample_size 32 x vae_scale_factor 2
+
+
+def test_make_genai_pipeline_names_a_missing_tokenizer_model(converted, tmp_path):
+    folder = tmp_path / "no-ov-tokenizer"
+    shutil.copytree(converted("fp32", False), folder)
+    (folder / "tokenizer_2" / "openvino_tokenizer.xml").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokenizer_2/openvino_tokenizer.xml` is missing \(openvino.genai needs it\)"):
+        sd3_helper.make_genai_pipeline(folder)
+
+
+def test_openvino_tokenizers_match_the_hf_tokenizers(converted):
+    from transformers import AutoTokenizer
+
+    folder = converted("fp32", True)
+    core = ov.Core()
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        ov_tokenizer = core.compile_model(folder / name / "openvino_tokenizer.xml", "CPU")
+        expected = AutoTokenizer.from_pretrained(folder / name)("a watercolor painting of a lighthouse").input_ids
+        assert ov_tokenizer(["a watercolor painting of a lighthouse"])["input_ids"][0].tolist() == expected
+
+
+@pytest.fixture(scope="module")
+def optimum_cli_export(tiny_checkpoint, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("optimum-cli") / "tiny-sd3"
+    optimum_cli = Path(sys.executable).with_name("optimum-cli")
+    command = [str(optimum_cli), "export", "openvino", "--model", str(tiny_checkpoint), "--task", "text-to-image", "--weight-format", "fp32", str(output_dir)]
+    subprocess.run(command, check=True, capture_output=True, timeout=900)
+    return output_dir
+
+
+def test_our_pipeline_loads_an_optimum_cli_export_and_matches(optimum_cli_export, ov_pipeline):
+    pipeline = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(optimum_cli_export, ov_config=F32)
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(**PROMPT, generator=torch.Generator().manual_seed(SEED), output_type="np").images
+    assert np.abs(images - ours(ov_pipeline, True)).max() <= 1e-3
