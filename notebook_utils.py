@@ -1,0 +1,219 @@
+"""Small helpers for `stable-diffusion-v3.ipynb`: option widgets, model folders, and the weight format comparison.
+
+The notebook's cells call these so that each cell stays a few lines long. The project's API itself lives in
+`sd3_helper`; nothing here is needed to use it from your own code.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TINY_MODEL_ID = "tiny"  # `model_id` value that builds and uses the offline tiny checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Options as widgets
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FixedOption:
+    """Stands in for a widget where ipywidgets is not installed: it has the `value` it was given."""
+
+    value: object
+    description: str = ""
+
+
+def checkbox(*, value: bool, description: str):
+    """An `ipywidgets.Checkbox`, or a `FixedOption` holding `value` when ipywidgets is not installed.
+
+    Without a widget front end (a headless run) nobody changes the widget, so `.value` stays `value`.
+    """
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        return FixedOption(value=value, description=description)
+    return widgets.Checkbox(value=value, description=description, style={"description_width": "initial"})
+
+
+def dropdown(*, options: list[str], value: str, description: str):
+    """An `ipywidgets.Dropdown`, or a `FixedOption` holding `value` when ipywidgets is not installed."""
+    if value not in options:
+        raise ValueError(f"`value` must be one of {options} but is {value!r}.")
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        return FixedOption(value=value, description=description)
+    return widgets.Dropdown(options=options, value=value, description=description)
+
+
+def device_widget(*, default: str = "CPU", description: str = "Device:"):
+    """A dropdown of this machine's OpenVINO devices (`core.available_devices + ["AUTO"]`).
+
+    `default` is selected if it is available here; otherwise "AUTO" is, with a warning.
+    """
+    import openvino as ov
+
+    devices = ov.Core().available_devices + ["AUTO"]
+    if default not in devices:
+        print(f"Device {default!r} is not available here (found {devices}); using 'AUTO'.")
+        default = "AUTO"
+    return dropdown(options=devices, value=default, description=description)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model folders
+# ----------------------------------------------------------------------------------------------------------
+
+
+def resolve_model_id(model_id: str | Path, *, models_dir: Path) -> str | Path:
+    """The checkpoint to load: `model_id` itself, or for "tiny" the offline tiny checkpoint (built once)."""
+    if str(model_id) != TINY_MODEL_ID:
+        return model_id
+    from sd3_helper import make_tiny_sd3
+
+    tiny_dir = Path(models_dir) / "sd3-tiny"
+    if not (tiny_dir / "model_index.json").is_file():
+        make_tiny_sd3(tiny_dir)
+    return tiny_dir
+
+
+def ov_model_dir(model_id: str | Path, *, models_dir: Path, weight_format: str, load_t5: bool) -> Path:
+    """Where the OpenVINO model of `model_id` in `weight_format` goes: one folder per variant."""
+    t5_suffix = "" if load_t5 else "-no-t5"
+    return Path(models_dir) / f"{Path(str(model_id)).name}-ov-{weight_format}{t5_suffix}"
+
+
+def describe_components(pipeline) -> str:
+    """A Markdown table of a diffusers pipeline's components: class and number of parameters."""
+    rows = ["| component | class | parameters |", "| --- | --- | ---: |"]
+    for name, component in pipeline.components.items():
+        if component is None:
+            continue
+        parameters = sum(p.numel() for p in component.parameters()) if hasattr(component, "parameters") else None
+        count = f"{parameters / 1e6:,.2f} M" if parameters is not None else ""
+        rows.append(f"| `{name}` | {type(component).__name__} | {count} |")
+    return "\n".join(rows)
+
+
+def folder_size(path: Path) -> int:
+    """The size in bytes of all files under `path`."""
+    return sum(file.stat().st_size for file in Path(path).rglob("*") if file.is_file())
+
+
+def format_bytes(size: int) -> str:
+    """`size` in B, KB, MB or GB (decimal units, as disk tools show them)."""
+    for unit in ("B", "KB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.2f} GB"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Comparing weight formats
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FormatResult:
+    """One weight format in the comparison."""
+
+    weight_format: str
+    model_dir: Path
+    size_bytes: int  # the whole OpenVINO model folder on disk
+    latency_s: float  # one image, after a warm-up call
+    image: object  # PIL.Image.Image
+
+    @property
+    def label(self) -> str:
+        return f"{self.weight_format}: {format_bytes(self.size_bytes)}, {self.latency_s:.2f} s"
+
+
+def compare_weight_formats(
+    model_id: str | Path,
+    *,
+    models_dir: Path,
+    weight_formats: list[str],
+    load_t5: bool,
+    device: str,
+    prompt: str,
+    height: int,
+    width: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+) -> list[FormatResult]:
+    """Convert `model_id` in each weight format (skipped when done before), then time one image with each.
+
+    Pipelines are loaded one at a time and freed before the next, so memory holds one model at once. Every
+    format gets the same prompt and seed, so the images differ only by the compression.
+    """
+    import gc
+
+    import torch
+
+    from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3
+
+    results = []
+    for weight_format in weight_formats:
+        model_dir = ov_model_dir(model_id, models_dir=models_dir, weight_format=weight_format, load_t5=load_t5)
+        convert_sd3(model_id, model_dir, load_t5=load_t5, weight_format=weight_format)
+        pipeline = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device)
+        pipeline.set_progress_bar_config(disable=True)
+        generate = dict(prompt=prompt, height=height, width=width, guidance_scale=guidance_scale)
+        pipeline(**generate, num_inference_steps=1)  # warm-up: the first call allocates buffers
+        start = time.perf_counter()
+        image = pipeline(
+            **generate, num_inference_steps=num_inference_steps, generator=torch.Generator().manual_seed(seed)
+        ).images[0]
+        latency = time.perf_counter() - start
+        results.append(
+            FormatResult(
+                weight_format=weight_format,
+                model_dir=model_dir,
+                size_bytes=folder_size(model_dir),
+                latency_s=latency,
+                image=image,
+            )
+        )
+        del pipeline
+        gc.collect()
+    return results
+
+
+def comparison_table(results: list[FormatResult]) -> str:
+    """A Markdown table of the comparison: size on disk and latency, relative to the first format too."""
+    first = results[0]
+    rows = [
+        f"| weight format | size on disk | vs {first.weight_format} | latency per image | speed-up |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for result in results:
+        size, latency = format_bytes(result.size_bytes), f"{result.latency_s:.2f} s"
+        relative_size, speed_up = result.size_bytes / first.size_bytes, first.latency_s / result.latency_s
+        rows.append(f"| {result.weight_format} | {size} | {relative_size:.2f}x | {latency} | {speed_up:.2f}x |")
+    return "\n".join(rows)
+
+
+def image_grid(images: list, *, labels: list[str], font_size: int = 14):
+    """The images side by side in one PIL image, each with its label underneath."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if len(images) != len(labels):
+        raise ValueError(f"Got {len(images)} images but {len(labels)} labels; pass one label per image.")
+    font = ImageFont.load_default(size=font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_widths = [int(measure.textlength(label, font=font)) for label in labels]
+    padding, label_height = 8, font_size + 8
+    cell_width = max(max(image.width for image in images), max(label_widths)) + padding
+    cell_height = max(image.height for image in images) + label_height
+    grid = Image.new("RGB", (cell_width * len(images), cell_height), color="white")
+    draw = ImageDraw.Draw(grid)
+    for index, (image, label, label_width) in enumerate(zip(images, labels, label_widths, strict=True)):
+        left = index * cell_width
+        grid.paste(image, (left + (cell_width - image.width) // 2, 0))
+        draw.text(
+            (left + (cell_width - label_width) // 2, cell_height - label_height + 2), label, fill="black", font=font
+        )
+    return grid
