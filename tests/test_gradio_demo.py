@@ -1,0 +1,376 @@
+"""The Gradio demo: `GenerationRunner` on its own, then `python gradio_helper.py` served on loopback and driven by
+`gradio_client` and by a headless Chromium, on the offline tiny model."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # the helpers live beside the notebook, not in an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from gradio_helper import MAX_SEED, GenerationRunner, SizeLimits, make_demo  # noqa: E402
+from notebook_utils import ov_model_dir, resolve_model_id  # noqa: E402
+from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3  # noqa: E402
+
+ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
+WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show; multiples of the tiny model's 4
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's chromium, chromium-driver
+CHROMIUM_ARGUMENTS = (
+    "--headless=new",
+    "--no-sandbox",  # CI runs as root
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1100",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # the page may reach this machine only
+)
+
+
+def generate_args(
+    *,
+    prompt: str = "a photo of a cat",
+    seed: int = 7,
+    randomize_seed: bool = False,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    steps: int = 2,
+) -> tuple:
+    """The inputs of the `/generate` endpoint, in order."""
+    return (prompt, "", seed, randomize_seed, width, height, 5.0, steps)
+
+
+def load_pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_analytics():
+    """gradio and gradio_client report usage online unless this is set (and only this turns the client's off)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_ov_model(tmp_path_factory) -> Path:
+    """The tiny model converted in fp16, in the folder the notebook test would use for it (each is made once)."""
+    models_dir = tmp_path_factory.getbasetemp() / "models"
+    checkpoint = resolve_model_id("tiny", models_dir=models_dir)
+    model_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format="fp16", load_t5=True)
+    return convert_sd3(checkpoint, model_dir, weight_format="fp16")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_ov_model) -> OVStableDiffusion3Pipeline:
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(tiny_ov_model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Without a server
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_helpers_import_without_ui_libraries():
+    code = "import sys, gradio_helper, notebook_utils; print(sorted({'gradio', 'ipywidgets'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_size_limits_come_from_the_model(pipeline):
+    limits = SizeLimits.of(pipeline)
+    assert (limits.multiple, limits.maximum, limits.default) == (4, 192, 64)  # 2 x 2, 48 patches x 4, 32 x 2
+    assert [limits.snap(side) for side in (1, 49, 51, 1000)] == [4, 48, 52, 192]
+
+
+def test_demo_sliders_step_by_the_size_multiple_within_the_limits(pipeline):
+    import gradio as gr
+
+    demo = make_demo(pipeline, height=61, examples=["a red car"])
+    sliders = {block.label: block for block in demo.blocks.values() if isinstance(block, gr.Slider)}
+    for label, value in (("Width", 64), ("Height", 60)):
+        slider = sliders[label]
+        assert (slider.minimum, slider.maximum, slider.step, slider.value) == (4, 192, 4, value)
+    assert {"generate", "stop"} <= {dependency.api_name for dependency in demo.fns.values()}
+
+
+def test_runner_reports_every_step_and_the_seed(pipeline):
+    steps = []
+    image, seed = GenerationRunner(pipeline).generate(
+        prompt="a cat",
+        seed=3,
+        width=WIDTH,
+        height=HEIGHT,
+        guidance_scale=5.0,
+        num_inference_steps=3,
+        on_step=lambda done, total: steps.append((done, total)),
+    )
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert seed == 3 and image.size == (WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"seed": 1.5}, "`seed` has to be a whole number"),
+        ({"seed": MAX_SEED + 1}, "`seed` has to be between 0 and"),
+        ({"width": 50}, "divisible by 4"),
+        ({"num_inference_steps": 0}, "`num_inference_steps` has to be between 1"),
+    ],
+)
+def test_runner_rejects_bad_input_with_a_readable_message(pipeline, change, message):
+    request = dict(prompt="a cat", seed=1, width=WIDTH, height=HEIGHT, guidance_scale=5.0, num_inference_steps=1)
+    with pytest.raises(ValueError, match=message):
+        GenerationRunner(pipeline).generate(**{**request, **change})
+
+
+class OverlapDetector:
+    """A stand-in pipeline that records whether two calls ever ran at the same time."""
+
+    def __init__(self):
+        self.running, self.overlapped, self.calls = 0, False, 0
+        self.count_lock = threading.Lock()
+
+    def __call__(self, **kwargs):
+        with self.count_lock:
+            self.running += 1
+            self.calls += 1
+            self.overlapped |= self.running > 1
+        time.sleep(0.05)
+        with self.count_lock:
+            self.running -= 1
+        return type("Output", (), {"images": [Image.new("RGB", (kwargs["width"], kwargs["height"]))]})
+
+
+def test_runner_runs_one_generation_at_a_time():
+    fake = OverlapDetector()
+    runner = GenerationRunner(fake)
+    request = dict(prompt="a cat", width=8, height=8, guidance_scale=1.0, num_inference_steps=1)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda seed: runner.generate(**request, seed=seed), range(8)))
+    assert fake.calls == 8 and not fake.overlapped
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The served demo
+# ----------------------------------------------------------------------------------------------------------
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_ov_model, tmp_path_factory):
+    """`python gradio_helper.py MODEL_DIR --port N` as a user starts it; yields (url, process)."""
+    import httpx
+
+    port = free_loopback_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "gradio_helper.py", str(tiny_ov_model), "--port", str(port)],
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the demo exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the demo did not answer on {url} within 120 s:\n{log_path.read_text()}")
+        time.sleep(0.5)
+    yield url, process
+    process.terminate()
+    process.wait(timeout=30)
+    log = log_path.read_text()  # gradio itself logs a traceback for out-of-range sliders; our code must not
+    own_frames = [f'File "{REPO_ROOT / name}"' for name in ("gradio_helper.py", "sd3_helper.py")]
+    assert not any(frame in log for frame in own_frames), f"the server logged a stack trace of the demo:\n{log}"
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False, download_files=tmp_path_factory.mktemp("downloads"))
+
+
+def test_server_listens_on_loopback_only(server):
+    import psutil
+
+    listening = [c.laddr for c in psutil.Process(server[1].pid).net_connections(kind="inet") if c.status == "LISTEN"]
+    assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
+
+
+def test_generate_returns_an_image_of_the_requested_size(client):
+    image_path, seed = client.predict(*generate_args(seed=7), api_name="/generate")
+    assert Image.open(image_path).size == (WIDTH, HEIGHT)
+    assert seed == 7
+
+
+def test_same_seed_gives_the_same_image(client):
+    first, second, other = (
+        load_pixels(client.predict(*generate_args(seed=seed), api_name="/generate")[0]) for seed in (11, 11, 12)
+    )
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other), "a different seed should give a different image"
+
+
+def test_randomized_seed_is_reported_and_reproduces_the_image(client):
+    image_path, seed = client.predict(*generate_args(randomize_seed=True), api_name="/generate")
+    assert 0 <= seed <= MAX_SEED
+    again_path, again_seed = client.predict(*generate_args(seed=seed), api_name="/generate")
+    assert again_seed == seed
+    np.testing.assert_array_equal(load_pixels(image_path), load_pixels(again_path))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (generate_args(width=50), "`height` and `width` have to be divisible by 4"),
+        (generate_args(height=400), "greater than maximum value 192"),
+        (generate_args(prompt=""), "prompt is empty"),
+    ],
+)
+def test_invalid_input_is_a_readable_error_and_the_demo_keeps_working(client, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message) as error:
+        client.predict(*args, api_name="/generate")
+    assert "Traceback" not in str(error.value)
+    image_path, _ = client.predict(*generate_args(), api_name="/generate")
+    assert Image.open(image_path).size == (WIDTH, HEIGHT)
+
+
+def test_concurrent_requests_are_queued_and_all_answered(server, client, tmp_path):
+    from gradio_client import Client
+
+    seeds = [21, 22, 23, 24]
+    expected = [load_pixels(client.predict(*generate_args(seed=seed), api_name="/generate")[0]) for seed in seeds]
+    users = [Client(server[0], verbose=False, download_files=tmp_path) for _ in seeds]  # four browser sessions
+    jobs = [user.submit(*generate_args(seed=seed), api_name="/generate") for user, seed in zip(users, seeds)]
+    for job, seed, pixels in zip(jobs, seeds, expected, strict=True):
+        image_path, used_seed = job.result(timeout=120)
+        assert used_seed == seed
+        np.testing.assert_array_equal(load_pixels(image_path), pixels)  # no request saw another one's state
+
+
+def drain_progress(job) -> list:
+    """The progress updates a finished gradio_client job received, in order."""
+    updates = []
+    while not job.communicator.updates.empty():
+        update = job.communicator.updates.get_nowait()
+        updates.extend(getattr(update, "progress_data", None) or [])
+    return updates
+
+
+def test_progress_of_the_denoising_steps_reaches_the_client(client):
+    job = client.submit(*generate_args(steps=4), api_name="/generate")
+    job.result(timeout=60)
+    progress = [(unit.index, unit.length, unit.unit, unit.desc) for unit in drain_progress(job)]
+    assert progress == [(step, 4, "steps", "Denoising") for step in (1, 2, 3, 4)]
+
+
+def test_stop_ends_the_running_generation_early(client):
+    job = client.submit(*generate_args(width=192, height=192, steps=50), api_name="/generate")
+    deadline = time.monotonic() + 60
+    while not job.status().progress_data and time.monotonic() < deadline:  # wait for the first step
+        time.sleep(0.02)
+    client.predict(api_name="/stop")
+    job.result(timeout=60)
+    last_step = max(unit.index for unit in drain_progress(job))
+    assert last_step < 50, "the generation ran all its steps despite Stop"
+    image_path, _ = client.predict(*generate_args(), api_name="/generate")  # the next one runs in full
+    assert Image.open(image_path).size == (WIDTH, HEIGHT)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# In a real browser
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium through Selenium, allowed to resolve loopback names only.
+
+    Skipped where the browser is not installed, except in CI (`CI=true`), where that is a failure.
+    """
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        message = f"{missing} not installed: apt-get install -y chromium chromium-driver; pip install selenium"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in CHROMIUM_ARGUMENTS:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for_image(driver, *, previous_src: str | None = None, timeout: float = 90):
+    """The result image once it shows (a new one when `previous_src` is given)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def new_image(driver):
+        images = driver.find_elements(By.CSS_SELECTOR, "#result img")
+        shown = [image for image in images if image.get_attribute("src") and image.get_attribute("src") != previous_src]
+        return shown[0] if shown and driver.execute_script("return arguments[0].complete", shown[0]) else None
+
+    return WebDriverWait(driver, timeout).until(new_image)
+
+
+def test_browser_types_a_prompt_clicks_run_and_sees_the_image(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server[0])
+    prompt = WebDriverWait(browser, 60).until(
+        expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea, #prompt input"))
+    )
+    prompt.send_keys("a photo of a cat")
+    browser.find_element(By.ID, "run").click()
+    image = wait_for_image(browser)
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
+    assert size == [64, 64]  # the sliders' default: the tiny model's native size
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS_DIR / "gradio-demo.png"))
+
+    prompt.send_keys(Keys.ENTER)  # Enter in the prompt runs too
+    wait_for_image(browser, previous_src=image.get_attribute("src"))
+    seed_used = browser.find_element(By.CSS_SELECTOR, "#seed-used input")
+    assert seed_used.get_attribute("value").isdigit()
