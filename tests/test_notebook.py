@@ -1,0 +1,158 @@
+"""`stable-diffusion-v3.ipynb`: committed clean, and run headless with papermill on the offline tiny model."""
+
+import ast
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # the helpers live beside the notebook, not in an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from notebook_utils import ov_model_dir  # noqa: E402
+
+NOTEBOOK = REPO_ROOT / "stable-diffusion-v3.ipynb"
+ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
+KNOBS = {"model_id", "load_t5", "weight_format", "device", "height", "width", "num_inference_steps"}
+KNOBS |= {"guidance_scale", "seed", "prompt", "launch_demo"}
+WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show
+TEST_PARAMETERS = {
+    "model_id": "tiny",
+    "load_t5": True,
+    "weight_format": "fp16",
+    "height": HEIGHT,
+    "width": WIDTH,
+    "num_inference_steps": 3,
+    "launch_demo": False,
+}
+
+
+def code_cells(notebook) -> list:
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def run_parameters_cell(*, environ: dict[str, str]) -> dict:
+    """The values the parameters cell sets, run with `environ` as the environment."""
+    source = code_cells(nbformat.read(NOTEBOOK, as_version=4))[0].source
+    namespace = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SD3_MODEL_ID", raising=False)
+        for name, value in environ.items():
+            patch.setenv(name, value)
+        exec(compile(source, "parameters", "exec"), namespace)
+    return namespace
+
+
+def test_notebook_is_committed_without_outputs():
+    for cell in code_cells(nbformat.read(NOTEBOOK, as_version=4)):
+        assert cell.outputs == [] and cell.execution_count is None, f"cell with outputs:\n{cell.source[:200]}"
+
+
+def test_first_code_cell_is_tagged_parameters_and_holds_every_knob():
+    first = code_cells(nbformat.read(NOTEBOOK, as_version=4))[0]
+    assert "parameters" in first.metadata.get("tags", [])
+    assigned = {
+        target.id for node in ast.parse(first.source).body if isinstance(node, ast.Assign) for target in node.targets
+    }
+    assert KNOBS <= assigned, f"missing: {KNOBS - assigned}"
+
+
+def test_parameter_defaults_serve_the_real_model_and_sd3_model_id_switches_it():
+    defaults = run_parameters_cell(environ={})
+    assert defaults["model_id"] == "stabilityai/stable-diffusion-3-medium-diffusers"
+    assert (defaults["height"], defaults["width"], defaults["num_inference_steps"]) == (512, 512, 28)
+    assert run_parameters_cell(environ={"SD3_MODEL_ID": "/models/my-sd3"})["model_id"] == "/models/my-sd3"
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> dict:
+    """Run the whole notebook as papermill does; models go where test_gradio_demo puts them (made once)."""
+    import papermill
+
+    models_dir = tmp_path_factory.getbasetemp() / "models"
+    output_dir = ARTIFACTS_DIR / "notebook-outputs"
+    shutil.rmtree(output_dir, ignore_errors=True)  # images left by an earlier run must not pass for new ones
+    executed_path = ARTIFACTS_DIR / "stable-diffusion-v3.executed.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(executed_path),
+        parameters={**TEST_PARAMETERS, "models_dir": str(models_dir), "output_dir": str(output_dir)},
+        cwd=str(REPO_ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        execution_timeout=600,
+    )
+    return {"notebook": nbformat.read(executed_path, as_version=4), "models_dir": models_dir, "output_dir": output_dir}
+
+
+def test_every_cell_runs_without_errors(executed):
+    cells = code_cells(executed["notebook"])
+    assert all(cell.execution_count is not None for cell in cells)
+    errors = [output for cell in cells for output in cell.outputs if output.output_type == "error"]
+    assert errors == []
+
+
+def test_the_image_has_the_requested_size(executed):
+    assert Image.open(executed["output_dir"] / "image.png").size == (WIDTH, HEIGHT)
+
+
+def test_weight_formats_are_compared(executed):
+    images = {fmt: Image.open(executed["output_dir"] / f"image-{fmt}.png") for fmt in ("fp16", "int8", "int4")}
+    assert {image.size for image in images.values()} == {(WIDTH, HEIGHT)}
+    # fp16 is the format of the main run: same model, prompt and seed, so the very same image
+    main_image = np.asarray(Image.open(executed["output_dir"] / "image.png"))
+    np.testing.assert_array_equal(np.asarray(images["fp16"]), main_image)
+    grid = Image.open(executed["output_dir"] / "weight-formats.png")
+    assert grid.width >= 3 * WIDTH and grid.height > HEIGHT
+    markdown = [
+        output.data["text/markdown"]
+        for cell in code_cells(executed["notebook"])
+        for output in cell.outputs
+        if "text/markdown" in output.get("data", {})
+    ]
+    table = next(text for text in markdown if "weight format" in text)
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["fp16", "int8", "int4"]
+
+
+def test_demo_cell_launches_the_demo_inline(executed):
+    """The notebook's own demo cell, on a pipeline like the notebook's, with `launch_demo = True`."""
+    from nbclient import NotebookClient
+
+    demo_cell = next(cell for cell in code_cells(nbformat.read(NOTEBOOK, as_version=4)) if "make_demo(" in cell.source)
+    model_dir = ov_model_dir(
+        executed["models_dir"] / "sd3-tiny", models_dir=executed["models_dir"], weight_format="fp16", load_t5=True
+    )
+    setup = f"""
+import os
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+from sd3_helper import OVStableDiffusion3Pipeline
+ov_pipe = OVStableDiffusion3Pipeline.from_pretrained({str(model_dir)!r})
+height, width, num_inference_steps, guidance_scale, launch_demo = {HEIGHT}, {WIDTH}, 2, 5.0, True
+"""
+    check = """
+import httpx
+from gradio_client import Client
+response = httpx.get(demo.local_url, timeout=10)
+image_path, seed = Client(demo.local_url, verbose=False).predict(
+    "a cat", "", 5, False, width, height, guidance_scale, num_inference_steps, api_name="/generate"
+)
+demo.close()
+print(response.status_code, demo.local_url, seed)
+"""
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source) for source in (setup, demo_cell.source, check)]
+    )
+    NotebookClient(
+        notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(REPO_ROOT)}}
+    ).execute()
+    printed = "".join(output.text for output in notebook.cells[2].outputs if output.get("name") == "stdout")
+    status, url, seed = printed.splitlines()[-1].split()
+    assert status == "200" and url.startswith("http://127.0.0.1:") and seed == "5"
+    launch_outputs = [output for output in notebook.cells[1].outputs if output.output_type == "display_data"]
+    assert any("text/html" in output.data for output in launch_outputs), "the demo was not shown inline"
