@@ -171,6 +171,13 @@ def test_runner_runs_one_generation_at_a_time():
 # ----------------------------------------------------------------------------------------------------------
 
 
+def test_cli_reports_a_missing_model_folder(tmp_path):
+    command = [sys.executable, "gradio_helper.py", str(tmp_path / "missing")]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "model_index.json" in result.stderr and "Traceback" not in result.stderr
+
+
 def free_loopback_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
