@@ -368,6 +368,27 @@ def _recorded_weight_format(submodel_dir: Path) -> str | None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+class _ToFloat32(torch.nn.Module):
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.float()
+
+
+def compute_in_float32(module: torch.nn.Module) -> torch.nn.Module:
+    """Keep a 16-bit module's weights in 16 bits but make every use of them an f32 upcast.
+
+    The exported graph then computes in f32 with f16 constants feeding `Convert` ops, which is exactly what
+    an fp16 IR is; the weights never exist in f32 in memory, halving the conversion's peak RSS.
+    """
+    from torch.nn.utils import parametrize
+
+    for submodule in list(module.modules()):
+        tensors = list(submodule.named_parameters(recurse=False)) + list(submodule.named_buffers(recurse=False))
+        for name, tensor in tensors:
+            if tensor is not None and tensor.dtype in (torch.float16, torch.bfloat16):
+                parametrize.register_parametrization(submodule, name, _ToFloat32(), unsafe=True)
+    return module
+
+
 def _save_config(model: torch.nn.Module, directory: Path) -> None:
     if hasattr(model, "save_config"):  # diffusers
         model.save_config(directory)
@@ -451,7 +472,7 @@ def convert_sd3(
     (NNCF 8-bit weights in every submodel) or `int4` (4-bit transformer and T5, see `INT4_SETTINGS`).
     Without `load_t5`, T5-XXL is neither loaded nor converted, and the pipeline runs without it.
 
-    Submodels are converted one at a time and their PyTorch weights freed before the next. Finished submodels
+    Submodels are loaded in 16 bits (f32 for `fp32`), converted one at a time and freed before the next. Finished submodels
     are skipped unless `overwrite=True`; `model_index.json` is written last, so a folder that has it is complete.
     """
     check_weight_format(weight_format)
@@ -478,8 +499,11 @@ def convert_sd3(
                 )
             tqdm.write(f"{item.name}: already converted, skipped")
             continue
-        module = _load_component(model_id_or_path, model_index=model_index, name=item.component, torch_dtype=torch.float32)
-        _export_submodel(item.make_spec(module.eval()), submodel=item.name, weight_format=weight_format, output_dir=output_dir)
+        # fp32 output needs f32 weights; every other format stores at most 16 bits, so load them in 16 bits.
+        torch_dtype = torch.float32 if weight_format == "fp32" else torch.float16
+        module = _load_component(model_id_or_path, model_index=model_index, name=item.component, torch_dtype=torch_dtype)
+        module = compute_in_float32(module.eval()) if torch_dtype != torch.float32 else module.eval()
+        _export_submodel(item.make_spec(module), submodel=item.name, weight_format=weight_format, output_dir=output_dir)
         del module
         gc.collect()
 

@@ -100,6 +100,11 @@ class OVSubmodel:
         compiled = self.core.compile_model(self.model, self.device, self.ov_config)
         self.request = compiled.create_infer_request()
 
+    def reshape(self, shapes: dict[str, list[int]]) -> None:
+        """Give inputs static shapes (faster on CPU, needed on NPU); the model is compiled again on next use."""
+        self.model.reshape(shapes)
+        self.request = None
+
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         if self.request is None:
             self.compile()
@@ -111,8 +116,26 @@ def _device_for(device: str | dict[str, str], submodel: str) -> str:
     return device.get(submodel, "CPU") if isinstance(device, dict) else device
 
 
-def _config_for(ov_config: dict | None, *, submodel: str, device: str) -> dict:
-    config = dict(ov_config or {})
+VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+
+
+def _check_devices(device: str | dict[str, str], *, available: list[str]) -> None:
+    """Name an unavailable device before OpenVINO fails deep inside compilation."""
+    for submodel, name in (device.items() if isinstance(device, dict) else [("all submodels", device)]):
+        if not isinstance(name, str):
+            raise TypeError(f"`device` for {submodel} has to be a str such as 'CPU' but is {name!r}.")
+        physical = name.split(":")[-1].split(",") if name.startswith(VIRTUAL_DEVICES) else [name]
+        missing = [part for part in physical if part and part.split(".")[0] not in {d.split(".")[0] for d in available}]
+        if missing and name not in VIRTUAL_DEVICES:
+            raise ValueError(f"`device` {name!r} for {submodel} is not available on this machine; available: {available + ['AUTO']}.")
+
+
+def _config_for(ov_config: dict | None, *, submodel: str, device: str, cache_dir: Path | None) -> dict:
+    ov_config = ov_config or {}
+    per_submodel = bool(ov_config) and set(ov_config) <= set(PIPELINE_SUBMODELS)
+    config = dict(ov_config.get(submodel, {}) if per_submodel else ov_config)
+    if cache_dir is not None:
+        config.setdefault("CACHE_DIR", str(cache_dir))
     if submodel in TEXT_ENCODERS and "GPU" in device:
         # Text encoders lose accuracy in f16 on GPU; their cost is a few ms, so keep them in f32.
         config.setdefault("INFERENCE_PRECISION_HINT", "f32")
@@ -171,6 +194,7 @@ class OVStableDiffusion3Pipeline:
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._progress_bar_config = {}
         self._interrupt = False
+        self._static_shape = None  # set by `reshape`
 
     @classmethod
     def from_pretrained(
@@ -179,14 +203,17 @@ class OVStableDiffusion3Pipeline:
         *,
         device: str | dict[str, str] = "CPU",
         ov_config: dict | None = None,
+        cache_dir: str | Path | None = None,
         compile: bool = True,
     ) -> "OVStableDiffusion3Pipeline":
         """Load a folder written by `convert_sd3` (or optimum-cli) and compile its models for `device`.
 
         `device` is one OpenVINO device for all submodels ("CPU", "GPU", "AUTO") or a dict by submodel name
         (`{"transformer": "GPU", "text_encoder": "CPU"}`; unnamed submodels run on CPU). `ov_config` holds
-        OpenVINO properties, e.g. `{"INFERENCE_PRECISION_HINT": "f32"}`. With `compile=False` the models are
-        compiled on first use.
+        OpenVINO properties for all submodels (`{"INFERENCE_PRECISION_HINT": "f32"}`) or a dict of them by
+        submodel name. Text encoders on a GPU run in f32 unless `ov_config` says otherwise. `cache_dir` keeps
+        OpenVINO's compiled models there, so later loads skip compilation. With `compile=False` the models are
+        compiled on first use (or call `compile()` after `reshape()`).
         """
         import diffusers
         import openvino as ov
@@ -201,13 +228,14 @@ class OVStableDiffusion3Pipeline:
         if isinstance(device, dict) and set(device) - set(PIPELINE_SUBMODELS):
             raise ValueError(f"`device` names unknown submodels {sorted(set(device) - set(PIPELINE_SUBMODELS))}; use {list(PIPELINE_SUBMODELS)}.")
         core = ov.Core()
+        _check_devices(device, available=core.available_devices)
         has_t5 = model_index.get("text_encoder_3", [None])[0] is not None
         submodels = {}
         for name in PIPELINE_SUBMODELS:
             if name == "text_encoder_3" and not has_t5:
                 continue
             submodel_device = _device_for(device, name)
-            config = _config_for(ov_config, submodel=name, device=submodel_device)
+            config = _config_for(ov_config, submodel=name, device=submodel_device, cache_dir=cache_dir)
             submodels[name] = OVSubmodel(model_dir / name, core=core, device=submodel_device, ov_config=config)
         tokenizers = {
             name: AutoTokenizer.from_pretrained(model_dir / name)
@@ -231,6 +259,64 @@ class OVStableDiffusion3Pipeline:
     def submodels(self) -> dict[str, OVSubmodel]:
         candidates = {name: getattr(self, name) for name in PIPELINE_SUBMODELS}
         return {name: submodel for name, submodel in candidates.items() if submodel is not None}
+
+    def reshape(
+        self,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        batch_size: int = 1,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        max_sequence_length: int = 256,
+    ) -> "OVStableDiffusion3Pipeline":
+        """Fix every input shape for one kind of call (static shapes compile to faster code); returns `self`.
+
+        A later call with another size, batch, guidance on/off or `max_sequence_length` raises a ValueError.
+        Models compile again on next use (or call `compile()`).
+        """
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        self._check_size(height=height, width=width)
+        guidance_copies = 2 if do_classifier_free_guidance else 1
+        text_batch = batch_size * guidance_copies  # positive and negative prompts go through together
+        image_batch = batch_size * num_images_per_prompt
+        latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
+        transformer = self.transformer.config
+        sequence_length = self.tokenizer_max_length + max_sequence_length
+
+        for encoder in (self.text_encoder, self.text_encoder_2):
+            encoder.reshape({"input_ids": [text_batch, self.tokenizer_max_length]})
+        if self.text_encoder_3 is not None:
+            self.text_encoder_3.reshape({"input_ids": [text_batch, max_sequence_length]})
+        self.transformer.reshape(
+            {
+                "hidden_states": [image_batch * guidance_copies, transformer["in_channels"], latent_height, latent_width],
+                "encoder_hidden_states": [image_batch * guidance_copies, sequence_length, transformer["joint_attention_dim"]],
+                "pooled_projections": [image_batch * guidance_copies, transformer["pooled_projection_dim"]],
+                "timestep": [image_batch * guidance_copies],
+            }
+        )
+        latent_channels = self.vae_decoder.config["latent_channels"]
+        self.vae_decoder.reshape({"latent_sample": [image_batch, latent_channels, latent_height, latent_width]})
+        self._static_shape = dict(
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+            max_sequence_length=max_sequence_length,
+        )
+        return self
+
+    def _check_static_shape(self, **call_shape) -> None:
+        if self._static_shape is not None and call_shape != self._static_shape:
+            changed = {key: value for key, value in call_shape.items() if self._static_shape[key] != value}
+            raise ValueError(
+                f"This pipeline was reshaped to static shapes {self._static_shape}, but this call asks for {changed}. "
+                "Call `pipe.reshape(...)` with the new values (the models compile again), or load the pipeline "
+                "again without reshaping for dynamic shapes."
+            )
 
     @property
     def interrupt(self) -> bool:
@@ -260,16 +346,7 @@ class OVStableDiffusion3Pipeline:
         callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
         """Raise a ValueError or TypeError that names the bad argument, its value and the fix."""
-        multiple = self.vae_scale_factor * self.patch_size
-        if height % multiple != 0 or width % multiple != 0:
-            raise ValueError(
-                f"`height` and `width` have to be divisible by {multiple} (vae_scale_factor {self.vae_scale_factor} x "
-                f"patch_size {self.patch_size}) but are {height} and {width}. "
-                f"Try {round(height / multiple) * multiple or multiple} and {round(width / multiple) * multiple or multiple}."
-            )
-        max_side = self.transformer.config["pos_embed_max_size"] * multiple
-        if not (0 < height <= max_side and 0 < width <= max_side):
-            raise ValueError(f"`height` and `width` must be between {multiple} and {max_side} for this model but are {height} and {width}.")
+        self._check_size(height=height, width=width)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` has to be a positive integer but is {num_inference_steps!r}.")
         if (prompt is None) == (prompt_embeds is None):
@@ -295,6 +372,18 @@ class OVStableDiffusion3Pipeline:
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(unknown)}; allowed: {self._callback_tensor_inputs}.")
+
+    def _check_size(self, *, height: int, width: int) -> None:
+        multiple = self.vae_scale_factor * self.patch_size
+        if height % multiple != 0 or width % multiple != 0:
+            raise ValueError(
+                f"`height` and `width` have to be divisible by {multiple} (vae_scale_factor {self.vae_scale_factor} x "
+                f"patch_size {self.patch_size}) but are {height} and {width}. "
+                f"Try {round(height / multiple) * multiple or multiple} and {round(width / multiple) * multiple or multiple}."
+            )
+        max_side = self.transformer.config["pos_embed_max_size"] * multiple
+        if not (0 < height <= max_side and 0 < width <= max_side):
+            raise ValueError(f"`height` and `width` must be between {multiple} and {max_side} for this model but are {height} and {width}.")
 
     # -- 3. Text encoding --------------------------------------------------------------------------------
 
@@ -452,6 +541,14 @@ class OVStableDiffusion3Pipeline:
         # 2. Define call parameters
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         do_classifier_free_guidance = guidance_scale > 1.0
+        self._check_static_shape(
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+            max_sequence_length=max_sequence_length,
+        )
         self._interrupt = False
 
         # 3. Encode prompt
