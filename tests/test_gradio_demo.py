@@ -298,10 +298,13 @@ def drain_progress(job) -> list:
 
 
 def test_progress_of_the_denoising_steps_reaches_the_client(client):
-    job = client.submit(*generate_args(steps=4), api_name="/generate")
+    # Gradio sends only the latest progress (every 10 ms): steps of ~100 ms each arrive one by one, fast ones may not
+    job = client.submit(*generate_args(width=192, height=192, steps=12), api_name="/generate")
     job.result(timeout=60)
-    progress = [(unit.index, unit.length, unit.unit, unit.desc) for unit in drain_progress(job)]
-    assert progress == [(step, 4, "steps", "Denoising") for step in (1, 2, 3, 4)]
+    progress = drain_progress(job)
+    assert {(unit.length, unit.unit, unit.desc) for unit in progress} == {(12, "steps", "Denoising")}
+    steps = [unit.index for unit in progress]
+    assert len(steps) >= 3 and steps == sorted(set(steps)) and 1 <= steps[0] and steps[-1] <= 12, steps
 
 
 def test_stop_ends_the_running_generation_early(client):
