@@ -78,6 +78,7 @@ def executed(tmp_path_factory) -> dict:
     models_dir = tmp_path_factory.getbasetemp() / "models"
     output_dir = ARTIFACTS_DIR / "notebook-outputs"
     shutil.rmtree(output_dir, ignore_errors=True)  # images left by an earlier run must not pass for new ones
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     executed_path = ARTIFACTS_DIR / "stable-diffusion-v3.executed.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK),
