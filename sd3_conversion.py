@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "int8-hybrid")  # int8-hybrid: see sd3_quantization.py
 RT_INFO_WEIGHT_FORMAT = ["sd3_helper", "weight_format"]  # where a converted IR records its weight format
 OV_MODEL_XML = "openvino_model.xml"
 OV_MODEL_BIN = "openvino_model.bin"
@@ -469,7 +469,9 @@ def convert_sd3(
     """Convert an SD3 checkpoint to OpenVINO IR in the optimum-intel / openvino.genai layout; return `output_dir`.
 
     `model_id_or_path` is a hub id or a local diffusers folder. `weight_format` is `fp32`, `fp16`, `int8`
-    (NNCF 8-bit weights in every submodel) or `int4` (4-bit transformer and T5, see `INT4_SETTINGS`).
+    (NNCF 8-bit weights in every submodel), `int4` (4-bit transformer and T5, see `INT4_SETTINGS`) or
+    `int8-hybrid` (the transformer's activations and weights in int8, calibrated by `quantize_sd3` with its
+    defaults, the other submodels int8 weights; for its options call `quantize_sd3` on an fp16 folder).
     Without `load_t5`, T5-XXL is neither loaded nor converted, and the pipeline runs without it.
 
     Submodels are loaded in 16 bits (f32 for `fp32`), converted one at a time and freed before the next. Finished submodels
@@ -479,6 +481,8 @@ def convert_sd3(
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
+    if weight_format == "int8-hybrid":
+        return _convert_hybrid(model_id_or_path, output_dir, load_t5=load_t5, overwrite=overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(output_dir)
     model_index = load_model_index(model_id_or_path)
@@ -516,4 +520,17 @@ def convert_sd3(
     if not has_t5:
         model_index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
     _write_json_atomically(model_index, output_dir / MODEL_INDEX)
+    return output_dir
+
+
+def _convert_hybrid(model_id_or_path: str | Path, output_dir: Path, *, load_t5: bool, overwrite: bool) -> Path:
+    """int8-hybrid = an fp16 conversion (kept aside, resumable), calibrated and quantized by `quantize_sd3`."""
+    from sd3_quantization import quantize_sd3
+
+    if (output_dir / MODEL_INDEX).is_file() and not overwrite:
+        return output_dir  # quantize_sd3 writes model_index.json last: the folder is complete
+    fp16_source = output_dir / ".fp16-source"
+    convert_sd3(model_id_or_path, fp16_source, load_t5=load_t5, weight_format="fp16", overwrite=overwrite)
+    quantize_sd3(fp16_source, output_dir, overwrite=overwrite)
+    shutil.rmtree(fp16_source)
     return output_dir

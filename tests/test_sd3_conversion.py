@@ -93,7 +93,7 @@ def test_other_weight_format_into_same_folder_needs_overwrite(tiny_checkpoint, c
 
 
 def test_unknown_weight_format(tiny_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match=r"`weight_format` must be one of \['fp32', 'fp16', 'int8', 'int4'\] but is 'int3'"):
+    with pytest.raises(ValueError, match=r"`weight_format` must be one of \['fp32', 'fp16', 'int8', 'int4', 'int8-hybrid'\] but is 'int3'"):
         sd3_helper.convert_sd3(tiny_checkpoint, tmp_path / "out", weight_format="int3")
     assert not (tmp_path / "out").exists()
 
