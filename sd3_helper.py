@@ -18,6 +18,7 @@ Command line: `python sd3_helper.py {tiny-model,convert,generate} --help`.
 import argparse
 import json
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -109,7 +110,8 @@ class OVSubmodel:
         if self.request is None:
             self.compile()
         results = self.request.infer(inputs, share_inputs=True, share_outputs=False)
-        return {output.get_any_name(): value for output, value in results.items()}
+        # An output can carry several tensor names after compilation; answer to each of them.
+        return {name: value for output, value in results.items() for name in output.get_names()}
 
 
 def _device_for(device: str | dict[str, str], submodel: str) -> str:
@@ -195,6 +197,7 @@ class OVStableDiffusion3Pipeline:
         self._progress_bar_config = {}
         self._interrupt = False
         self._static_shape = None  # set by `reshape`
+        self._call_lock = threading.Lock()  # infer requests and the scheduler hold per-call state
 
     @classmethod
     def from_pretrained(
@@ -220,6 +223,11 @@ class OVStableDiffusion3Pipeline:
         from transformers import AutoTokenizer
 
         model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(
+                f"`{model_dir}` does not exist. Convert a model into it first: "
+                f"`convert_sd3(model_id_or_path, {str(model_dir)!r})` or `python sd3_helper.py convert MODEL {model_dir}`."
+            )
         if not (model_dir / MODEL_INDEX).is_file():
             raise FileNotFoundError(
                 _incomplete_model_error(model_dir / MODEL_INDEX, model_dir, "is missing (it is written last, when a conversion finishes)")
@@ -479,8 +487,13 @@ class OVStableDiffusion3Pipeline:
 
     # -- The call ----------------------------------------------------------------------------------------
 
+    def __call__(self, *args, **kwargs) -> "SD3PipelineOutput | tuple":
+        """Generate images; see `generate`. Calls from several threads run one after another."""
+        with self._call_lock:
+            return self.generate(*args, **kwargs)
+
     @torch.no_grad()
-    def __call__(
+    def generate(
         self,
         prompt: str | list[str] | None = None,
         prompt_2: str | list[str] | None = None,

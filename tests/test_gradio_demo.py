@@ -175,7 +175,7 @@ def test_cli_reports_a_missing_model_folder(tmp_path):
     command = [sys.executable, "gradio_helper.py", str(tmp_path / "missing")]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "error:" in result.stderr and "model_index.json" in result.stderr and "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "missing` does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
 def free_loopback_port() -> int:

@@ -41,4 +41,4 @@ def test_tiny_model_convert_generate(tmp_path):
 def test_generate_reports_bad_input_without_traceback(tmp_path):
     result = run("generate", str(tmp_path / "nowhere"), "--prompt", "a cat")
     assert result.returncode == 2
-    assert "model_index.json` is missing" in result.stderr and "Traceback" not in result.stderr
+    assert "nowhere` does not exist" in result.stderr and "Traceback" not in result.stderr
