@@ -217,3 +217,55 @@ def image_grid(images: list, *, labels: list[str], font_size: int = 14):
             (left + (cell_width - label_width) // 2, cell_height - label_height + 2), label, fill="black", font=font
         )
     return grid
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The same folder in openvino.genai
+# ----------------------------------------------------------------------------------------------------------
+
+
+def compare_with_genai(
+    ov_pipe,
+    *,
+    model_dir: Path,
+    device: str,
+    prompt: str,
+    height: int,
+    width: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+) -> tuple[str, list, list[str]]:
+    """Time one image from our pipeline and from openvino.genai's C++ pipeline on the same folder and seed.
+
+    Returns a Markdown table of the two latencies, the two images and their labels. Both get a warm-up call.
+    """
+    import numpy as np
+    import openvino_genai
+    import torch
+    from PIL import Image
+
+    from sd3_helper import make_genai_pipeline
+
+    settings = dict(height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    genai_pipe = make_genai_pipeline(model_dir, device=device)
+    genai_pipe.generate(prompt, **{**settings, "num_inference_steps": 1})  # warm-up
+    start = time.perf_counter()
+    genai_image = genai_pipe.generate(prompt, generator=openvino_genai.TorchGenerator(seed), **settings).data[0]
+    genai_latency = time.perf_counter() - start
+
+    ov_pipe(prompt, **{**settings, "num_inference_steps": 1})  # warm-up
+    start = time.perf_counter()
+    our_image = ov_pipe(prompt, generator=torch.Generator().manual_seed(seed), **settings).images[0]
+    our_latency = time.perf_counter() - start
+
+    table = "\n".join(
+        [
+            "| pipeline | latency per image |",
+            "| --- | ---: |",
+            f"| `OVStableDiffusion3Pipeline` (Python) | {our_latency:.2f} s |",
+            f"| `openvino_genai.Text2ImagePipeline` (C++) | {genai_latency:.2f} s |",
+        ]
+    )
+    images = [our_image, Image.fromarray(np.asarray(genai_image, dtype=np.uint8))]
+    return table, images, [f"ours: {our_latency:.2f} s", f"openvino.genai: {genai_latency:.2f} s"]
