@@ -486,21 +486,22 @@ def convert_sd3(
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(output_dir)
     model_index = load_model_index(model_id_or_path)
-    (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
     has_t5 = load_t5 and model_index.get("text_encoder_3", [None])[0] is not None
     exports = [item for item in SUBMODEL_EXPORTS if has_t5 or item.name != "text_encoder_3"]
+    finished = set() if overwrite else {item.name for item in exports if is_converted(output_dir / item.name)}
+    for name in sorted(finished):  # refuse before touching anything, so a complete folder stays complete
+        recorded = _recorded_weight_format(output_dir / name)
+        if recorded not in (None, weight_format):
+            raise ValueError(
+                f"`{output_dir / name}` was converted with weight_format={recorded!r}, not {weight_format!r}. "
+                "Pass `overwrite=True` to convert it again, or choose another `output_dir`."
+            )
+    (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
 
     progress = tqdm(exports, desc="Converting SD3 to OpenVINO", unit="submodel")
     for item in progress:
         progress.set_postfix_str(item.description)
-        submodel_dir = output_dir / item.name
-        if is_converted(submodel_dir) and not overwrite:
-            recorded = _recorded_weight_format(submodel_dir)
-            if recorded not in (None, weight_format):
-                raise ValueError(
-                    f"`{submodel_dir}` was converted with weight_format={recorded!r}, not {weight_format!r}. "
-                    "Pass `overwrite=True` to convert it again, or choose another `output_dir`."
-                )
+        if item.name in finished:
             tqdm.write(f"{item.name}: already converted, skipped")
             continue
         # fp32 output needs f32 weights; every other format stores at most 16 bits, so load them in 16 bits.

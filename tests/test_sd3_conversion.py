@@ -88,8 +88,10 @@ def test_second_conversion_skips_finished_submodels(tiny_checkpoint, converted, 
 
 
 def test_other_weight_format_into_same_folder_needs_overwrite(tiny_checkpoint, converted):
+    folder = converted("fp16")
     with pytest.raises(ValueError, match=r"was converted with weight_format='fp16', not 'int8'.*overwrite=True"):
-        sd3_helper.convert_sd3(tiny_checkpoint, converted("fp16"), weight_format="int8")
+        sd3_helper.convert_sd3(tiny_checkpoint, folder, weight_format="int8")
+    assert (folder / "model_index.json").is_file(), "a refused conversion leaves the complete folder complete"
 
 
 def test_unknown_weight_format(tiny_checkpoint, tmp_path):
