@@ -1,0 +1,418 @@
+"""Hybrid INT8 quantization of an SD3 OpenVINO model: an int8 transformer, int8 weights everywhere else.
+
+`quantize_sd3(model_dir, output_dir)` reads a folder written by `sd3_helper.convert_sd3` (fp16 or fp32) and
+writes the same layout with weight format "int8-hybrid":
+
+- The MMDiT transformer does ~97% of a generation's arithmetic, so it gets NNCF post-training quantization
+  (`nncf.quantize`, `model_type=TRANSFORMER`): weights and activations in int8, which the CPU runs on its
+  int8 units (AMX / VNNI) instead of bf16 or f32 ones. Activation ranges come from calibration: we run our
+  own `OVStableDiffusion3Pipeline` on the fp16 model with the prompts shipped in `prompts/` and record the
+  transformer's inputs at every denoising step (`num_samples` calls, 200 by default as in the original
+  openvino_notebooks tutorial; 28 steps at 512x512, guidance 5: about 7 prompts). Calibration needs no
+  download, and the same `seed` gives the same prompts, latents, recorded inputs and quantized IR.
+- Some layers are kept out of quantization (`TRANSFORMER_IGNORED_LAYERS`). They are found by the graph's
+  structure, not by name, because torch.export names layers by a counter (`linear_17`) that moves with the
+  number of layers:
+    * the patch embedding (the only Convolution): it reads the raw latents, whose range changes with the
+      noise level of the step, and the original tutorial found that quantizing it hurts the image;
+    * the conditioning MatMuls (timestep and pooled-text MLP, every block's adaLN modulation): they run on one
+      row per image, so int8 buys nothing, and their outputs scale, shift and gate every token, so their
+      error reaches everything;
+    * the output projection: its error lands directly in the predicted flow, and it is 0.1% of the FLOPs.
+  Their weights get int8 weight-only compression instead. Everything else (attention projections, MLPs, the
+  context embedding: all the work that grows with the number of tokens) is quantized. Measured PSNR against
+  the fp16 pipeline's image (same seed): SD3-Medium-shaped 2-layer model, 512x512, 28 steps: 45.8-46.0 dB
+  (int8 weights alone: 46.4 dB); tiny test model at f32: 49-52 dB, but 39-43 dB if the conditioning layers
+  are quantized as well.
+- The text encoders and the VAE get int8 weight-only compression (`sd3_conversion.compress_weights(...,
+  weight_format="int8")`): their cost is a small share of a generation, and quantizing their activations
+  costs accuracy (the original tutorial's finding), while int8 weights halve their size.
+
+The output is written like `convert_sd3` writes: each submodel to a hidden staging folder renamed into place
+when complete, `model_index.json` last, finished submodels skipped on the next call unless `overwrite=True`.
+Every IR records "int8-hybrid" in its rt_info at `sd3_conversion.RT_INFO_WEIGHT_FORMAT`.
+"""
+
+import gc
+import json
+import logging
+import random
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sd3_conversion import (
+    COPIED_COMPONENTS,
+    MODEL_INDEX,
+    OV_MODEL_XML,
+    RT_INFO_WEIGHT_FORMAT,
+    SUBMODEL_EXPORTS,
+    _publish,
+    _recorded_weight_format,
+    _remove_stale_staging,
+    _staging_dir,
+    _store_large_constants_in_fp16,
+    _write_json_atomically,
+    compress_weights,
+    is_converted,
+)
+
+HYBRID_WEIGHT_FORMAT = "int8-hybrid"
+SOURCE_WEIGHT_FORMATS = ("fp16", "fp32")  # quantization starts from unquantized weights
+CALIBRATION_PROMPTS_FILE = Path(__file__).resolve().parent / "prompts" / "calibration_prompts.txt"
+# Negative prompts drawn for calibration, as in the original tutorial, plus "" (the pipeline's default).
+NEGATIVE_PROMPTS = (
+    "",
+    "blurry unreal occluded",
+    "low contrast disfigured uncentered mangled",
+    "amateur out of frame low quality nsfw",
+    "ugly underexposed jpeg artifacts",
+    "low saturation disturbing content",
+    "overexposed severe distortion",
+    "ugly mutilated out of frame disfigured",
+)
+CALIBRATION_STEPS = 28  # SD3 Medium's usual number of steps: the timesteps calibration sees are the ones used
+CALIBRATION_GUIDANCE_SCALE = 5.0  # the tutorial's setting; with guidance the transformer sees batch 2 (CFG)
+CALIBRATION_MAX_SIDE = 512  # pixels; the tutorial calibrates at 512x512: 1/4 of the activations of 1024x1024
+# Layer groups kept out of quantization (see the module docstring and `transformer_ignored_scope`).
+TRANSFORMER_IGNORED_LAYERS = ("patch_embedding", "conditioning", "output_projection")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Calibration data
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_calibration_prompts(prompts_file: str | Path | None = None) -> list[str]:
+    """The prompts of `prompts_file` (default: the shipped `prompts/calibration_prompts.txt`), one a line.
+
+    Blank lines and lines starting with `#` are skipped.
+    """
+    path = Path(prompts_file) if prompts_file is not None else CALIBRATION_PROMPTS_FILE
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise ValueError(f"`prompts_file` {str(path)!r} holds no prompts; write one prompt a line.")
+    return prompts
+
+
+class RecordingSubmodel:
+    """Stands in for an `OVSubmodel`: runs it and keeps the inputs of its first `max_calls` calls.
+
+    The recorded arrays are the pipeline's own (no copy): it makes fresh latents and timesteps at every step
+    and reuses the prompt embeddings across the steps of one image, so they are stored once per image.
+    """
+
+    def __init__(self, submodel, *, max_calls: int):
+        self.submodel = submodel
+        self.max_calls = max_calls
+        self.recorded: list[dict[str, np.ndarray]] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self.recorded) >= self.max_calls
+
+    def __getattr__(self, name):  # config, name, model, ... of the wrapped submodel
+        return getattr(self.submodel, name)
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.full:
+            self.recorded.append(dict(inputs))
+        return self.submodel(**inputs)
+
+
+def collect_calibration_data(
+    pipeline,
+    *,
+    prompts: list[str],
+    num_samples: int,
+    seed: int = 0,
+    num_inference_steps: int = CALIBRATION_STEPS,
+    guidance_scale: float = CALIBRATION_GUIDANCE_SCALE,
+    height: int | None = None,
+    width: int | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Run `pipeline` (an `OVStableDiffusion3Pipeline`) on `prompts` and return the inputs of its first
+    `num_samples` transformer calls, one dict of named arrays per call.
+
+    Prompts are taken in an order shuffled by `seed`, each with a negative prompt drawn from
+    `NEGATIVE_PROMPTS` and latents from a generator seeded by `seed` and the prompt's position, so the same
+    arguments always give the same data. Images are not decoded, and the last image stops as soon as
+    `num_samples` calls are recorded. `height` and `width` default to the model's native size, at most
+    `CALIBRATION_MAX_SIDE` pixels. `pipeline.transformer` is restored afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    if num_samples < 1:
+        raise ValueError(f"`num_samples` has to be a positive integer but is {num_samples!r}.")
+    native_side = pipeline.default_sample_size * pipeline.vae_scale_factor
+    height = height or min(native_side, CALIBRATION_MAX_SIDE)
+    width = width or min(native_side, CALIBRATION_MAX_SIDE)
+    rng = random.Random(seed)
+    order = rng.sample(range(len(prompts)), k=len(prompts))
+
+    recorder = RecordingSubmodel(pipeline.transformer, max_calls=num_samples)
+    progress_config = pipeline._progress_bar_config
+    pipeline.transformer = recorder
+    pipeline.set_progress_bar_config(disable=True)
+
+    def stop_when_full(pipe, step, timestep, callback_kwargs):
+        progress.update(len(recorder.recorded) - progress.n)
+        pipe._interrupt = recorder.full
+        return callback_kwargs
+
+    progress = tqdm(total=num_samples, desc="Collecting calibration data", unit="sample")
+    try:
+        for position in range(num_samples):  # at least one sample per image, so this many images suffice
+            if recorder.full:
+                break
+            pipeline(
+                prompts[order[position % len(order)]],
+                negative_prompt=rng.choice(NEGATIVE_PROMPTS),
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=torch.Generator().manual_seed(seed * 1_000_003 + position),
+                output_type="latent",
+                callback_on_step_end=stop_when_full,
+            )
+    finally:
+        progress.close()
+        pipeline.transformer = recorder.submodel
+        pipeline.set_progress_bar_config(**progress_config)
+    return recorder.recorded
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quantizing the transformer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _layer_groups(ov_model) -> dict[str, list[str]]:
+    """Names of the transformer's weighted layers, by role, found from the graph's structure.
+
+    `patch_embedding`: the Convolution that turns latents into tokens. `conditioning`: MatMuls on 2D
+    activations, one row per image (timestep / pooled-text embedding, adaLN modulation). `context_embedding`:
+    the MatMul on the `encoder_hidden_states` input. `output_projection`: the last MatMul before the output.
+    `tokens`: every other MatMul with a weight (attention projections, MLPs).
+    """
+    groups = {name: [] for name in ("patch_embedding", "conditioning", "context_embedding", "output_projection", "tokens")}
+    matmuls = []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() == "Convolution":
+            groups["patch_embedding"].append(op.get_friendly_name())
+        elif op.get_type_name() == "MatMul" and _has_constant_weight(op):
+            matmuls.append(op)
+    for op in matmuls:
+        activation = op.input_value(0)
+        if activation.get_partial_shape().rank.get_length() == 2:
+            groups["conditioning"].append(op.get_friendly_name())
+        elif activation.get_node().get_type_name() == "Parameter":
+            groups["context_embedding"].append(op.get_friendly_name())
+        elif op is matmuls[-1]:
+            groups["output_projection"].append(op.get_friendly_name())
+        else:
+            groups["tokens"].append(op.get_friendly_name())
+    return groups
+
+
+def _has_constant_weight(op) -> bool:
+    """True when the MatMul's second input is a Constant, possibly through decompression (Convert, ...)."""
+    node = op.input_value(1).get_node()
+    while node.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose") and node.get_input_size():
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Constant"
+
+
+def transformer_ignored_scope(ov_model, *, groups: tuple[str, ...] = TRANSFORMER_IGNORED_LAYERS):
+    """An `nncf.IgnoredScope` naming the transformer layers of `groups` (see `_layer_groups`)."""
+    import nncf
+
+    by_group = _layer_groups(ov_model)
+    unknown = set(groups) - set(by_group)
+    if unknown:
+        raise ValueError(f"`groups` has unknown layer groups {sorted(unknown)}; choose from {sorted(by_group)}.")
+    return nncf.IgnoredScope(names=[name for group in groups for name in by_group[group]])
+
+
+def quantize_transformer(
+    ov_model,
+    calibration_data: list[dict[str, np.ndarray]],
+    *,
+    ignored_layers: tuple[str, ...] = TRANSFORMER_IGNORED_LAYERS,
+    smooth_quant_alpha: float | None = None,
+):
+    """NNCF post-training int8 quantization of the transformer's weights and activations, except the layers of
+    `ignored_layers` (see `_layer_groups`), whose weights get int8 weight-only compression instead.
+
+    `smooth_quant_alpha` overrides NNCF's SmoothQuant strength for MatMuls (a negative value disables it).
+    """
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    advanced = AdvancedQuantizationParameters()
+    if smooth_quant_alpha is not None:
+        advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha))
+    with _quiet_nncf():
+        quantized = nncf.quantize(
+            ov_model,
+            nncf.Dataset(calibration_data),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration_data),
+            ignored_scope=transformer_ignored_scope(ov_model, groups=ignored_layers),
+            advanced_parameters=advanced,
+        )
+        # The quantized layers already hold int8 weights; this compresses the weights of the kept-out ones.
+        return nncf.compress_weights(quantized, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+@contextmanager
+def _quiet_nncf():
+    """NNCF logs a line per layer it does not quantize (dozens); keep its warnings, drop that INFO chatter."""
+    from nncf.common.logging import nncf_logger
+
+    level = nncf_logger.level
+    nncf_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole model
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_source(model_dir: Path, submodels: list[str]) -> None:
+    """`model_dir` must be a finished fp16 or fp32 conversion with a transformer."""
+    if not (model_dir / MODEL_INDEX).is_file() or not is_converted(model_dir / "transformer"):
+        raise FileNotFoundError(
+            f"`model_dir` {str(model_dir)!r} is not a finished OpenVINO SD3 folder (it needs `{MODEL_INDEX}` and "
+            "`transformer/`). Convert the checkpoint first: `convert_sd3(model_id_or_path, model_dir, weight_format='fp16')`."
+        )
+    for name in submodels:
+        recorded = _recorded_weight_format(model_dir / name)
+        if recorded not in SOURCE_WEIGHT_FORMATS:
+            raise ValueError(
+                f"`{model_dir / name}` has weight_format={recorded!r}; quantization needs one of {list(SOURCE_WEIGHT_FORMATS)}. "
+                "Pass the folder of an fp16 conversion: `convert_sd3(model_id_or_path, model_dir, weight_format='fp16')`."
+            )
+
+
+def _save_submodel(ov_model, *, model_dir: Path, output_dir: Path, name: str) -> None:
+    """Save an IR plus its `config.json` into a staging folder, then publish it as `output_dir / name`."""
+    import openvino as ov
+
+    ov_model.set_rt_info(HYBRID_WEIGHT_FORMAT, RT_INFO_WEIGHT_FORMAT)
+    final_dir = output_dir / name
+    staging = _staging_dir(final_dir)
+    try:
+        ov.save_model(ov_model, staging / OV_MODEL_XML, compress_to_fp16=True)
+        shutil.copy2(model_dir / name / "config.json", staging / "config.json")
+        _publish(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _quantized_transformer(model_dir: Path, *, calibration: dict, device: str, ov_config: dict | None):
+    """Collect calibration data with the fp16 pipeline of `model_dir`, then quantize its transformer."""
+    import openvino as ov
+
+    from sd3_helper import OVStableDiffusion3Pipeline
+
+    pipeline = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device, ov_config=ov_config, compile=False)
+    pipeline.set_progress_bar_config(disable=True)
+    calibration_data = collect_calibration_data(pipeline, **calibration)
+    del pipeline  # frees the compiled models before NNCF compiles its own
+    gc.collect()
+    ov_model = ov.Core().read_model(model_dir / "transformer" / OV_MODEL_XML)
+    quantized = quantize_transformer(ov_model, calibration_data)
+    return _store_large_constants_in_fp16(quantized)
+
+
+def quantize_sd3(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    num_samples: int = 200,
+    seed: int = 0,
+    prompts_file: str | Path | None = None,
+    num_inference_steps: int = CALIBRATION_STEPS,
+    guidance_scale: float = CALIBRATION_GUIDANCE_SCALE,
+    height: int | None = None,
+    width: int | None = None,
+    device: str = "CPU",
+    ov_config: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an "int8-hybrid" copy of the fp16 / fp32 OpenVINO SD3 folder `model_dir` to `output_dir`.
+
+    The transformer is quantized to int8 (weights and activations) with ranges calibrated on `num_samples`
+    transformer calls of our pipeline running `model_dir` on the prompts of `prompts_file` (default: the
+    shipped `prompts/calibration_prompts.txt`) with `num_inference_steps` steps and `guidance_scale`, at
+    `height` x `width` (default: the native size, at most 512 pixels), on `device` with OpenVINO properties
+    `ov_config`; `seed` fixes the prompts, negative prompts and latents. The other submodels get int8 weights.
+    See the module docstring for the choices.
+
+    The folder is written atomically (staging folders, `model_index.json` last), in the layout `convert_sd3`
+    writes; finished submodels are kept unless `overwrite=True`. Returns `output_dir`.
+    """
+    import openvino as ov
+    from tqdm.auto import tqdm
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    submodels = [item.name for item in SUBMODEL_EXPORTS if is_converted(model_dir / item.name)]
+    _check_source(model_dir, submodels)
+    if model_dir.resolve() == output_dir.resolve():
+        raise ValueError(f"`output_dir` must differ from `model_dir` ({str(model_dir)!r}): the fp16 models are read while writing.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(output_dir)
+    (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
+    calibration = dict(
+        prompts=load_calibration_prompts(prompts_file),
+        num_samples=num_samples,
+        seed=seed,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+    )
+
+    progress = tqdm(submodels, desc="Quantizing SD3 (int8-hybrid)", unit="submodel")
+    for name in progress:
+        progress.set_postfix_str(name)
+        if is_converted(output_dir / name) and not overwrite:
+            recorded = _recorded_weight_format(output_dir / name)
+            if recorded != HYBRID_WEIGHT_FORMAT:
+                raise ValueError(
+                    f"`{output_dir / name}` holds weight_format={recorded!r}, not {HYBRID_WEIGHT_FORMAT!r}. "
+                    "Pass `overwrite=True` to replace it, or choose another `output_dir`."
+                )
+            tqdm.write(f"{name}: already quantized, skipped")
+            continue
+        if name == "transformer":
+            ov_model = _quantized_transformer(model_dir, calibration=calibration, device=device, ov_config=ov_config)
+        else:
+            ov_model = ov.Core().read_model(model_dir / name / OV_MODEL_XML)
+            ov_model = compress_weights(ov_model, submodel=name, weight_format="int8")
+        _save_submodel(ov_model, model_dir=model_dir, output_dir=output_dir, name=name)
+        del ov_model
+        gc.collect()
+
+    for name in COPIED_COMPONENTS:
+        if (model_dir / name).is_dir() and (overwrite or not (output_dir / name).is_dir()):
+            staging = _staging_dir(output_dir / name)
+            try:
+                shutil.copytree(model_dir / name, staging, dirs_exist_ok=True)
+                _publish(staging, output_dir / name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    model_index = json.loads((model_dir / MODEL_INDEX).read_text())
+    _write_json_atomically(model_index, output_dir / MODEL_INDEX)
+    return output_dir
