@@ -373,6 +373,14 @@ def quantize_sd3(
         raise ValueError(f"`output_dir` must differ from `model_dir` ({str(model_dir)!r}): the fp16 models are read while writing.")
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(output_dir)
+    finished = set() if overwrite else {name for name in submodels if is_converted(output_dir / name)}
+    for name in sorted(finished):  # refuse before touching anything, so a complete folder stays complete
+        recorded = _recorded_weight_format(output_dir / name)
+        if recorded != HYBRID_WEIGHT_FORMAT:
+            raise ValueError(
+                f"`{output_dir / name}` holds weight_format={recorded!r}, not {HYBRID_WEIGHT_FORMAT!r}. "
+                "Pass `overwrite=True` to replace it, or choose another `output_dir`."
+            )
     (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
     calibration = dict(
         prompts=load_calibration_prompts(prompts_file),
@@ -387,13 +395,7 @@ def quantize_sd3(
     progress = tqdm(submodels, desc="Quantizing SD3 (int8-hybrid)", unit="submodel")
     for name in progress:
         progress.set_postfix_str(name)
-        if is_converted(output_dir / name) and not overwrite:
-            recorded = _recorded_weight_format(output_dir / name)
-            if recorded != HYBRID_WEIGHT_FORMAT:
-                raise ValueError(
-                    f"`{output_dir / name}` holds weight_format={recorded!r}, not {HYBRID_WEIGHT_FORMAT!r}. "
-                    "Pass `overwrite=True` to replace it, or choose another `output_dir`."
-                )
+        if name in finished:
             tqdm.write(f"{name}: already quantized, skipped")
             continue
         if name == "transformer":

@@ -164,9 +164,10 @@ def test_rejects_wrong_sources_and_foreign_outputs(converted, hybrid, tmp_path):
     with pytest.raises(ValueError, match="must differ"):
         quantize(converted("fp16"), converted("fp16"))
     foreign = tmp_path / "foreign"
-    shutil.copytree(converted("fp16") / "transformer", foreign / "transformer")
+    shutil.copytree(converted("fp16"), foreign)  # a complete folder of another weight format
     with pytest.raises(ValueError, match="overwrite=True"):
         quantize(converted("fp16"), foreign)
+    assert (foreign / "model_index.json").is_file(), "a refused call leaves a complete folder complete"
 
 
 def test_calibration_prompts(tmp_path):
