@@ -103,9 +103,10 @@ def test_hybrid_pipeline_generates_close_to_fp16(ov_pipeline, hybrid):
 def test_calibration_is_reproducible(ov_pipeline):
     pipeline = ov_pipeline("fp16")
     prompts = sd3_quantization.load_calibration_prompts()
-    collect = lambda seed: sd3_quantization.collect_calibration_data(  # noqa: E731
-        pipeline, prompts=prompts, num_samples=6, seed=seed, num_inference_steps=4
-    )
+
+    def collect(seed: int) -> list[dict]:
+        return sd3_quantization.collect_calibration_data(pipeline, prompts=prompts, num_samples=6, seed=seed, num_inference_steps=4)
+
     first, second, other = collect(0), collect(0), collect(1)
     assert len(first) == 6 and set(first[0]) == {"hidden_states", "timestep", "encoder_hidden_states", "pooled_projections"}
     assert first[0]["hidden_states"].shape == (2, 4, 32, 32)  # guidance: batch 2 at the 64 px default
