@@ -100,10 +100,10 @@ def load_calibration_prompts(prompts_file: str | Path | None = None) -> list[str
 
 
 class RecordingSubmodel:
-    """Stands in for an `OVSubmodel`: runs it and keeps the inputs of its first `max_calls` calls.
+    """Stands in for an `OVSubmodel`: runs it and keeps a copy of the inputs of its first `max_calls` calls.
 
-    The recorded arrays are the pipeline's own (no copy): it makes fresh latents and timesteps at every step
-    and reuses the prompt embeddings across the steps of one image, so they are stored once per image.
+    An input equal to the previous call's (the prompt embeddings, the same at every step of an image) is kept
+    once and shared, so 200 samples of SD3 at 512x512 take ~0.2 GB instead of ~2 GB.
     """
 
     def __init__(self, submodel, *, max_calls: int):
@@ -120,7 +120,13 @@ class RecordingSubmodel:
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         if not self.full:
-            self.recorded.append(dict(inputs))
+            previous = self.recorded[-1] if self.recorded else {}
+            self.recorded.append(
+                {
+                    name: previous[name] if name in previous and np.array_equal(previous[name], value) else np.array(value, copy=True)
+                    for name, value in inputs.items()
+                }
+            )
         return self.submodel(**inputs)
 
 

@@ -114,6 +114,7 @@ def test_calibration_is_reproducible(ov_pipeline):
         for name in a:
             np.testing.assert_array_equal(a[name], b[name])
     assert not np.array_equal(first[0]["hidden_states"], other[0]["hidden_states"])
+    assert first[1]["encoder_hidden_states"] is first[0]["encoder_hidden_states"], "one copy of an image's embeddings"
     assert pipeline.transformer.__class__.__name__ == "OVSubmodel", "the recording wrapper is removed"
 
 
