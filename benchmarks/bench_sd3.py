@@ -337,8 +337,12 @@ class DiffusersStyleRuntime:
         self.pipe = None
 
     def imports(self) -> None:
-        import diffusers  # noqa: F401
+        """Import what loading needs before the RSS baseline and the load timer (the libraries import lazily)."""
         import torch  # noqa: F401
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline  # noqa: F401
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPTokenizerFast  # noqa: F401
+
+        import sd3_helper  # noqa: F401
 
     def call(self, *, steps: int, callback=None):
         import torch
