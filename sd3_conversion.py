@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -189,6 +190,46 @@ def _t5_spec(model) -> ExportSpec:
         source=model,
         runtime_options={"ACTIVATIONS_SCALE_FACTOR": "8.0"},  # as optimum-intel: keeps T5 finite in f16 on GPU
     )
+
+
+def _cropped_separable_pos_embed(patch_embed, height: int, width: int) -> torch.Tensor:
+    """`PatchEmbed.cropped_pos_embed` from the two 1D factors of the table (see `factor_position_embedding`)."""
+    max_size = patch_embed.pos_embed_max_size
+    height, width = height // patch_embed.patch_size, width // patch_embed.patch_size
+    if height > max_size or width > max_size:
+        raise ValueError(f"Latent size {height}x{width} (in patches) exceeds `pos_embed_max_size` {max_size}.")
+    top, left = (max_size - height) // 2, (max_size - width) // 2
+    columns = patch_embed.pos_embed_columns[left : left + width]  # (width, D/2)
+    rows = patch_embed.pos_embed_rows[top : top + height]  # (height, D/2)
+    grid = torch.cat([columns[None].expand(height, -1, -1), rows[:, None].expand(-1, width, -1)], dim=-1)
+    return grid.reshape(1, height * width, grid.shape[-1])
+
+
+def factor_position_embedding(transformer: torch.nn.Module) -> bool:
+    """Store SD3's 2D sin-cos position table as its two 1D factors; return whether it did.
+
+    `transformer.pos_embed.pos_embed` holds a vector for every cell of a `pos_embed_max_size`² grid (192² x 1536
+    values in SD3 Medium: 113 MB in fp16, more than a quarter of a 2-layer transformer and out of reach of
+    weight compression). Each vector is [a part that depends on the column, a part that depends on the row],
+    so two `pos_embed_max_size` x D/2 tables hold the same numbers. The export then builds the crop a call needs
+    from them: the same values, 0.6 MB instead of 113. A checkpoint whose table is not separable (checked
+    exactly) is left as it is.
+    """
+    patch_embed = getattr(transformer, "pos_embed", None)
+    max_size = getattr(patch_embed, "pos_embed_max_size", None)
+    if max_size is None or getattr(patch_embed, "pos_embed", None) is None:
+        return False
+    table = patch_embed.pos_embed.reshape(max_size, max_size, -1)
+    half = table.shape[-1] // 2
+    columns, rows = table[0, :, :half], table[:, 0, half:]
+    rebuilt = torch.cat([columns[None].expand(max_size, -1, -1), rows[:, None].expand(-1, max_size, -1)], dim=-1)
+    if not torch.equal(rebuilt, table):
+        return False
+    patch_embed.register_buffer("pos_embed_columns", columns.clone())
+    patch_embed.register_buffer("pos_embed_rows", rows.clone())
+    patch_embed.pos_embed = patch_embed.pos_embed.new_zeros(1)  # forward only checks that it is not None
+    patch_embed.cropped_pos_embed = types.MethodType(_cropped_separable_pos_embed, patch_embed)
+    return True
 
 
 def _transformer_spec(model) -> ExportSpec:
@@ -507,6 +548,8 @@ def convert_sd3(
         # fp32 output needs f32 weights; every other format stores at most 16 bits, so load them in 16 bits.
         torch_dtype = torch.float32 if weight_format == "fp32" else torch.float16
         module = _load_component(model_id_or_path, model_index=model_index, name=item.component, torch_dtype=torch_dtype)
+        if item.name == "transformer":
+            factor_position_embedding(module)  # before the upcast, so the factors stay 16-bit too
         module = compute_in_float32(module.eval()) if torch_dtype != torch.float32 else module.eval()
         _export_submodel(item.make_spec(module), submodel=item.name, weight_format=weight_format, output_dir=output_dir)
         del module

@@ -1,10 +1,13 @@
 """convert_sd3: the folder layout, weight formats, idempotence, atomicity, and errors for damaged folders."""
 
+import copy
 import json
+import math
 import shutil
 
 import openvino as ov
 import pytest
+import torch
 
 import sd3_conversion
 import sd3_helper
@@ -77,6 +80,42 @@ def test_weight_formats_shrink_the_weights(converted):
     int8_transformer = core.read_model(converted("int8") / "transformer" / "openvino_model.xml")
     large_f32 = [op.get_friendly_name() for op in int8_transformer.get_ops() if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.f32 and op.get_byte_size() >= 16 * 1024]
     assert not large_f32, f"buffers left in f32 after int8 compression: {large_f32}"
+
+
+def _tiny_transformer(tiny_checkpoint):
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel.from_pretrained(tiny_checkpoint, subfolder="transformer").eval()
+
+
+def test_position_table_is_stored_as_two_factors(tiny_checkpoint, converted):
+    transformer = _tiny_transformer(tiny_checkpoint)
+    table_elements = transformer.pos_embed.pos_embed.numel()
+    factored = copy.deepcopy(transformer)
+    assert sd3_conversion.factor_position_embedding(factored)
+    config = transformer.config
+    for height, width in [(8, 8), (16, 24), (config.pos_embed_max_size * config.patch_size, 4)]:
+        inputs = {
+            "hidden_states": torch.randn(2, config.in_channels, height, width),
+            "encoder_hidden_states": torch.randn(2, 7, config.joint_attention_dim),
+            "pooled_projections": torch.randn(2, config.pooled_projection_dim),
+            "timestep": torch.tensor([3.0, 500.0]),
+        }
+        with torch.no_grad():
+            assert torch.equal(factored(**inputs).sample, transformer(**inputs).sample), (height, width)
+    for weight_format in ("fp32", "int8"):
+        model = ov.Core().read_model(converted(weight_format) / "transformer" / "openvino_model.xml")
+        constant_sizes = [math.prod(op.get_output_shape(0)) for op in model.get_ops() if op.get_type_name() == "Constant"]
+        assert table_elements not in constant_sizes, f"{weight_format}: the full position table is still in the IR"
+
+
+def test_position_table_that_is_not_separable_is_kept(tiny_checkpoint):
+    transformer = _tiny_transformer(tiny_checkpoint)
+    with torch.no_grad():
+        transformer.pos_embed.pos_embed[0, 5, 0] += 1.0
+    table = transformer.pos_embed.pos_embed.clone()
+    assert not sd3_conversion.factor_position_embedding(transformer)
+    assert torch.equal(transformer.pos_embed.pos_embed, table)
 
 
 def test_second_conversion_skips_finished_submodels(tiny_checkpoint, converted, capsys):
