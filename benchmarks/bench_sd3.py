@@ -74,6 +74,8 @@ RUNTIMES = tuple(f"ours-{fmt}" for fmt in OUR_FORMATS) + (
 HEAD_TO_HEAD = (
     ("ours-fp16-genai-tokens", "genai-fp16", "step", 9),  # the same IR and the same work
     ("ours-fp16", "optimum-fp16", "step", 9),  # the same IR and the same work
+    ("ours-fp16-static", "ours-fp16", "step", 9),  # what `pipe.reshape(...)` (static shapes) gains
+    ("ours-fp16-static-genai-tokens", "genai-fp16", "step", 9),
     ("ours-int8-hybrid", "ours-fp16", "forward", 15),
     ("ours-int8-hybrid", "genai-fp16", "whole", 3),
     ("ours-fp16-genai-tokens", "genai-fp16", "whole", 3),
@@ -428,6 +430,9 @@ class OursRuntime(DiffusersStyleRuntime):
                 options["ov_config"] = {"CACHE_DIR": str(cache_dir)}
         self.pipe = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(self.task["folder"], device="CPU", compile=False, **options)
         self.pipe.set_progress_bar_config(disable=True)
+        if self.task.get("static"):
+            shape = {key: self.task[key] for key in ("height", "width", "max_sequence_length")}
+            self.pipe.reshape(**shape, do_classifier_free_guidance=GUIDANCE_SCALE > 1)
 
     def compile(self) -> None:
         self.pipe.compile()
@@ -756,9 +761,11 @@ def runtime_specs(names: list[str], *, folders: dict[str, Path], checkpoint: Pat
     for name in names:
         family, variant = name.split("-", 1)
         cache_dir = str(run_dir / "cache" / name)
-        if family == "ours":
-            fmt = variant.removesuffix("-genai-tokens")
-            specs[name] = {"family": "ours", "folder": str(folders[fmt]), "cache_dir": str(run_dir / "cache" / f"ours-{fmt}")}
+        if family == "ours":  # ours-<format>[-static][-genai-tokens]
+            fmt = variant.removesuffix("-genai-tokens").removesuffix("-static")
+            static = "-static" in variant
+            cache_dir = str(run_dir / "cache" / (f"ours-{fmt}-static" if static else f"ours-{fmt}"))
+            specs[name] = {"family": "ours", "folder": str(folders[fmt]), "cache_dir": cache_dir, "static": static}
         elif family == "diffusers":
             specs[name] = {"family": "diffusers", "checkpoint": str(checkpoint), "dtype": variant, "cache_dir": None}
         else:  # optimum-intel and openvino.genai on our fp16 export (it is in their layout)
@@ -935,6 +942,11 @@ def evaluate_targets(results: dict) -> list[dict]:
     duel_targets = [
         (("ours-fp16-genai-tokens", "genai-fp16", "step"), "head to head: ours-fp16 s/step ÷ genai-fp16 s/step <= 1 (same IR, same work)", lambda r: r <= 1),
         (("ours-fp16", "optimum-fp16", "step"), "head to head: ours-fp16 s/step ÷ optimum-fp16 s/step <= 1 (same IR, same work)", lambda r: r <= 1),
+        (
+            ("ours-fp16-static-genai-tokens", "genai-fp16", "step"),
+            "head to head: ours-fp16 with static shapes s/step ÷ genai-fp16 s/step <= 1 (same IR, same work)",
+            lambda r: r <= 1,
+        ),
         (("ours-int8-hybrid", "ours-fp16", "forward"), "head to head: int8-hybrid forward ÷ fp16 forward <= 1/1.4 = 0.714", lambda r: r <= 1 / 1.4),
         (("ours-int8-hybrid", "genai-fp16", "whole"), "head to head: ours-int8-hybrid whole image ÷ genai-fp16's < 1", lambda r: r < 1),
         (("ours-fp16-genai-tokens", "genai-fp16", "whole"), "head to head: ours-fp16 whole image ÷ genai-fp16's (same work) < 1", lambda r: r < 1),
@@ -1126,8 +1138,14 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Head-to-head pairs, each in one process
     head_to_head = []
     for a, b, measure, pairs in HEAD_TO_HEAD:
-        if a not in names or b not in names or a in failures or b in failures:
+        bases = [name.replace("-static", "") for name in (a, b)]  # a static variant runs when its runtime does
+        if any(base not in names or base in failures for base in bases):
             continue
+        for name in (a, b):
+            if name not in specs:
+                specs[name] = runtime_specs([name], folders=folders, checkpoint=checkpoint, run_dir=run_dir)[name]
+                spec_tokens = text_tokens(name, max_sequence_length=args.max_sequence_length, clip_positions=clip_positions, has_t5=has_t5)
+                specs[name].update(spec_tokens)
         pair = [{**specs[name], "height": args.height, "width": args.width, "steps": args.steps, "timed_steps": args.timed_steps} for name in (a, b)]
         pairs = min(pairs, 3) if args.quick else pairs
         task = {"kind": "head_to_head", "pair": pair, "measure": measure, "pairs": pairs, "timed_steps": args.timed_steps}
