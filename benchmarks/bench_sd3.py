@@ -29,7 +29,10 @@ neighbours) spread over all of them, and the table shows medians over rounds:
 - PSNR of each runtime's image against our fp16 pipeline's image (same prompt, seed and steps);
 - compile time without a cache and with an empty `CACHE_DIR` (cold), in a process of their own before the
   first visit, and with the filled cache (warm) in every visit;
-- IR sizes (xml + bin per submodel) and their ratio to fp16.
+- IR sizes (xml + bin per submodel) and their ratio to fp16;
+- head to head (`HEAD_TO_HEAD`): pairs of runtimes in one process, measured alternately, the median ratio of
+  each pair's times. The machine's speed can drift by 2x over minutes (a shared VM), which the visits above see
+  as noise between rounds; the two halves of a pair see the same speed, so the targets are judged on these.
 
 Results go to `benchmarks/results/` (JSON and a markdown table, with the machine: CPU model, cores, RAM and
 library versions). Timings taken while other work runs on the machine are noisy: run it on a quiet machine.
@@ -65,6 +68,17 @@ RUNTIMES = tuple(f"ours-{fmt}" for fmt in OUR_FORMATS) + (
     "diffusers-bf16",
     "optimum-fp16",
     "genai-fp16",
+)
+# Head-to-head comparisons, each in one process (see `_head_to_head_task`): (A, B, measure, pairs); the table
+# shows A ÷ B, and the targets are judged on these ratios.
+HEAD_TO_HEAD = (
+    ("ours-fp16-genai-tokens", "genai-fp16", "step", 9),  # the same IR and the same work
+    ("ours-fp16", "optimum-fp16", "step", 9),  # the same IR and the same work
+    ("ours-fp16-static", "ours-fp16", "step", 9),  # what `pipe.reshape(...)` (static shapes) gains
+    ("ours-fp16-static-genai-tokens", "genai-fp16", "step", 9),
+    ("ours-int8-hybrid", "ours-fp16", "forward", 15),
+    ("ours-int8-hybrid", "genai-fp16", "whole", 3),
+    ("ours-fp16-genai-tokens", "genai-fp16", "whole", 3),
 )
 MATMUL_SIDE = 4096  # the bf16 peak is measured on a square matmul of this side
 
@@ -356,12 +370,28 @@ class DiffusersStyleRuntime:
 
         import sd3_helper  # noqa: F401
 
-    def call(self, *, steps: int, callback=None):
+    def call(self, *, steps: int, callback=None, output_type: str = "np"):
         import torch
 
         generator = torch.Generator().manual_seed(SEED)
         options = _generation_options(self.task, steps=steps)
-        return self.pipe(PROMPT, **options, generator=generator, output_type="np", callback_on_step_end=callback).images[0]
+        return self.pipe(PROMPT, **options, generator=generator, output_type=output_type, callback_on_step_end=callback).images[0]
+
+    def step_times(self, steps: int) -> list[float]:
+        """Seconds of steps 2 .. `steps` of one call (without the VAE decode, which steps do not include)."""
+        marks = []
+
+        def mark(pipe, step, timestep, callback_kwargs):
+            marks.append(time.perf_counter())
+            return {}
+
+        self.call(steps=steps, callback=mark, output_type="latent")
+        return [after - before for before, after in zip(marks, marks[1:])]
+
+    def whole_image(self) -> float:
+        start = time.perf_counter()
+        self.call(steps=self.task["steps"])
+        return time.perf_counter() - start
 
     def instrument(self):
         """Install timers; return (transformer durations, replay function, text encoding, VAE decode durations)."""
@@ -400,6 +430,9 @@ class OursRuntime(DiffusersStyleRuntime):
                 options["ov_config"] = {"CACHE_DIR": str(cache_dir)}
         self.pipe = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(self.task["folder"], device="CPU", compile=False, **options)
         self.pipe.set_progress_bar_config(disable=True)
+        if self.task.get("static"):
+            shape = {key: self.task[key] for key in ("height", "width", "max_sequence_length")}
+            self.pipe.reshape(**shape, do_classifier_free_guidance=GUIDANCE_SCALE > 1)
 
     def compile(self) -> None:
         self.pipe.compile()
@@ -489,6 +522,15 @@ class GenAIRuntime:
         image = self.pipe.generate(PROMPT, **_generation_options(self.task, steps=steps), generator=generator)
         return np.asarray(image.data[0], dtype=np.float32) / 255.0
 
+    def step_times(self, steps: int) -> list[float]:
+        self.call(steps=steps)
+        return [value / 1e6 for value in self.pipe.get_performance_metrics().raw_metrics.iteration_durations][1:]
+
+    def whole_image(self) -> float:
+        start = time.perf_counter()
+        self.call(steps=self.task["steps"])
+        return time.perf_counter() - start
+
     def timed_call(self, steps: int) -> dict:
         start = time.perf_counter()
         self.call(steps=steps)
@@ -523,6 +565,40 @@ def _compile_probe_task(task: dict) -> dict:
         runtime.compile()
         result[f"compile_{kind}_s"] = time.perf_counter() - start
     return result
+
+
+def _head_to_head_task(task: dict) -> dict:
+    """Two runtimes in one process, measured alternately (A B, B A, A B, ...), `pairs` times.
+
+    On a shared machine the speed drifts, by up to 2x over minutes on the 2-core VM this was written on; visits
+    in separate processes see that drift as noise, while the two halves of a pair see the same speed. The ratio
+    of each pair's times is robust; its median over pairs is reported. `measure` is `step` (median seconds of a
+    call's steps), `forward` (one transformer infer on the inputs of a real step, our runtimes only) or `whole`
+    (text encoding + all steps + VAE decode).
+    """
+    runtimes = [RUNTIME_CLASSES[spec["family"]](spec) for spec in task["pair"]]
+    for runtime, spec in zip(runtimes, task["pair"]):
+        runtime.imports()
+        runtime.load(Path(spec["cache_dir"]) if spec["cache_dir"] else None)
+        if runtime.compile is not None:
+            runtime.compile()
+        runtime.call(steps=2)  # warm-up, and the inputs a forward replays
+    measure = task["measure"]
+    if measure == "forward":
+        replays = [runtime.instrument()[1] for runtime in runtimes]
+        for runtime in runtimes:
+            runtime.call(steps=2, output_type="latent")  # records the inputs of a real step
+        measures = [lambda replay=replay: replay() for replay in replays]
+    elif measure == "step":
+        measures = [lambda runtime=runtime: statistics.median(runtime.step_times(task["timed_steps"])) for runtime in runtimes]
+    else:
+        measures = [runtime.whole_image for runtime in runtimes]
+    seconds = [[], []]
+    for pair in range(task["pairs"]):
+        for index in (0, 1) if pair % 2 == 0 else (1, 0):
+            seconds[index].append(measures[index]())
+    ratios = [a / b for a, b in zip(*seconds)]
+    return {"seconds": seconds, "ratios": ratios}
 
 
 def _runtime_task(task: dict) -> dict:
@@ -562,6 +638,7 @@ TASKS = {
     "matmul": _matmul_peak_task,
     "compile_probe": _compile_probe_task,
     "runtime": _runtime_task,
+    "head_to_head": _head_to_head_task,
 }
 
 
@@ -684,9 +761,11 @@ def runtime_specs(names: list[str], *, folders: dict[str, Path], checkpoint: Pat
     for name in names:
         family, variant = name.split("-", 1)
         cache_dir = str(run_dir / "cache" / name)
-        if family == "ours":
-            fmt = variant.removesuffix("-genai-tokens")
-            specs[name] = {"family": "ours", "folder": str(folders[fmt]), "cache_dir": str(run_dir / "cache" / f"ours-{fmt}")}
+        if family == "ours":  # ours-<format>[-static][-genai-tokens]
+            fmt = variant.removesuffix("-genai-tokens").removesuffix("-static")
+            static = "-static" in variant
+            cache_dir = str(run_dir / "cache" / (f"ours-{fmt}-static" if static else f"ours-{fmt}"))
+            specs[name] = {"family": "ours", "folder": str(folders[fmt]), "cache_dir": cache_dir, "static": static}
         elif family == "diffusers":
             specs[name] = {"family": "diffusers", "checkpoint": str(checkpoint), "dtype": variant, "cache_dir": None}
         else:  # optimum-intel and openvino.genai on our fp16 export (it is in their layout)
@@ -766,24 +845,26 @@ def markdown_report(results: dict) -> str:
         f"Transformer forward (batch 2): {results['forward_gflop']:.0f} GFLOP. bf16 matmul peak ({MATMUL_SIDE}^3): "
         f"torch {_fmt(peak.get('torch_bf16_tflops'))} TFLOPS, OpenVINO {_fmt(peak.get('openvino_bf16_tflops'))} TFLOPS.",
         "",
+    ]
+    table = [
         "| runtime | s / step | transformer forward (s) | overhead (% of step) | text encoding (s) | VAE decode (s) "
         "| whole image (s) ¹ | VAE share | forward TFLOPS | PSNR vs ours-fp16 (dB) | peak RSS (GB) ² | load (s) | compile (s): no cache / cold / warm ³ |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["runtimes"].items():
         if "skipped" in row:
-            lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * 11)
+            table.append(f"| {name} | skipped: {row['skipped']} |" + " |" * 11)
             continue
         forward = _fmt(row["forward_s"], ".3f") + (" ⁴" if row["forward_in_loop"] else "")
         compiles = " / ".join(_fmt(row[key], ".1f") for key in ("compile_no_cache_s", "compile_cold_s", "compile_warm_s"))
-        lines.append(
+        table.append(
             f"| {name} | {_fmt(row['step_s'], '.3f')} | {forward} | {_fmt(row['overhead_pct'], '.1f')} "
             f"| {_fmt(row['text_encoding_s'], '.3f')} | {_fmt(row['vae_decode_s'], '.2f')} | {_fmt(row['whole_image_s'], '.1f')} "
             f"| {_fmt(row['vae_share_pct'], '.0f', ' %')} | {_fmt(row['forward_tflops'], '.2f')} | {_fmt(row.get('psnr_db'), '.1f')} "
             f"| {_gb(row['peak_rss'])} ({_gb(row['peak_rss'] - row['baseline_rss'])}) | {_fmt(row['load_s'], '.1f')} | {compiles} |"
         )
     timed, steps = setup["timed_steps"], setup["steps"]
-    lines += [
+    table += [
         "",
         f"¹ text encoding + {steps} steps + VAE decode: each call ran {timed} steps"
         + (f", the other {steps - timed} are extrapolated from the median step time." if steps > timed else "."),
@@ -801,6 +882,9 @@ def markdown_report(results: dict) -> str:
             if results.get("psnr_ours_genai_tokens_vs_genai_db") is not None
             else "."
         ),
+    ]
+    lines += table if setup["repeats"] else ["No interleaved rounds in this run (`--head-to-head-only`).", ""]
+    lines += [
         "",
         "| weight format | " + " | ".join(results["submodels"]) + " | total | largest ratio to fp16 | conversion (s) "
         "| conversion peak RSS (GB) | above post-import baseline (GB) |",
@@ -821,6 +905,23 @@ def markdown_report(results: dict) -> str:
             f"| {_gb(conversion['peak_rss'] - conversion['baseline_rss']) if conversion.get('peak_rss') else 'n/a'} |"
         )
     lines += ["", f"Checkpoint (fp16 safetensors) on disk: {_size(results['checkpoint_bytes'])}.", ""]
+    if results.get("head_to_head"):
+        lines += [
+            "Head to head: both runtimes in one process, measured alternately; the ratio of each pair's times, median "
+            "(and range) over pairs. Robust to the machine's speed drifting between the visits above.",
+            "",
+            "| A | B | measure | pairs | A (s) | B (s) | A ÷ B |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in results["head_to_head"]:
+            if "skipped" in row:
+                lines.append(f"| {row['a']} | {row['b']} | {row['measure']} | skipped: {row['skipped']} | | | |")
+                continue
+            lines.append(
+                f"| {row['a']} | {row['b']} | {row['measure']} | {row['pairs']} | {row['a_s']:.3f} | {row['b_s']:.3f} "
+                f"| {row['ratio']:.3f} ({row['ratio_min']:.3f} .. {row['ratio_max']:.3f}) |"
+            )
+        lines.append("")
     lines += ["| target | measured | met |", "|---|---|---|"]
     lines += [f"| {target['target']} | {target['measured']} | {target['met']} |" for target in results["targets"]]
     return "\n".join(lines) + "\n"
@@ -837,6 +938,22 @@ def evaluate_targets(results: dict) -> list[dict]:
         return {"target": text, "measured": _fmt(measured, spec), "met": "n/a" if met is None else ("yes" if met else "no")}
 
     targets = []
+    duels = {(row["a"], row["b"], row["measure"]): row["ratio"] for row in results.get("head_to_head", []) if "ratio" in row}
+    duel_targets = [
+        (("ours-fp16-genai-tokens", "genai-fp16", "step"), "head to head: ours-fp16 s/step ÷ genai-fp16 s/step <= 1 (same IR, same work)", lambda r: r <= 1),
+        (("ours-fp16", "optimum-fp16", "step"), "head to head: ours-fp16 s/step ÷ optimum-fp16 s/step <= 1 (same IR, same work)", lambda r: r <= 1),
+        (
+            ("ours-fp16-static-genai-tokens", "genai-fp16", "step"),
+            "head to head: ours-fp16 with static shapes s/step ÷ genai-fp16 s/step <= 1 (same IR, same work)",
+            lambda r: r <= 1,
+        ),
+        (("ours-int8-hybrid", "ours-fp16", "forward"), "head to head: int8-hybrid forward ÷ fp16 forward <= 1/1.4 = 0.714", lambda r: r <= 1 / 1.4),
+        (("ours-int8-hybrid", "genai-fp16", "whole"), "head to head: ours-int8-hybrid whole image ÷ genai-fp16's < 1", lambda r: r < 1),
+        (("ours-fp16-genai-tokens", "genai-fp16", "whole"), "head to head: ours-fp16 whole image ÷ genai-fp16's (same work) < 1", lambda r: r < 1),
+    ]
+    for key, text, check in duel_targets:
+        if key in duels:
+            targets.append(target(text, duels[key], check(duels[key]), ".3f"))
     genai_step = value("genai-fp16", "step_s")
     for ours in ("ours-fp16-genai-tokens", "ours-fp16"):
         ours_step = value(ours, "step_s")
@@ -886,12 +1003,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--output", type=Path, default=None, help="JSON results (default: benchmarks/results/bench_sd3_<model>.json)")
     parser.add_argument("--markdown", type=Path, default=None, help="markdown table (default: beside the JSON, .md)")
+    parser.add_argument(
+        "--head-to-head-only",
+        action="store_true",
+        help="only the head-to-head pairs, on the converted folders of an earlier run (no conversions, no rounds)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, 128x128, 2 steps, 1 round, cached conversions")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:  # conversions of the tiny model are cached between quick runs, like the checkpoint
         args.steps, args.timed_steps, args.repeats, args.height, args.width = 2, 2, 1, 128, 128
         args.skip_conversion_memory = True
+    if args.head_to_head_only:
+        args.repeats, args.skip_conversion_memory = 0, True
     unknown = set(args.runtimes.split(",")) - set(RUNTIMES)
     if unknown:
         parser.error(f"--runtimes has unknown names {sorted(unknown)}; choose from {','.join(RUNTIMES)}")
@@ -1011,7 +1135,32 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _log(f"round {round_index + 1}/{args.repeats} {name}: failed, round not counted: {outcome.reason}")
 
-    # 4. Summary
+    # 4. Head-to-head pairs, each in one process
+    head_to_head = []
+    for a, b, measure, pairs in HEAD_TO_HEAD:
+        bases = [name.replace("-static", "") for name in (a, b)]  # a static variant runs when its runtime does
+        if any(base not in names or base in failures for base in bases):
+            continue
+        for name in (a, b):
+            if name not in specs:
+                specs[name] = runtime_specs([name], folders=folders, checkpoint=checkpoint, run_dir=run_dir)[name]
+                spec_tokens = text_tokens(name, max_sequence_length=args.max_sequence_length, clip_positions=clip_positions, has_t5=has_t5)
+                specs[name].update(spec_tokens)
+        pair = [{**specs[name], "height": args.height, "width": args.width, "steps": args.steps, "timed_steps": args.timed_steps} for name in (a, b)]
+        pairs = min(pairs, 3) if args.quick else pairs
+        task = {"kind": "head_to_head", "pair": pair, "measure": measure, "pairs": pairs, "timed_steps": args.timed_steps}
+        outcome = run_in_subprocess(task, logs=logs, name=f"head-to-head-{a}-{b}-{measure}")
+        row = {"a": a, "b": b, "measure": measure, "pairs": pairs}
+        if outcome.ok:
+            seconds, ratios = outcome.result["seconds"], outcome.result["ratios"]
+            row.update(a_s=_median(seconds[0]), b_s=_median(seconds[1]), ratio=_median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
+            _log(f"head to head, {measure}: {a} ÷ {b} = {row['ratio']:.3f} ({row['ratio_min']:.3f} .. {row['ratio_max']:.3f})")
+        else:
+            row["skipped"] = outcome.reason
+            _log(f"head to head, {measure}: {a} vs {b}: failed: {outcome.reason}")
+        head_to_head.append(row)
+
+    # 5. Summary
     def flops_of(tokens: int) -> float:
         return transformer_flops(config, height=args.height, width=args.width, vae_scale_factor=vae_scale_factor, text_tokens=tokens, batch=2)
 
@@ -1058,11 +1207,14 @@ def main(argv: list[str] | None = None) -> int:
         "formats": format_rows,
         "runtimes": rows,
         "psnr_ours_genai_tokens_vs_genai_db": psnr_same_work,
+        "head_to_head": head_to_head,
         "total_seconds": None,
     }
     results["targets"] = evaluate_targets(results)
+    if not args.repeats:  # the targets judged on rounds have nothing to judge
+        results["targets"] = [target for target in results["targets"] if target["measured"] != "n/a"]
     results["total_seconds"] = time.perf_counter() - started
-    tag = "quick" if args.quick else f"{args.layers}-layers"
+    tag = ("quick" if args.quick else f"{args.layers}-layers") + ("-head-to-head" if args.head_to_head_only else "")
     output = args.output or ROOT / "benchmarks" / "results" / f"bench_sd3_{tag}.json"
     markdown_path = args.markdown or output.with_suffix(".md")
     output.parent.mkdir(parents=True, exist_ok=True)
