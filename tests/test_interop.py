@@ -105,3 +105,31 @@ def test_our_pipeline_loads_an_optimum_cli_export_and_matches(optimum_cli_export
     pipeline.set_progress_bar_config(disable=True)
     images = pipeline(**PROMPT, generator=torch.Generator().manual_seed(SEED), output_type="np").images
     assert np.abs(images - ours(ov_pipeline, True)).max() <= 1e-3
+
+
+def test_taylorseer_step_caching_matches_genai(converted, ov_pipeline, monkeypatch):
+    """Our TaylorSeerConfig skips the same steps as openvino.genai's TaylorSeerCacheConfig and makes its image."""
+    import openvino_genai
+
+    genai_config = openvino_genai.TaylorSeerCacheConfig()
+    genai_config.cache_interval, genai_config.disable_cache_before_step, genai_config.disable_cache_after_step = 3, 3, -2
+    genai_pipeline = sd3_helper.make_genai_pipeline(converted("fp32", True), ov_config=F32)
+    genai = genai_image(genai_pipeline, num_inference_steps=12, taylorseer_config=genai_config)
+    genai_infers = len(genai_pipeline.get_performance_metrics().raw_metrics.transformer_inference_durations)
+
+    infers = []
+    original_call = sd3_helper.OVSubmodel.__call__
+    monkeypatch.setattr(sd3_helper.OVSubmodel, "__call__", lambda self, **inputs: infers.append(self.name) or original_call(self, **inputs))
+    config = sd3_helper.TaylorSeerConfig(cache_interval=3, disable_cache_before_step=3, disable_cache_after_step=-2)
+    cached = ours(ov_pipeline, True, num_inference_steps=12, height=64, width=64, taylorseer=config)
+    assert infers.count("transformer") == genai_infers == 7  # steps 0-2, 5, 8, 10, 11
+    assert np.abs(cached - genai).max() <= 1 / 255 + 1e-6
+    uncached = ours(ov_pipeline, True, num_inference_steps=12, height=64, width=64)
+    assert np.abs(uncached - genai).max() > 2 / 255  # the cache changes the image; genai's is the cached one
+
+
+def test_taylorseer_config_errors(ov_pipeline):
+    with pytest.raises(ValueError, match=r"`cache_interval` has to be an int >= 2 but is 1"):
+        sd3_helper.TaylorSeerConfig(cache_interval=1)
+    with pytest.raises(TypeError, match=r"`taylorseer` has to be a TaylorSeerConfig or None but is dict"):
+        ours(ov_pipeline, True, taylorseer={"cache_interval": 3})
