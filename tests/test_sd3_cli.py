@@ -37,6 +37,15 @@ def test_tiny_model_convert_generate(tmp_path):
     with Image.open(image_path) as image:
         assert image.format == "PNG" and image.size == (48, 32)
 
+    pixels = {}
+    for flags in ([], ["--step-cache"]):  # 12 steps: the cache skips the transformer on steps 6, 7 and 9
+        path = tmp_path / f"steps12{''.join(flags)}.png"
+        result = run("generate", str(model_dir), "--prompt", "a cat", "--output", str(path), "--steps", "12", *flags)
+        assert result.returncode == 0, result.stderr
+        with Image.open(path) as image:
+            pixels[tuple(flags)] = list(image.getdata())
+    assert pixels[()] != pixels[("--step-cache",)]
+
 
 def test_generate_reports_bad_input_without_traceback(tmp_path):
     result = run("generate", str(tmp_path / "nowhere"), "--prompt", "a cat")
