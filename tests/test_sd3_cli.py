@@ -43,7 +43,7 @@ def test_tiny_model_convert_generate(tmp_path):
         result = run("generate", str(model_dir), "--prompt", "a cat", "--output", str(path), "--steps", "12", *flags)
         assert result.returncode == 0, result.stderr
         with Image.open(path) as image:
-            pixels[tuple(flags)] = list(image.getdata())
+            pixels[tuple(flags)] = image.tobytes()
     assert pixels[()] != pixels[("--step-cache",)]
 
 
