@@ -1,41 +1,47 @@
 """Convert a Stable Diffusion 3 checkpoint (diffusers format) to OpenVINO IR with NNCF weight compression.
 
-`convert_sd3` writes the folder layout that optimum-intel and openvino.genai load:
-
-    model_index.json
-    transformer/        openvino_model.xml|.bin + config.json
-    text_encoder/       (CLIP-L)   "
-    text_encoder_2/     (CLIP-G)   "
-    text_encoder_3/     (T5-XXL, optional)
-    vae_decoder/, vae_encoder/
-    tokenizer/, tokenizer_2/, tokenizer_3/, scheduler/
-
-with the same input and output names as optimum-intel's SD3 export. One table (`SUBMODEL_EXPORTS`) describes
+`convert_to_openvino` (behind `sd3_helper.convert_sd3`) writes the folder layout of `sd3_layout`, which
+optimum-intel and openvino.genai load, with the same input and output names as optimum-intel's SD3 export. One table (`SUBMODEL_EXPORTS`) describes
 every submodel; one loop converts them, one at a time, freeing the PyTorch weights before the next.
 
-Every folder is written to a hidden staging folder and renamed into place when complete, and
-`model_index.json` is written last: an interrupted conversion never leaves files that look finished, and the
-next call picks up where it stopped.
+Every folder is written with `sd3_layout.staged_dir` (a hidden staging folder renamed into place when
+complete), and `model_index.json` is written last: an interrupted conversion never leaves files that look
+finished, and the next call picks up where it stopped.
+
+Imports only the bottom layer `sd3_layout`. The calibrated "int8-hybrid" format is made from an fp16 folder by
+`sd3_quantization`, which builds on this module (this one never imports it); `sd3_helper.convert_sd3` offers both.
 """
 
 import gc
 import importlib
-import json
-import os
-import shutil
-import tempfile
+import logging
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
-WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "int8-hybrid")  # int8-hybrid: see sd3_quantization.py
-RT_INFO_WEIGHT_FORMAT = ["sd3_helper", "weight_format"]  # where a converted IR records its weight format
-OV_MODEL_XML = "openvino_model.xml"
-OV_MODEL_BIN = "openvino_model.bin"
-MODEL_INDEX = "model_index.json"
+from sd3_layout import (
+    COPIED_COMPONENTS,
+    HYBRID_WEIGHT_FORMAT,
+    MODEL_INDEX,
+    OV_MODEL_XML,
+    OV_TOKENIZER_XML,
+    RT_INFO_WEIGHT_FORMAT,
+    SCHEDULER_CONFIG,
+    WEIGHT_FORMATS,
+    has_component,
+    is_converted,
+    refuse_other_weight_format,
+    remove_stale_staging,
+    staged_dir,
+    vae_scale_factor,
+    write_json_atomically,
+)
+
+IR_WEIGHT_FORMATS = tuple(name for name in WEIGHT_FORMATS if name != HYBRID_WEIGHT_FORMAT)  # what this module writes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -43,9 +49,9 @@ MODEL_INDEX = "model_index.json"
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _model_not_found(model_id_or_path: str | Path, error: Exception) -> FileNotFoundError:
+def _model_not_found(checkpoint: str | Path, error: Exception) -> FileNotFoundError:
     return FileNotFoundError(
-        f"Could not load the SD3 checkpoint `{model_id_or_path}` ({type(error).__name__}: {error}). "
+        f"Could not load the SD3 checkpoint `{checkpoint}` ({type(error).__name__}: {error}). "
         "Pass either a local folder in diffusers format (it contains `model_index.json`) or a Hugging Face hub "
         "id such as `stabilityai/stable-diffusion-3-medium-diffusers`. The official SD3 checkpoints are gated: "
         "accept the license on the model page, then log in with `huggingface-cli login` (or "
@@ -53,17 +59,17 @@ def _model_not_found(model_id_or_path: str | Path, error: Exception) -> FileNotF
     )
 
 
-def load_model_index(model_id_or_path: str | Path) -> dict:
+def load_model_index(checkpoint: str | Path) -> dict:
     """Read `model_index.json` of a diffusers checkpoint (local folder or hub id), with a clear error if absent."""
     from diffusers import DiffusionPipeline
 
     try:
-        return dict(DiffusionPipeline.load_config(str(model_id_or_path)))
+        return dict(DiffusionPipeline.load_config(str(checkpoint)))
     except Exception as error:  # hub, network and file errors all mean the same thing to the user
-        raise _model_not_found(model_id_or_path, error) from error
+        raise _model_not_found(checkpoint, error) from error
 
 
-def load_sd3_pipeline(model_id_or_path: str | Path, *, load_t5: bool = True, torch_dtype: torch.dtype | None = None):
+def load_sd3_pipeline(checkpoint: str | Path, *, load_t5: bool = True, torch_dtype: torch.dtype | None = None):
     """Load the PyTorch `diffusers.StableDiffusion3Pipeline` from a hub id or a local folder.
 
     With `load_t5=False` the T5-XXL encoder (4.7B parameters, about 9.5 GB in fp16) and its tokenizer are not
@@ -71,22 +77,22 @@ def load_sd3_pipeline(model_id_or_path: str | Path, *, load_t5: bool = True, tor
     """
     from diffusers import StableDiffusion3Pipeline
 
-    load_model_index(model_id_or_path)  # fails early, with the helpful message, if the model is unreachable
+    load_model_index(checkpoint)  # fails early, with the helpful message, if the model is unreachable
     t5_kwargs = {} if load_t5 else {"text_encoder_3": None, "tokenizer_3": None}
     try:
-        return StableDiffusion3Pipeline.from_pretrained(str(model_id_or_path), torch_dtype=torch_dtype, **t5_kwargs)
+        return StableDiffusion3Pipeline.from_pretrained(str(checkpoint), torch_dtype=torch_dtype, **t5_kwargs)
     except OSError as error:
-        raise _model_not_found(model_id_or_path, error) from error
+        raise _model_not_found(checkpoint, error) from error
 
 
-def _load_component(model_id_or_path: str | Path, *, model_index: dict, name: str, **kwargs):
+def _load_component(checkpoint: str | Path, *, model_index: dict, name: str, **kwargs):
     """Load one component (`transformer`, `vae`, `tokenizer_2`, ...) by the class `model_index.json` names."""
     library_name, class_name = model_index[name]
     component_class = getattr(importlib.import_module(library_name), class_name)
     try:
-        return component_class.from_pretrained(str(model_id_or_path), subfolder=name, **kwargs)
+        return component_class.from_pretrained(str(checkpoint), subfolder=name, **kwargs)
     except OSError as error:
-        raise _model_not_found(model_id_or_path, error) from error
+        raise _model_not_found(checkpoint, error) from error
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,7 +269,7 @@ def _vae_decoder_spec(vae) -> ExportSpec:
 
 def _vae_encoder_spec(vae) -> ExportSpec:
     channels = vae.config.in_channels
-    scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    scale_factor = vae_scale_factor(vae.config)
     return ExportSpec(
         module=VaeEncoderExport(vae),
         example_input={"sample": torch.randn(2, channels, 8 * scale_factor, 8 * scale_factor)},
@@ -321,19 +327,52 @@ def compress_weights(ov_model, *, submodel: str, weight_format: str):
     if weight_format in ("fp32", "fp16"):
         return ov_model
     if weight_format == "int4" and submodel in INT4_SETTINGS:
-        compressed = nncf.compress_weights(
-            ov_model,
-            mode=nncf.CompressWeightsMode.INT4_SYM,
-            **INT4_SETTINGS[submodel],
-            # Widths not divisible by the group get the largest power-of-two group that divides them.
-            advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST),
-        )
+        with quiet_nncf():
+            compressed = nncf.compress_weights(
+                ov_model,
+                mode=nncf.CompressWeightsMode.INT4_SYM,
+                **INT4_SETTINGS[submodel],
+                # Widths not divisible by the group get the largest power-of-two group that divides them.
+                advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST),
+            )
     else:
-        compressed = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-    return _store_large_constants_in_fp16(compressed)
+        with quiet_nncf():
+            compressed = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    return store_large_constants_in_fp16(compressed)
 
 
-def _store_large_constants_in_fp16(ov_model, *, min_bytes: int = 16 * 1024):
+@contextmanager
+def quiet_nncf() -> Iterator[None]:
+    """Keep NNCF's per-layer INFO chatter and bit-width tables out of the output; its warnings stay."""
+    from nncf.common.logging import nncf_logger
+
+    level = nncf_logger.level
+    nncf_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' and diffusers' per-file bars ("Loading weights", "Writing model shards") in the block,
+    so a conversion shows one bar over its submodels."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    enabled = [(library, library.is_progress_bar_enabled()) for library in (transformers_logging, diffusers_logging)]
+    for library, _ in enabled:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, was_enabled in enabled:
+            if was_enabled:
+                library.enable_progress_bar()
+
+
+def store_large_constants_in_fp16(ov_model, *, min_bytes: int = 16 * 1024):
     """Store the large f32 constants NNCF leaves alone (buffers such as SD3's position-embedding table, 226 MB
     in f32) as f16 + Convert, as `save_model(compress_to_fp16=True)` does for an uncompressed model but skips
     once a model holds compressed weights."""
@@ -352,56 +391,6 @@ def _store_large_constants_in_fp16(ov_model, *, min_bytes: int = 16 * 1024):
             target.replace_source_output(decompressed.output(0))
     ov_model.validate_nodes_and_infer_types()
     return ov_model
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Atomic writes
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _staging_dir(final_dir: Path) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.partial-", dir=final_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the published folder gets the usual permissions
-    return staging
-
-
-def _publish(staging_dir: Path, final_dir: Path) -> None:
-    """Move a finished staging folder to `final_dir`, replacing an older one without a moment of absence."""
-    if final_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=final_dir.parent))
-        final_dir.rename(retired / final_dir.name)
-        staging_dir.rename(final_dir)
-        shutil.rmtree(retired)
-    else:
-        staging_dir.rename(final_dir)
-
-
-def _write_json_atomically(data: dict, path: Path) -> None:
-    tmp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_path, path)
-
-
-def _remove_stale_staging(output_dir: Path) -> None:
-    """Delete staging folders left by a conversion that was killed."""
-    for stale in output_dir.glob(".*.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    for stale in output_dir.glob(".*.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def is_converted(submodel_dir: Path) -> bool:
-    """True when `submodel_dir` holds a finished IR (published folders are complete by construction)."""
-    return all((submodel_dir / name).is_file() for name in (OV_MODEL_XML, OV_MODEL_BIN, "config.json"))
-
-
-def _recorded_weight_format(submodel_dir: Path) -> str | None:
-    import openvino as ov
-
-    model = ov.Core().read_model(submodel_dir / OV_MODEL_XML)
-    return model.get_rt_info(RT_INFO_WEIGHT_FORMAT).astype(str) if model.has_rt_info(RT_INFO_WEIGHT_FORMAT) else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -460,14 +449,9 @@ def _export_submodel(spec: ExportSpec, *, submodel: str, weight_format: str, out
     for option, value in (spec.runtime_options or {}).items():
         ov_model.set_rt_info(value, ["runtime_options", option])
 
-    final_dir = output_dir / submodel
-    staging = _staging_dir(final_dir)
-    try:
+    with staged_dir(output_dir / submodel) as staging:
         ov.save_model(ov_model, staging / OV_MODEL_XML, compress_to_fp16=weight_format != "fp32")
         _save_config(spec.source, staging)
-        _publish(staging, final_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _save_openvino_tokenizer(tokenizer, directory: Path) -> None:
@@ -476,21 +460,17 @@ def _save_openvino_tokenizer(tokenizer, directory: Path) -> None:
     from openvino_tokenizers import convert_tokenizer
 
     ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
-    ov.save_model(ov_tokenizer, directory / "openvino_tokenizer.xml")
+    ov.save_model(ov_tokenizer, directory / OV_TOKENIZER_XML)
     ov.save_model(ov_detokenizer, directory / "openvino_detokenizer.xml")
 
 
-def _copy_component(model_id_or_path: str | Path, *, model_index: dict, name: str, output_dir: Path) -> None:
+def _copy_component(checkpoint: str | Path, *, model_index: dict, name: str, output_dir: Path) -> None:
     """Copy a tokenizer (also as an OpenVINO tokenizer model) or the scheduler into the output folder."""
-    component = _load_component(model_id_or_path, model_index=model_index, name=name)
-    staging = _staging_dir(output_dir / name)
-    try:
+    component = _load_component(checkpoint, model_index=model_index, name=name)
+    with staged_dir(output_dir / name) as staging:
         component.save_pretrained(staging)
         if name.startswith("tokenizer"):
             _save_openvino_tokenizer(component, staging)
-        _publish(staging, output_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_weight_format(weight_format: str) -> None:
@@ -499,82 +479,69 @@ def check_weight_format(weight_format: str) -> None:
         raise ValueError(f"`weight_format` must be one of {list(WEIGHT_FORMATS)} but is {weight_format!r}.")
 
 
-def convert_sd3(
-    model_id_or_path: str | Path,
+def _convert_submodel(checkpoint: str | Path, item: SubmodelExport, *, model_index: dict, weight_format: str, output_dir: Path) -> None:
+    """Load one component in 16 bits (f32 for fp32), export it to `output_dir / item.name`, free it."""
+    # fp32 output needs f32 weights; every other format stores at most 16 bits, so load them in 16 bits.
+    torch_dtype = torch.float32 if weight_format == "fp32" else torch.float16
+    module = _load_component(checkpoint, model_index=model_index, name=item.component, torch_dtype=torch_dtype)
+    if item.name == "transformer":
+        factor_position_embedding(module)  # before the upcast, so the factors stay 16-bit too
+    module = compute_in_float32(module.eval()) if torch_dtype != torch.float32 else module.eval()
+    _export_submodel(item.make_spec(module), submodel=item.name, weight_format=weight_format, output_dir=output_dir)
+    del module
+    gc.collect()
+
+
+def _copy_components(checkpoint: str | Path, *, model_index: dict, has_t5: bool, output_dir: Path, overwrite: bool) -> None:
+    """Copy the tokenizers (also as OpenVINO tokenizer models) and the scheduler that are not there yet."""
+    for name in COPIED_COMPONENTS:
+        if name == "tokenizer_3" and not has_t5:
+            continue
+        finished_marker = OV_TOKENIZER_XML if name.startswith("tokenizer") else SCHEDULER_CONFIG
+        if overwrite or not (output_dir / name / finished_marker).is_file():
+            _copy_component(checkpoint, model_index=model_index, name=name, output_dir=output_dir)
+
+
+def convert_to_openvino(
+    checkpoint: str | Path,
     output_dir: str | Path,
     *,
     load_t5: bool = True,
     weight_format: str = "fp16",
     overwrite: bool = False,
 ) -> Path:
-    """Convert an SD3 checkpoint to OpenVINO IR in the optimum-intel / openvino.genai layout; return `output_dir`.
+    """Convert an SD3 checkpoint to OpenVINO IR with `weight_format` fp32, fp16, int8 or int4; return `output_dir`.
 
-    `model_id_or_path` is a hub id or a local diffusers folder. `weight_format` is `fp32`, `fp16`, `int8`
-    (NNCF 8-bit weights in every submodel), `int4` (4-bit transformer and T5, see `INT4_SETTINGS`) or
-    `int8-hybrid` (the transformer's activations and weights in int8, calibrated by `quantize_sd3` with its
-    defaults, the other submodels int8 weights; for its options call `quantize_sd3` on an fp16 folder).
-    Without `load_t5`, T5-XXL is neither loaded nor converted, and the pipeline runs without it.
-
-    Submodels are loaded in 16 bits (f32 for `fp32`), converted one at a time and freed before the next. Finished submodels
-    are skipped unless `overwrite=True`; `model_index.json` is written last, so a folder that has it is complete.
+    The work behind `sd3_helper.convert_sd3` for every format but int8-hybrid (see there). Submodels are
+    converted one at a time and freed before the next; finished ones are skipped unless `overwrite=True`;
+    `model_index.json` is written last, so a folder that has it is complete.
     """
-    check_weight_format(weight_format)
     from tqdm.auto import tqdm
 
+    check_weight_format(weight_format)
+    if weight_format not in IR_WEIGHT_FORMATS:
+        raise ValueError(f"`weight_format` {weight_format!r} is made by `sd3_helper.convert_sd3`; this function writes {list(IR_WEIGHT_FORMATS)}.")
     output_dir = Path(output_dir)
-    if weight_format == "int8-hybrid":
-        return _convert_hybrid(model_id_or_path, output_dir, load_t5=load_t5, overwrite=overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(output_dir)
-    model_index = load_model_index(model_id_or_path)
-    has_t5 = load_t5 and model_index.get("text_encoder_3", [None])[0] is not None
+    remove_stale_staging(output_dir)
+    model_index = load_model_index(checkpoint)
+    has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
     exports = [item for item in SUBMODEL_EXPORTS if has_t5 or item.name != "text_encoder_3"]
     finished = set() if overwrite else {item.name for item in exports if is_converted(output_dir / item.name)}
-    for name in sorted(finished):  # refuse before touching anything, so a complete folder stays complete
-        recorded = _recorded_weight_format(output_dir / name)
-        if recorded not in (None, weight_format):
-            raise ValueError(
-                f"`{output_dir / name}` was converted with weight_format={recorded!r}, not {weight_format!r}. "
-                "Pass `overwrite=True` to convert it again, or choose another `output_dir`."
-            )
+    refuse_other_weight_format(output_dir, sorted(finished), weight_format=weight_format)
     (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
 
     progress = tqdm(exports, desc="Converting SD3 to OpenVINO", unit="submodel")
-    for item in progress:
-        progress.set_postfix_str(item.description)
-        if item.name in finished:
-            tqdm.write(f"{item.name}: already converted, skipped")
-            continue
-        # fp32 output needs f32 weights; every other format stores at most 16 bits, so load them in 16 bits.
-        torch_dtype = torch.float32 if weight_format == "fp32" else torch.float16
-        module = _load_component(model_id_or_path, model_index=model_index, name=item.component, torch_dtype=torch_dtype)
-        if item.name == "transformer":
-            factor_position_embedding(module)  # before the upcast, so the factors stay 16-bit too
-        module = compute_in_float32(module.eval()) if torch_dtype != torch.float32 else module.eval()
-        _export_submodel(item.make_spec(module), submodel=item.name, weight_format=weight_format, output_dir=output_dir)
-        del module
-        gc.collect()
-
-    copied = [name for name in COPIED_COMPONENTS if has_t5 or name != "tokenizer_3"]
-    for name in copied:
-        finished_marker = "openvino_tokenizer.xml" if name.startswith("tokenizer") else "scheduler_config.json"
-        if overwrite or not (output_dir / name / finished_marker).is_file():
-            _copy_component(model_id_or_path, model_index=model_index, name=name, output_dir=output_dir)
+    with quiet_progress_bars():
+        for item in progress:
+            progress.set_postfix_str(item.description)
+            if item.name in finished:
+                tqdm.write(f"{item.name}: already converted, skipped")
+                continue
+            _convert_submodel(checkpoint, item, model_index=model_index, weight_format=weight_format, output_dir=output_dir)
+        _copy_components(checkpoint, model_index=model_index, has_t5=has_t5, output_dir=output_dir, overwrite=overwrite)
 
     if not has_t5:
         model_index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
-    _write_json_atomically(model_index, output_dir / MODEL_INDEX)
-    return output_dir
-
-
-def _convert_hybrid(model_id_or_path: str | Path, output_dir: Path, *, load_t5: bool, overwrite: bool) -> Path:
-    """int8-hybrid = an fp16 conversion (kept aside, resumable), calibrated and quantized by `quantize_sd3`."""
-    from sd3_quantization import quantize_sd3
-
-    if (output_dir / MODEL_INDEX).is_file() and not overwrite:
-        return output_dir  # quantize_sd3 writes model_index.json last: the folder is complete
-    fp16_source = output_dir / ".fp16-source"
-    convert_sd3(model_id_or_path, fp16_source, load_t5=load_t5, weight_format="fp16", overwrite=overwrite)
-    quantize_sd3(fp16_source, output_dir, overwrite=overwrite)
-    shutil.rmtree(fp16_source)
+    write_json_atomically(model_index, output_dir / MODEL_INDEX)
     return output_dir

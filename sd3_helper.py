@@ -8,729 +8,80 @@ The one place to import the project's API from:
     pipe = OVStableDiffusion3Pipeline.from_pretrained("sd3-ov", device="CPU")
     image = pipe("a photo of a cat", num_inference_steps=28, generator=torch.Generator().manual_seed(42)).images[0]
 
-`OVStableDiffusion3Pipeline.__call__` follows diffusers' `StableDiffusion3Pipeline.__call__` (same argument
-names, same scheduler, same image processor, same random latents), so the same seed gives the same image.
-Every model constant is read from the `config.json` files saved beside the IRs.
+The modules behind it, each importing only those above it in this list:
+
+    sd3_layout        the converted folder: file names, weight formats, safe writes, size rules, defaults
+    sd3_runtime       OpenVINO submodels, step caching, OVStableDiffusion3Pipeline, make_genai_pipeline
+    sd3_conversion    checkpoint -> OpenVINO IR (torch.export + NNCF weight compression)
+    sd3_quantization  int8-hybrid: calibration and quantization (uses the runtime and conversion)
+    sd3_tiny_model    a tiny random-weight SD3 checkpoint built offline (uses the layout)
+    sd3_helper        this facade and the command line
 
 Command line: `python sd3_helper.py {tiny-model,convert,generate} --help`.
 """
 
 import argparse
-import json
 import sys
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-import torch
-
-from sd3_conversion import (
-    MODEL_INDEX,
-    OV_MODEL_BIN,
-    OV_MODEL_XML,
+from sd3_conversion import convert_to_openvino, load_sd3_pipeline
+from sd3_layout import (
+    GENERATION_DEFAULTS,
+    HYBRID_WEIGHT_FORMAT,
     WEIGHT_FORMATS,
-    convert_sd3,
-    load_sd3_pipeline,
+    GenerationDefaults,
+    SizeRules,
+    folder_size,
+    staged_dir,
 )
-from sd3_tiny_model import make_tiny_sd3
+from sd3_quantization import convert_sd3_hybrid, psnr, quantize_sd3
+from sd3_runtime import OVStableDiffusion3Pipeline, OVSubmodel, SD3PipelineOutput, TaylorSeerConfig, make_genai_pipeline
+from sd3_tiny_model import make_tiny_sd3, train_clip_tokenizer
 
 __all__ = [
     "make_tiny_sd3",
     "load_sd3_pipeline",
     "convert_sd3",
+    "quantize_sd3",
     "OVStableDiffusion3Pipeline",
+    "OVSubmodel",
     "SD3PipelineOutput",
     "TaylorSeerConfig",
     "make_genai_pipeline",
     "WEIGHT_FORMATS",
+    "GENERATION_DEFAULTS",
+    "GenerationDefaults",
+    "SizeRules",
+    "folder_size",
+    "psnr",
+    "staged_dir",
+    "train_clip_tokenizer",
 ]
 
-OUTPUT_TYPES = ("pil", "np", "latent")
-PIPELINE_SUBMODELS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
+def convert_sd3(
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    *,
+    load_t5: bool = True,
+    weight_format: str = "fp16",
+    overwrite: bool = False,
+) -> Path:
+    """Convert an SD3 checkpoint to OpenVINO IR in the optimum-intel / openvino.genai layout; return `output_dir`.
 
-# ----------------------------------------------------------------------------------------------------------
-# One OpenVINO submodel
-# ----------------------------------------------------------------------------------------------------------
+    `checkpoint` is a hub id or a local diffusers folder. `weight_format` is `fp32`, `fp16`, `int8` (NNCF 8-bit
+    weights in every submodel), `int4` (4-bit transformer and T5, see `sd3_conversion.INT4_SETTINGS`) or
+    `int8-hybrid` (the transformer's activations and weights in int8, calibrated by `quantize_sd3` with its
+    defaults, the other submodels int8 weights; for its options call `quantize_sd3` on an fp16 folder).
+    Without `load_t5`, T5-XXL is neither loaded nor converted, and the pipeline runs without it.
 
-
-def _incomplete_model_error(path: Path, model_dir: Path, reason: str) -> str:
-    return (
-        f"`{path}` {reason}. The OpenVINO model folder `{model_dir}` is incomplete or damaged: re-run "
-        f"`convert_sd3(model_id_or_path, {str(model_dir)!r}, overwrite=True)` (or `python sd3_helper.py convert`)."
-    )
-
-
-def _check_bin_size(xml_path: Path, bin_path: Path, model_dir: Path) -> None:
-    """A truncated .bin is only noticed by OpenVINO when it reads garbage; compare sizes up front."""
-    import re
-
-    ends = [int(offset) + int(size) for offset, size in re.findall(rb'offset="(\d+)" size="(\d+)"', xml_path.read_bytes())]
-    if ends and max(ends) > bin_path.stat().st_size:
-        raise ValueError(
-            _incomplete_model_error(bin_path, model_dir, f"is truncated ({bin_path.stat().st_size} bytes, the IR needs {max(ends)})")
-        )
-
-
-class OVSubmodel:
-    """One converted submodel: its IR, its `config.json`, and a compiled model made on first use.
-
-    Calling it with named numpy inputs runs one inference and returns the outputs by name.
+    Submodels are loaded in 16 bits (f32 for `fp32`), converted one at a time and freed before the next.
+    Finished submodels are skipped unless `overwrite=True`; `model_index.json` is written last, so a folder
+    that has it is complete.
     """
-
-    def __init__(self, submodel_dir: Path, *, core, device: str = "CPU", ov_config: dict | None = None):
-        model_dir = submodel_dir.parent
-        xml_path, bin_path, config_path = (submodel_dir / name for name in (OV_MODEL_XML, OV_MODEL_BIN, "config.json"))
-        for path in (xml_path, bin_path, config_path):
-            if not path.is_file():
-                raise FileNotFoundError(_incomplete_model_error(path, model_dir, "is missing"))
-        _check_bin_size(xml_path, bin_path, model_dir)
-        try:
-            self.config = json.loads(config_path.read_text())
-            self.model = core.read_model(xml_path, bin_path)
-        except (RuntimeError, json.JSONDecodeError) as error:
-            reason = f"could not be read ({str(error).strip().splitlines()[0]})"
-            raise ValueError(_incomplete_model_error(xml_path, model_dir, reason)) from error
-        self.name = submodel_dir.name
-        self.core, self.device, self.ov_config = core, device, dict(ov_config or {})
-        self.request = None
-
-    def compile(self) -> None:
-        compiled = self.core.compile_model(self.model, self.device, self.ov_config)
-        self.request = compiled.create_infer_request()
-
-    def reshape(self, shapes: dict[str, list[int]]) -> None:
-        """Give inputs static shapes (faster on CPU, needed on NPU); the model is compiled again on next use."""
-        self.model.reshape(shapes)
-        self.request = None
-
-    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        if self.request is None:
-            self.compile()
-        results = self.request.infer(inputs, share_inputs=True, share_outputs=False)
-        # An output can carry several tensor names after compilation; answer to each of them.
-        return {name: value for output, value in results.items() for name in output.get_names()}
-
-
-def _device_for(device: str | dict[str, str], submodel: str) -> str:
-    return device.get(submodel, "CPU") if isinstance(device, dict) else device
-
-
-VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
-
-
-def _check_devices(device: str | dict[str, str], *, available: list[str]) -> None:
-    """Name an unavailable device before OpenVINO fails deep inside compilation."""
-    for submodel, name in (device.items() if isinstance(device, dict) else [("all submodels", device)]):
-        if not isinstance(name, str):
-            raise TypeError(f"`device` for {submodel} has to be a str such as 'CPU' but is {name!r}.")
-        physical = name.split(":")[-1].split(",") if name.startswith(VIRTUAL_DEVICES) else [name]
-        missing = [part for part in physical if part and part.split(".")[0] not in {d.split(".")[0] for d in available}]
-        if missing and name not in VIRTUAL_DEVICES:
-            raise ValueError(f"`device` {name!r} for {submodel} is not available on this machine; available: {available + ['AUTO']}.")
-
-
-def _config_for(ov_config: dict | None, *, submodel: str, device: str, cache_dir: Path | None) -> dict:
-    ov_config = ov_config or {}
-    per_submodel = bool(ov_config) and set(ov_config) <= set(PIPELINE_SUBMODELS)
-    config = dict(ov_config.get(submodel, {}) if per_submodel else ov_config)
-    if cache_dir is not None:
-        config.setdefault("CACHE_DIR", str(cache_dir))
-    if submodel in TEXT_ENCODERS and "GPU" in device:
-        # Text encoders lose accuracy in f16 on GPU; their cost is a few ms, so keep them in f32.
-        config.setdefault("INFERENCE_PRECISION_HINT", "f32")
-    return config
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The pipeline
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaylorSeerConfig:
-    """Step caching ("TaylorSeer lite"), with the fields and defaults of openvino.genai's `TaylorSeerCacheConfig`.
-
-    Steps before `disable_cache_before_step` and from `disable_cache_after_step` on (negative: counted from the
-    end) run the transformer. In between, one step in `cache_interval` runs it and the others predict its output
-    from the last two computed ones by a first-order Taylor expansion in the step index, skipping the transformer
-    (with the defaults, 14 of 28 steps). The image differs a little from the uncached one; off by default.
-    """
-
-    cache_interval: int = 3
-    disable_cache_before_step: int = 6
-    disable_cache_after_step: int = -2
-
-    def __post_init__(self):
-        if not isinstance(self.cache_interval, int) or self.cache_interval < 2:
-            raise ValueError(f"`cache_interval` has to be an int >= 2 but is {self.cache_interval!r}.")
-        if not isinstance(self.disable_cache_before_step, int) or self.disable_cache_before_step < 0:
-            raise ValueError(f"`disable_cache_before_step` has to be an int >= 0 but is {self.disable_cache_before_step!r}.")
-        if not isinstance(self.disable_cache_after_step, int):
-            raise ValueError(f"`disable_cache_after_step` has to be an int but is {self.disable_cache_after_step!r}.")
-
-
-class _TaylorSeerCache:
-    """The transformer outputs of the last computed step and their derivative per step, for `TaylorSeerConfig`."""
-
-    def __init__(self, config: TaylorSeerConfig, *, num_steps: int):
-        self.config = config
-        after = config.disable_cache_after_step
-        self.last_cached_step = (num_steps + after if after < 0 else after) - 1
-        self.value = self.derivative = self.step = None
-
-    def computes(self, step: int) -> bool:
-        first = self.config.disable_cache_before_step
-        if self.value is None or not first <= step <= self.last_cached_step:
-            return True
-        return (step - first) % self.config.cache_interval == self.config.cache_interval - 1
-
-    def update(self, step: int, value: torch.Tensor) -> None:
-        if self.value is not None:
-            self.derivative = (value - self.value) / (step - self.step)
-        self.value, self.step = value, step
-
-    def predict(self, step: int) -> torch.Tensor:
-        return self.value if self.derivative is None else self.value + self.derivative * (step - self.step)
-
-
-@dataclass
-class SD3PipelineOutput:
-    """`images`: a list of PIL images, a (B, H, W, 3) float array in [0, 1], or (B, C, h, w) latents."""
-
-    images: list | np.ndarray | torch.Tensor
-
-
-def _as_batch(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
-    """A prompt argument as a list of `batch_size` strings (a single string is repeated), None stays None."""
-    if value is None:
-        return None
-    values = [value] * batch_size if isinstance(value, str) else list(value)
-    if len(values) != batch_size:
-        raise ValueError(
-            f"`{name}` has batch size {len(values)} but `prompt` has batch size {batch_size}. "
-            f"Pass one `{name}` per prompt, or a single string for all."
-        )
-    return values
-
-
-class OVStableDiffusion3Pipeline:
-    """Text-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline."""
-
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "pooled_prompt_embeds"]
-
-    def __init__(self, *, submodels: dict[str, OVSubmodel | None], tokenizers: dict, scheduler, model_dir: Path):
-        from diffusers.image_processor import VaeImageProcessor
-
-        self.transformer = submodels["transformer"]
-        self.text_encoder = submodels["text_encoder"]
-        self.text_encoder_2 = submodels["text_encoder_2"]
-        self.text_encoder_3 = submodels.get("text_encoder_3")
-        self.vae_decoder = submodels["vae_decoder"]
-        self.tokenizer = tokenizers["tokenizer"]
-        self.tokenizer_2 = tokenizers["tokenizer_2"]
-        self.tokenizer_3 = tokenizers.get("tokenizer_3")
-        self.scheduler = scheduler
-        self.model_dir = model_dir
-
-        vae_config, transformer_config = self.vae_decoder.config, self.transformer.config
-        self.vae_scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-        self.patch_size = transformer_config["patch_size"]
-        self.default_sample_size = transformer_config["sample_size"]
-        self.tokenizer_max_length = self.tokenizer.model_max_length
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        self._progress_bar_config = {}
-        self._interrupt = False
-        self._static_shape = None  # set by `reshape`
-        self._call_lock = threading.Lock()  # infer requests and the scheduler hold per-call state
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_dir: str | Path,
-        *,
-        device: str | dict[str, str] = "CPU",
-        ov_config: dict | None = None,
-        cache_dir: str | Path | None = None,
-        compile: bool = True,
-    ) -> "OVStableDiffusion3Pipeline":
-        """Load a folder written by `convert_sd3` (or optimum-cli) and compile its models for `device`.
-
-        `device` is one OpenVINO device for all submodels ("CPU", "GPU", "AUTO") or a dict by submodel name
-        (`{"transformer": "GPU", "text_encoder": "CPU"}`; unnamed submodels run on CPU). `ov_config` holds
-        OpenVINO properties for all submodels (`{"INFERENCE_PRECISION_HINT": "f32"}`) or a dict of them by
-        submodel name. Text encoders on a GPU run in f32 unless `ov_config` says otherwise. `cache_dir` keeps
-        OpenVINO's compiled models there, so later loads skip compilation. With `compile=False` the models are
-        compiled on first use (or call `compile()` after `reshape()`).
-        """
-        import diffusers
-        import openvino as ov
-        from transformers import AutoTokenizer
-
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(
-                f"`{model_dir}` does not exist. Convert a model into it first: "
-                f"`convert_sd3(model_id_or_path, {str(model_dir)!r})` or `python sd3_helper.py convert MODEL {model_dir}`."
-            )
-        if not (model_dir / MODEL_INDEX).is_file():
-            raise FileNotFoundError(
-                _incomplete_model_error(model_dir / MODEL_INDEX, model_dir, "is missing (it is written last, when a conversion finishes)")
-            )
-        model_index = json.loads((model_dir / MODEL_INDEX).read_text())
-        if isinstance(device, dict) and set(device) - set(PIPELINE_SUBMODELS):
-            raise ValueError(f"`device` names unknown submodels {sorted(set(device) - set(PIPELINE_SUBMODELS))}; use {list(PIPELINE_SUBMODELS)}.")
-        core = ov.Core()
-        _check_devices(device, available=core.available_devices)
-        has_t5 = model_index.get("text_encoder_3", [None])[0] is not None
-        submodels = {}
-        for name in PIPELINE_SUBMODELS:
-            if name == "text_encoder_3" and not has_t5:
-                continue
-            submodel_device = _device_for(device, name)
-            config = _config_for(ov_config, submodel=name, device=submodel_device, cache_dir=cache_dir)
-            submodels[name] = OVSubmodel(model_dir / name, core=core, device=submodel_device, ov_config=config)
-        tokenizers = {
-            name: AutoTokenizer.from_pretrained(model_dir / name)
-            for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
-            if name != "tokenizer_3" or has_t5
-        }
-        scheduler_class = getattr(diffusers, model_index["scheduler"][1])
-        scheduler = scheduler_class.from_pretrained(model_dir / "scheduler")
-        pipeline = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=model_dir)
-        if compile:
-            pipeline.compile()
-        return pipeline
-
-    def compile(self) -> None:
-        """Compile every submodel now instead of on first use."""
-        for submodel in self.submodels.values():
-            if submodel.request is None:
-                submodel.compile()
-
-    @property
-    def submodels(self) -> dict[str, OVSubmodel]:
-        candidates = {name: getattr(self, name) for name in PIPELINE_SUBMODELS}
-        return {name: submodel for name, submodel in candidates.items() if submodel is not None}
-
-    def reshape(
-        self,
-        *,
-        height: int | None = None,
-        width: int | None = None,
-        batch_size: int = 1,
-        num_images_per_prompt: int = 1,
-        do_classifier_free_guidance: bool = True,
-        max_sequence_length: int = 256,
-    ) -> "OVStableDiffusion3Pipeline":
-        """Fix every input shape for one kind of call (static shapes compile to faster code); returns `self`.
-
-        A later call with another size, batch, guidance on/off or `max_sequence_length` raises a ValueError.
-        Models compile again on next use (or call `compile()`).
-        """
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
-        self._check_size(height=height, width=width)
-        guidance_copies = 2 if do_classifier_free_guidance else 1
-        text_batch = batch_size * guidance_copies  # positive and negative prompts go through together
-        image_batch = batch_size * num_images_per_prompt
-        latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
-        transformer = self.transformer.config
-        sequence_length = self.tokenizer_max_length + max_sequence_length
-
-        for encoder in (self.text_encoder, self.text_encoder_2):
-            encoder.reshape({"input_ids": [text_batch, self.tokenizer_max_length]})
-        if self.text_encoder_3 is not None:
-            self.text_encoder_3.reshape({"input_ids": [text_batch, max_sequence_length]})
-        self.transformer.reshape(
-            {
-                "hidden_states": [image_batch * guidance_copies, transformer["in_channels"], latent_height, latent_width],
-                "encoder_hidden_states": [image_batch * guidance_copies, sequence_length, transformer["joint_attention_dim"]],
-                "pooled_projections": [image_batch * guidance_copies, transformer["pooled_projection_dim"]],
-                "timestep": [image_batch * guidance_copies],
-            }
-        )
-        latent_channels = self.vae_decoder.config["latent_channels"]
-        self.vae_decoder.reshape({"latent_sample": [image_batch, latent_channels, latent_height, latent_width]})
-        self._static_shape = dict(
-            height=height,
-            width=width,
-            batch_size=batch_size,
-            num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=do_classifier_free_guidance,
-            max_sequence_length=max_sequence_length,
-        )
-        return self
-
-    def _check_static_shape(self, **call_shape) -> None:
-        if self._static_shape is not None and call_shape != self._static_shape:
-            changed = {key: value for key, value in call_shape.items() if self._static_shape[key] != value}
-            raise ValueError(
-                f"This pipeline was reshaped to static shapes {self._static_shape}, but this call asks for {changed}. "
-                "Call `pipe.reshape(...)` with the new values (the models compile again), or load the pipeline "
-                "again without reshaping for dynamic shapes."
-            )
-
-    @property
-    def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` (from `callback_on_step_end`, say) to stop the denoising loop early."""
-        return self._interrupt
-
-    def set_progress_bar_config(self, **kwargs) -> None:
-        """Options for the tqdm progress bar over the denoising steps, e.g. `disable=True`."""
-        self._progress_bar_config = kwargs
-
-    # -- 1. Checks ---------------------------------------------------------------------------------------
-
-    def check_inputs(
-        self,
-        *,
-        prompt,
-        height: int,
-        width: int,
-        num_inference_steps: int,
-        negative_prompt,
-        prompt_embeds,
-        pooled_prompt_embeds,
-        negative_prompt_embeds,
-        negative_pooled_prompt_embeds,
-        output_type: str,
-        max_sequence_length: int,
-        callback_on_step_end_tensor_inputs: list[str],
-    ) -> None:
-        """Raise a ValueError or TypeError that names the bad argument, its value and the fix."""
-        self._check_size(height=height, width=width)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` has to be a positive integer but is {num_inference_steps!r}.")
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError(
-                "Provide exactly one of `prompt` or `prompt_embeds`; got "
-                f"{'both' if prompt is not None else 'neither'} (prompt={prompt!r})."
-            )
-        if prompt is not None and not (isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))):
-            raise TypeError(f"`prompt` has to be a str or a list of str but is {type(prompt).__name__}: {prompt!r}.")
-        if prompt_embeds is not None and pooled_prompt_embeds is None:
-            raise ValueError("`pooled_prompt_embeds` must be given with `prompt_embeds` (both come from `encode_prompt`).")
-        if negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None:
-            raise ValueError("`negative_pooled_prompt_embeds` must be given with `negative_prompt_embeds`.")
-        if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(negative_prompt) != len(prompt):
-            raise ValueError(
-                f"`negative_prompt` has batch size {len(negative_prompt)} but `prompt` has batch size {len(prompt)}. "
-                "Pass one negative prompt per prompt, or a single string for all."
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)} but is {output_type!r}.")
-        if not 0 < max_sequence_length <= 512:
-            raise ValueError(f"`max_sequence_length` must be between 1 and 512 but is {max_sequence_length}.")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(unknown)}; allowed: {self._callback_tensor_inputs}.")
-
-    def _check_size(self, *, height: int, width: int) -> None:
-        multiple = self.vae_scale_factor * self.patch_size
-        if height % multiple != 0 or width % multiple != 0:
-            raise ValueError(
-                f"`height` and `width` have to be divisible by {multiple} (vae_scale_factor {self.vae_scale_factor} x "
-                f"patch_size {self.patch_size}) but are {height} and {width}. "
-                f"Try {round(height / multiple) * multiple or multiple} and {round(width / multiple) * multiple or multiple}."
-            )
-        max_side = self.transformer.config["pos_embed_max_size"] * multiple
-        if not (0 < height <= max_side and 0 < width <= max_side):
-            raise ValueError(f"`height` and `width` must be between {multiple} and {max_side} for this model but are {height} and {width}.")
-
-    # -- 3. Text encoding --------------------------------------------------------------------------------
-
-    def _clip_embeds(self, prompts: list[str], *, index: int, clip_skip: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(penultimate hidden states (B, 77, width), pooled projection (B, projection_dim)) of one CLIP encoder."""
-        tokenizer, encoder = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)][index]
-        input_ids = tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer_max_length, truncation=True, return_tensors="np"
-        ).input_ids
-        outputs = encoder(input_ids=input_ids.astype(np.int64))
-        layer = encoder.config["num_hidden_layers"] - 1 - (clip_skip or 0)  # diffusers: hidden_states[-(clip_skip + 2)]
-        return outputs[f"hidden_states.{layer}"], outputs["text_embeds"]
-
-    def _t5_embeds(self, prompts: list[str], *, max_sequence_length: int) -> np.ndarray:
-        """T5 hidden states (B, max_sequence_length, joint_attention_dim), zeros when the model has no T5."""
-        if self.text_encoder_3 is None:
-            width = self.transformer.config["joint_attention_dim"]
-            return np.zeros((len(prompts), max_sequence_length, width), dtype=np.float32)
-        input_ids = self.tokenizer_3(
-            prompts, padding="max_length", max_length=max_sequence_length, truncation=True, add_special_tokens=True, return_tensors="np"
-        ).input_ids
-        return self.text_encoder_3(input_ids=input_ids.astype(np.int64))["last_hidden_state"]
-
-    def _encode(self, prompts: list[str], prompts_2: list[str], prompts_3: list[str], *, clip_skip, max_sequence_length):
-        clip_l, pooled_l = self._clip_embeds(prompts, index=0, clip_skip=clip_skip)
-        clip_g, pooled_g = self._clip_embeds(prompts_2, index=1, clip_skip=clip_skip)
-        t5 = self._t5_embeds(prompts_3, max_sequence_length=max_sequence_length)
-        clip = np.concatenate([clip_l, clip_g], axis=-1)
-        clip = np.pad(clip, ((0, 0), (0, 0), (0, t5.shape[-1] - clip.shape[-1])))  # zero-pad to the T5 width
-        prompt_embeds = np.concatenate([clip, t5], axis=-2)  # (B, 77 + max_sequence_length, joint_attention_dim)
-        pooled = np.concatenate([pooled_l, pooled_g], axis=-1)  # (B, pooled_projection_dim)
-        return torch.from_numpy(prompt_embeds), torch.from_numpy(pooled)
-
-    def encode_prompt(
-        self,
-        prompt: str | list[str],
-        prompt_2: str | list[str] | None = None,
-        prompt_3: str | list[str] | None = None,
-        *,
-        negative_prompt: str | list[str] | None = None,
-        negative_prompt_2: str | list[str] | None = None,
-        negative_prompt_3: str | list[str] | None = None,
-        do_classifier_free_guidance: bool = True,
-        num_images_per_prompt: int = 1,
-        clip_skip: int | None = None,
-        max_sequence_length: int = 256,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds).
-
-        As diffusers: `prompt_2` / `prompt_3` default to `prompt`, negatives default to "", and each embedding is
-        repeated `num_images_per_prompt` times. Positive and negative prompts go through each encoder as one batch.
-        """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        batch_size = len(prompts)
-        texts = [prompts, _as_batch(prompt_2, batch_size, "prompt_2") or prompts, _as_batch(prompt_3, batch_size, "prompt_3") or prompts]
-        if do_classifier_free_guidance:
-            negatives = _as_batch(negative_prompt or "", batch_size, "negative_prompt")
-            negatives_2 = _as_batch(negative_prompt_2, batch_size, "negative_prompt_2") or negatives
-            negatives_3 = _as_batch(negative_prompt_3, batch_size, "negative_prompt_3") or negatives
-            texts = [texts[0] + negatives, texts[1] + negatives_2, texts[2] + negatives_3]
-        embeds, pooled = self._encode(*texts, clip_skip=clip_skip, max_sequence_length=max_sequence_length)
-        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
-        pooled = pooled.repeat_interleave(num_images_per_prompt, dim=0)
-        if not do_classifier_free_guidance:
-            return embeds, None, pooled, None
-        split = batch_size * num_images_per_prompt
-        return embeds[:split], embeds[split:], pooled[:split], pooled[split:]
-
-    # -- 4. Latents, 7. Decode ---------------------------------------------------------------------------
-
-    def prepare_latents(self, *, batch_size: int, height: int, width: int, generator, latents: torch.Tensor | None) -> torch.Tensor:
-        """Gaussian latents (batch_size, in_channels, height / vae_scale_factor, width / vae_scale_factor), as diffusers."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        shape = (
-            batch_size,
-            self.transformer.config["in_channels"],
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-        )
-        if latents is None:
-            return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
-        if tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape} for this batch and size but has shape {tuple(latents.shape)}.")
-        return torch.as_tensor(latents, dtype=torch.float32)
-
-    def decode_latents(self, latents: torch.Tensor, *, output_type: str):
-        """Undo the VAE scaling and shift, decode, and post-process to `output_type`."""
-        config = self.vae_decoder.config
-        latents = latents / config["scaling_factor"] + (config.get("shift_factor") or 0.0)
-        image = self.vae_decoder(latent_sample=latents.numpy())["sample"]
-        return self.image_processor.postprocess(torch.from_numpy(image), output_type=output_type)
-
-    # -- The call ----------------------------------------------------------------------------------------
-
-    def __call__(self, *args, **kwargs) -> "SD3PipelineOutput | tuple":
-        """Generate images; see `generate`. Calls from several threads run one after another."""
-        with self._call_lock:
-            return self.generate(*args, **kwargs)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: str | list[str] | None = None,
-        prompt_2: str | list[str] | None = None,
-        prompt_3: str | list[str] | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 28,
-        sigmas: list[float] | None = None,
-        guidance_scale: float = 7.0,
-        negative_prompt: str | list[str] | None = None,
-        negative_prompt_2: str | list[str] | None = None,
-        negative_prompt_3: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        pooled_prompt_embeds: torch.Tensor | None = None,
-        negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        clip_skip: int | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (read only, as in diffusers)
-        max_sequence_length: int = 256,
-        mu: float | None = None,
-        taylorseer: TaylorSeerConfig | None = None,
-    ) -> SD3PipelineOutput | tuple:
-        """Generate images from text. Arguments mean what they mean in diffusers' `StableDiffusion3Pipeline`.
-
-        Guidance (a second, negative batch through the transformer) runs only when `guidance_scale > 1`.
-        `callback_on_step_end(pipe, step, timestep, callback_kwargs)` is called after every step with the
-        tensors named in `callback_on_step_end_tensor_inputs`; it may return replacements for them, and may set
-        `pipe._interrupt = True` to stop. `taylorseer=TaylorSeerConfig()` skips the transformer on about half of
-        the steps (openvino.genai's default step caching); None (the default) runs it on every step. Returns `SD3PipelineOutput(images=...)`, or `(images,)` when
-        `return_dict=False`.
-        """
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
-        from tqdm.auto import tqdm
-
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
-
-        # 1. Check inputs
-        self.check_inputs(
-            prompt=prompt,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            output_type=output_type,
-            max_sequence_length=max_sequence_length,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )
-
-        # 2. Define call parameters
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
-        do_classifier_free_guidance = guidance_scale > 1.0
-        self._check_static_shape(
-            height=height,
-            width=width,
-            batch_size=batch_size,
-            num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=do_classifier_free_guidance,
-            max_sequence_length=max_sequence_length,
-        )
-        self._interrupt = False
-
-        # 3. Encode prompt
-        if prompt_embeds is None:
-            prompt_embeds, negative_embeds, pooled_prompt_embeds, negative_pooled = self.encode_prompt(
-                prompt,
-                prompt_2,
-                prompt_3,
-                negative_prompt=negative_prompt,
-                negative_prompt_2=negative_prompt_2,
-                negative_prompt_3=negative_prompt_3,
-                do_classifier_free_guidance=do_classifier_free_guidance and negative_prompt_embeds is None,
-                num_images_per_prompt=num_images_per_prompt,
-                clip_skip=clip_skip,
-                max_sequence_length=max_sequence_length,
-            )
-            negative_prompt_embeds = negative_embeds if negative_prompt_embeds is None else negative_prompt_embeds
-            negative_pooled_prompt_embeds = negative_pooled if negative_pooled_prompt_embeds is None else negative_pooled_prompt_embeds
-        elif do_classifier_free_guidance and negative_prompt_embeds is None:
-            raise ValueError("With `prompt_embeds` and `guidance_scale > 1`, pass `negative_prompt_embeds` too.")
-        if do_classifier_free_guidance:
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
-            pooled_prompt_embeds = torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds], dim=0)
-
-        # 4. Prepare latents
-        latents = self.prepare_latents(
-            batch_size=batch_size * num_images_per_prompt, height=height, width=width, generator=generator, latents=latents
-        )
-
-        # 5. Prepare timesteps
-        scheduler_kwargs = {}
-        if self.scheduler.config.get("use_dynamic_shifting", None) and mu is None:
-            image_seq_len = (latents.shape[2] // self.patch_size) * (latents.shape[3] // self.patch_size)
-            scheduler_config = self.scheduler.config
-            mu = calculate_shift(
-                image_seq_len,
-                scheduler_config.get("base_image_seq_len", 256),
-                scheduler_config.get("max_image_seq_len", 4096),
-                scheduler_config.get("base_shift", 0.5),
-                scheduler_config.get("max_shift", 1.16),
-            )
-        if mu is not None:
-            scheduler_kwargs["mu"] = mu
-        timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps=num_inference_steps, device="cpu", sigmas=sigmas, **scheduler_kwargs
-        )
-
-        # 6. Denoising loop
-        encoder_hidden_states = prompt_embeds.numpy()
-        pooled_projections = pooled_prompt_embeds.numpy()
-        if taylorseer is not None and not isinstance(taylorseer, TaylorSeerConfig):
-            raise TypeError(f"`taylorseer` has to be a TaylorSeerConfig or None but is {type(taylorseer).__name__}.")
-        cache = _TaylorSeerCache(taylorseer, num_steps=len(timesteps)) if taylorseer else None
-        for step, t in enumerate(tqdm(timesteps, **self._progress_bar_config)):
-            if self.interrupt:
-                break
-            if cache is None or cache.computes(step):
-                latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
-                noise_pred = self.transformer(
-                    hidden_states=latent_model_input.numpy(),
-                    timestep=np.full(latent_model_input.shape[0], t.item(), dtype=np.float32),
-                    encoder_hidden_states=encoder_hidden_states,
-                    pooled_projections=pooled_projections,
-                )["out_sample"]
-                noise_pred = torch.from_numpy(noise_pred)
-                if cache is not None:
-                    cache.update(step, noise_pred)
-            else:
-                noise_pred = cache.predict(step)
-            if do_classifier_free_guidance:
-                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-            latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-
-            if callback_on_step_end is not None:
-                values = {"latents": latents, "prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled_prompt_embeds}
-                callback_kwargs = {name: values[name] for name in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, step, t, callback_kwargs) or {}
-                latents = callback_outputs.get("latents", latents)
-
-        # 7. Decode
-        images = latents if output_type == "latent" else self.decode_latents(latents, output_type=output_type)
-        return SD3PipelineOutput(images=images) if return_dict else (images,)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The same folder in openvino.genai's C++ pipeline
-# ----------------------------------------------------------------------------------------------------------
-
-
-def make_genai_pipeline(model_dir: str | Path, *, device: str = "CPU", ov_config: dict | None = None):
-    """`openvino_genai.Text2ImagePipeline` for a folder written by `convert_sd3`, with this pipeline's defaults.
-
-    The defaults (28 steps, guidance 7.0, max_sequence_length 256, the model's native size) match
-    `OVStableDiffusion3Pipeline.__call__`, so `pipe.generate(prompt, generator=openvino_genai.TorchGenerator(seed))`
-    and `OVStableDiffusion3Pipeline(prompt, generator=torch.Generator().manual_seed(seed))` make the same image
-    (within 1/255 with T5; without T5 genai's text conditioning differs from diffusers, see README).
-    """
-    import openvino_genai
-
-    model_dir = Path(model_dir)
-    if not (model_dir / MODEL_INDEX).is_file():
-        raise FileNotFoundError(_incomplete_model_error(model_dir / MODEL_INDEX, model_dir, "is missing"))
-    model_index = json.loads((model_dir / MODEL_INDEX).read_text())
-    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
-        tokenizer_xml = model_dir / name / "openvino_tokenizer.xml"
-        if model_index.get(name, [None])[0] is not None and not tokenizer_xml.is_file():
-            raise FileNotFoundError(_incomplete_model_error(tokenizer_xml, model_dir, "is missing (openvino.genai needs it)"))
-    pipeline = openvino_genai.Text2ImagePipeline(model_dir, device, **(ov_config or {}))
-    transformer_config = json.loads((model_dir / "transformer" / "config.json").read_text())
-    vae_config = json.loads((model_dir / "vae_decoder" / "config.json").read_text())
-    native_size = transformer_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
-    config = pipeline.get_generation_config()
-    config.num_inference_steps = 28
-    config.guidance_scale = 7.0
-    config.max_sequence_length = 256
-    config.height = config.width = native_size
-    pipeline.set_generation_config(config)
-    return pipeline
+    if weight_format == HYBRID_WEIGHT_FORMAT:
+        return convert_sd3_hybrid(checkpoint, output_dir, load_t5=load_t5, overwrite=overwrite)
+    return convert_to_openvino(checkpoint, output_dir, load_t5=load_t5, weight_format=weight_format, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -747,7 +98,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     tiny.add_argument("--seed", type=int, default=0)
 
     convert = commands.add_parser("convert", help="convert an SD3 checkpoint to OpenVINO IR")
-    convert.add_argument("model", help="hub id (e.g. stabilityai/stable-diffusion-3-medium-diffusers) or local folder")
+    convert.add_argument("checkpoint", help="hub id (e.g. stabilityai/stable-diffusion-3-medium-diffusers) or local folder")
     convert.add_argument("output_dir", type=Path)
     convert.add_argument("--weight-format", choices=WEIGHT_FORMATS, default="fp16")
     convert.add_argument("--no-t5", action="store_true", help="skip the T5-XXL text encoder (saves ~9.5 GB of RAM)")
@@ -758,8 +109,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--negative-prompt", default=None)
     generate.add_argument("--output", type=Path, default=Path("image.png"))
-    generate.add_argument("--steps", type=int, default=28)
-    generate.add_argument("--guidance", type=float, default=7.0)
+    generate.add_argument("--steps", type=int, default=GENERATION_DEFAULTS.num_inference_steps)
+    generate.add_argument("--guidance", type=float, default=GENERATION_DEFAULTS.guidance_scale)
     generate.add_argument("--seed", type=int, default=42)
     generate.add_argument("--height", type=int, default=None, help="default: the model's native size")
     generate.add_argument("--width", type=int, default=None)
@@ -770,6 +121,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _generate(args: argparse.Namespace) -> Path:
+    import torch
+
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(args.model_dir, device=args.device)
+    image = pipe(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        height=args.height,
+        width=args.width,
+        generator=torch.Generator().manual_seed(args.seed),
+        taylorseer=TaylorSeerConfig() if args.step_cache else None,
+    ).images[0]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.output)
+    return args.output
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python sd3_helper.py`; returns the exit status."""
     args = _parse_args(argv)
@@ -777,25 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny-model":
             print(make_tiny_sd3(args.output_dir, seed=args.seed))
         elif args.command == "convert":
-            output_dir = convert_sd3(
-                args.model, args.output_dir, load_t5=not args.no_t5, weight_format=args.weight_format, overwrite=args.overwrite
-            )
-            print(output_dir)
+            print(convert_sd3(args.checkpoint, args.output_dir, load_t5=not args.no_t5, weight_format=args.weight_format, overwrite=args.overwrite))
         else:
-            pipeline = OVStableDiffusion3Pipeline.from_pretrained(args.model_dir, device=args.device)
-            image = pipeline(
-                args.prompt,
-                negative_prompt=args.negative_prompt,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                height=args.height,
-                width=args.width,
-                generator=torch.Generator().manual_seed(args.seed),
-                taylorseer=TaylorSeerConfig() if args.step_cache else None,
-            ).images[0]
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            image.save(args.output)
-            print(args.output)
+            print(_generate(args))
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

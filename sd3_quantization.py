@@ -28,39 +28,39 @@ writes the same layout with weight format "int8-hybrid":
   weight_format="int8")`): their cost is a small share of a generation, and quantizing their activations
   costs accuracy (the original tutorial's finding), while int8 weights halve their size.
 
-The output is written like `convert_sd3` writes: each submodel to a hidden staging folder renamed into place
-when complete, `model_index.json` last, finished submodels skipped on the next call unless `overwrite=True`.
-Every IR records "int8-hybrid" in its rt_info at `sd3_conversion.RT_INFO_WEIGHT_FORMAT`.
+The output is written like `convert_sd3` writes: each submodel with `sd3_layout.staged_dir`,
+`model_index.json` last, finished submodels skipped on the next call unless `overwrite=True`.
+Every IR records "int8-hybrid" in its rt_info at `sd3_layout.RT_INFO_WEIGHT_FORMAT`.
+
+Imports the layout, the runtime (calibration runs our pipeline) and conversion; never the facade `sd3_helper`.
 """
 
 import gc
-import json
-import logging
 import random
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sd3_conversion import (
+from sd3_conversion import SUBMODEL_EXPORTS, compress_weights, convert_to_openvino, quiet_nncf, store_large_constants_in_fp16
+from sd3_layout import (
+    CONFIG_JSON,
     COPIED_COMPONENTS,
+    HYBRID_WEIGHT_FORMAT,
     MODEL_INDEX,
     OV_MODEL_XML,
     RT_INFO_WEIGHT_FORMAT,
-    SUBMODEL_EXPORTS,
-    _publish,
-    _recorded_weight_format,
-    _remove_stale_staging,
-    _staging_dir,
-    _store_large_constants_in_fp16,
-    _write_json_atomically,
-    compress_weights,
     is_converted,
+    read_model_index,
+    recorded_weight_format,
+    refuse_other_weight_format,
+    remove_stale_staging,
+    staged_dir,
+    write_json_atomically,
 )
+from sd3_runtime import OVStableDiffusion3Pipeline
 
-HYBRID_WEIGHT_FORMAT = "int8-hybrid"
 SOURCE_WEIGHT_FORMATS = ("fp16", "fp32")  # quantization starts from unquantized weights
 CALIBRATION_PROMPTS_FILE = Path(__file__).resolve().parent / "prompts" / "calibration_prompts.txt"
 # Negative prompts drawn for calibration, as in the original tutorial, plus "" (the pipeline's default).
@@ -131,7 +131,7 @@ class RecordingSubmodel:
 
 
 def collect_calibration_data(
-    pipeline,
+    pipe,
     *,
     prompts: list[str],
     num_samples: int,
@@ -141,33 +141,32 @@ def collect_calibration_data(
     height: int | None = None,
     width: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Run `pipeline` (an `OVStableDiffusion3Pipeline`) on `prompts` and return the inputs of its first
+    """Run `pipe` (an `OVStableDiffusion3Pipeline`) on `prompts` and return the inputs of its first
     `num_samples` transformer calls, one dict of named arrays per call.
 
     Prompts are taken in an order shuffled by `seed`, each with a negative prompt drawn from
     `NEGATIVE_PROMPTS` and latents from a generator seeded by `seed` and the prompt's position, so the same
     arguments always give the same data. Images are not decoded, and the last image stops as soon as
     `num_samples` calls are recorded. `height` and `width` default to the model's native size, at most
-    `CALIBRATION_MAX_SIDE` pixels. `pipeline.transformer` is restored afterwards.
+    `CALIBRATION_MAX_SIDE` pixels. `pipe.transformer` is restored afterwards.
     """
     from tqdm.auto import tqdm
 
     if num_samples < 1:
         raise ValueError(f"`num_samples` has to be a positive integer but is {num_samples!r}.")
-    native_side = pipeline.default_sample_size * pipeline.vae_scale_factor
-    height = height or min(native_side, CALIBRATION_MAX_SIDE)
-    width = width or min(native_side, CALIBRATION_MAX_SIDE)
+    height = height or min(pipe.size_rules.default, CALIBRATION_MAX_SIDE)
+    width = width or min(pipe.size_rules.default, CALIBRATION_MAX_SIDE)
     rng = random.Random(seed)
     order = rng.sample(range(len(prompts)), k=len(prompts))
 
-    recorder = RecordingSubmodel(pipeline.transformer, max_calls=num_samples)
-    progress_config = pipeline._progress_bar_config
-    pipeline.transformer = recorder
-    pipeline.set_progress_bar_config(disable=True)
+    recorder = RecordingSubmodel(pipe.transformer, max_calls=num_samples)
+    progress_config = pipe.progress_bar_config
+    pipe.transformer = recorder
+    pipe.set_progress_bar_config(disable=True)
 
-    def stop_when_full(pipe, step, timestep, callback_kwargs):
+    def stop_when_full(running_pipe, step, timestep, callback_kwargs):
         progress.update(len(recorder.recorded) - progress.n)
-        pipe._interrupt = recorder.full
+        running_pipe._interrupt = recorder.full
         return callback_kwargs
 
     progress = tqdm(total=num_samples, desc="Collecting calibration data", unit="sample")
@@ -175,7 +174,7 @@ def collect_calibration_data(
         for position in range(num_samples):  # at least one sample per image, so this many images suffice
             if recorder.full:
                 break
-            pipeline(
+            pipe(
                 prompts[order[position % len(order)]],
                 negative_prompt=rng.choice(NEGATIVE_PROMPTS),
                 height=height,
@@ -188,8 +187,8 @@ def collect_calibration_data(
             )
     finally:
         progress.close()
-        pipeline.transformer = recorder.submodel
-        pipeline.set_progress_bar_config(**progress_config)
+        pipe.transformer = recorder.submodel
+        pipe.set_progress_bar_config(**progress_config)
     return recorder.recorded
 
 
@@ -198,7 +197,7 @@ def collect_calibration_data(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _layer_groups(ov_model) -> dict[str, list[str]]:
+def layer_groups(ov_model) -> dict[str, list[str]]:
     """Names of the transformer's weighted layers, by role, found from the graph's structure.
 
     `patch_embedding`: the Convolution that turns latents into tokens. `conditioning`: MatMuls on 2D
@@ -235,10 +234,10 @@ def _has_constant_weight(op) -> bool:
 
 
 def transformer_ignored_scope(ov_model, *, groups: tuple[str, ...] = TRANSFORMER_IGNORED_LAYERS):
-    """An `nncf.IgnoredScope` naming the transformer layers of `groups` (see `_layer_groups`)."""
+    """An `nncf.IgnoredScope` naming the transformer layers of `groups` (see `layer_groups`)."""
     import nncf
 
-    by_group = _layer_groups(ov_model)
+    by_group = layer_groups(ov_model)
     unknown = set(groups) - set(by_group)
     if unknown:
         raise ValueError(f"`groups` has unknown layer groups {sorted(unknown)}; choose from {sorted(by_group)}.")
@@ -253,7 +252,7 @@ def quantize_transformer(
     smooth_quant_alpha: float | None = None,
 ):
     """NNCF post-training int8 quantization of the transformer's weights and activations, except the layers of
-    `ignored_layers` (see `_layer_groups`), whose weights get int8 weight-only compression instead.
+    `ignored_layers` (see `layer_groups`), whose weights get int8 weight-only compression instead.
 
     `smooth_quant_alpha` overrides NNCF's SmoothQuant strength for MatMuls (a negative value disables it).
     """
@@ -263,7 +262,7 @@ def quantize_transformer(
     advanced = AdvancedQuantizationParameters()
     if smooth_quant_alpha is not None:
         advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha))
-    with _quiet_nncf():
+    with quiet_nncf():
         quantized = nncf.quantize(
             ov_model,
             nncf.Dataset(calibration_data),
@@ -276,18 +275,13 @@ def quantize_transformer(
         return nncf.compress_weights(quantized, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
-@contextmanager
-def _quiet_nncf():
-    """NNCF logs a line per layer it does not quantize (dozens); keep its warnings, drop that INFO chatter."""
-    from nncf.common.logging import nncf_logger
-
-    level = nncf_logger.level
-    nncf_logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        nncf_logger.setLevel(level)
-
+def psnr(image, reference) -> float:
+    """Peak signal-to-noise ratio in dB of two images with values in [0, 1] (arrays) or two PIL images."""
+    image, reference = np.asarray(image, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if image.max() > 1.0 or reference.max() > 1.0:  # 8-bit pixels
+        image, reference = image / 255.0, reference / 255.0
+    mse = float(np.mean((image - reference) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,7 +297,7 @@ def _check_source(model_dir: Path, submodels: list[str]) -> None:
             "`transformer/`). Convert the checkpoint first: `convert_sd3(model_id_or_path, model_dir, weight_format='fp16')`."
         )
     for name in submodels:
-        recorded = _recorded_weight_format(model_dir / name)
+        recorded = recorded_weight_format(model_dir / name)
         if recorded not in SOURCE_WEIGHT_FORMATS:
             raise ValueError(
                 f"`{model_dir / name}` has weight_format={recorded!r}; quantization needs one of {list(SOURCE_WEIGHT_FORMATS)}. "
@@ -316,30 +310,23 @@ def _save_submodel(ov_model, *, model_dir: Path, output_dir: Path, name: str) ->
     import openvino as ov
 
     ov_model.set_rt_info(HYBRID_WEIGHT_FORMAT, RT_INFO_WEIGHT_FORMAT)
-    final_dir = output_dir / name
-    staging = _staging_dir(final_dir)
-    try:
+    with staged_dir(output_dir / name) as staging:
         ov.save_model(ov_model, staging / OV_MODEL_XML, compress_to_fp16=True)
-        shutil.copy2(model_dir / name / "config.json", staging / "config.json")
-        _publish(staging, final_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copy2(model_dir / name / CONFIG_JSON, staging / CONFIG_JSON)
 
 
 def _quantized_transformer(model_dir: Path, *, calibration: dict, device: str, ov_config: dict | None):
     """Collect calibration data with the fp16 pipeline of `model_dir`, then quantize its transformer."""
     import openvino as ov
 
-    from sd3_helper import OVStableDiffusion3Pipeline
-
-    pipeline = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device, ov_config=ov_config, compile=False)
-    pipeline.set_progress_bar_config(disable=True)
-    calibration_data = collect_calibration_data(pipeline, **calibration)
-    del pipeline  # frees the compiled models before NNCF compiles its own
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device, ov_config=ov_config, compile=False)
+    pipe.set_progress_bar_config(disable=True)
+    calibration_data = collect_calibration_data(pipe, **calibration)
+    del pipe  # frees the compiled models before NNCF compiles its own
     gc.collect()
     ov_model = ov.Core().read_model(model_dir / "transformer" / OV_MODEL_XML)
     quantized = quantize_transformer(ov_model, calibration_data)
-    return _store_large_constants_in_fp16(quantized)
+    return store_large_constants_in_fp16(quantized)
 
 
 def quantize_sd3(
@@ -378,15 +365,9 @@ def quantize_sd3(
     if model_dir.resolve() == output_dir.resolve():
         raise ValueError(f"`output_dir` must differ from `model_dir` ({str(model_dir)!r}): the fp16 models are read while writing.")
     output_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(output_dir)
+    remove_stale_staging(output_dir)
     finished = set() if overwrite else {name for name in submodels if is_converted(output_dir / name)}
-    for name in sorted(finished):  # refuse before touching anything, so a complete folder stays complete
-        recorded = _recorded_weight_format(output_dir / name)
-        if recorded != HYBRID_WEIGHT_FORMAT:
-            raise ValueError(
-                f"`{output_dir / name}` holds weight_format={recorded!r}, not {HYBRID_WEIGHT_FORMAT!r}. "
-                "Pass `overwrite=True` to replace it, or choose another `output_dir`."
-            )
+    refuse_other_weight_format(output_dir, sorted(finished), weight_format=HYBRID_WEIGHT_FORMAT)
     (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
     calibration = dict(
         prompts=load_calibration_prompts(prompts_file),
@@ -415,12 +396,20 @@ def quantize_sd3(
 
     for name in COPIED_COMPONENTS:
         if (model_dir / name).is_dir() and (overwrite or not (output_dir / name).is_dir()):
-            staging = _staging_dir(output_dir / name)
-            try:
+            with staged_dir(output_dir / name) as staging:
                 shutil.copytree(model_dir / name, staging, dirs_exist_ok=True)
-                _publish(staging, output_dir / name)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    model_index = json.loads((model_dir / MODEL_INDEX).read_text())
-    _write_json_atomically(model_index, output_dir / MODEL_INDEX)
+    write_json_atomically(read_model_index(model_dir), output_dir / MODEL_INDEX)
+    return output_dir
+
+
+def convert_sd3_hybrid(checkpoint: str | Path, output_dir: str | Path, *, load_t5: bool = True, overwrite: bool = False) -> Path:
+    """int8-hybrid straight from a checkpoint: an fp16 conversion kept aside (resumable), then `quantize_sd3`
+    with its defaults. Returns `output_dir`."""
+    output_dir = Path(output_dir)
+    if (output_dir / MODEL_INDEX).is_file() and not overwrite:
+        return output_dir  # quantize_sd3 writes model_index.json last: the folder is complete
+    fp16_source = output_dir / ".fp16-source"
+    convert_to_openvino(checkpoint, fp16_source, load_t5=load_t5, weight_format="fp16", overwrite=overwrite)
+    quantize_sd3(fp16_source, output_dir, overwrite=overwrite)
+    shutil.rmtree(fp16_source)
     return output_dir

@@ -10,11 +10,12 @@ config shows up as a shape error instead of passing silently.
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from sd3_conversion import quiet_progress_bars
+from sd3_layout import staged_dir
 
 # A small built-in corpus the tokenizers are trained on; it only needs to cover common prompt words.
 TOKENIZER_CORPUS = [
@@ -39,7 +40,7 @@ TOKENIZER_CORPUS = [
 ]
 
 
-def _train_clip_tokenizer(*, vocab_size: int, pad_token: str):
+def train_clip_tokenizer(*, vocab_size: int, pad_token: str):
     """A byte-level BPE tokenizer with CLIP's normalizer, pre-tokenizer and special tokens."""
     from tokenizers import pre_tokenizers, trainers
     from transformers import CLIPTokenizer
@@ -60,7 +61,7 @@ def _train_clip_tokenizer(*, vocab_size: int, pad_token: str):
     return CLIPTokenizer(vocab=model_state["vocab"], merges=merges, pad_token=pad_token, model_max_length=77)
 
 
-def _train_t5_tokenizer(*, vocab_size: int):
+def train_t5_tokenizer(*, vocab_size: int):
     """A Unigram tokenizer with T5's pre-tokenizer and special tokens (`<pad>`, `</s>`, `<unk>`)."""
     from tokenizers import trainers
     from transformers import T5Tokenizer
@@ -117,9 +118,9 @@ def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0) -> Path:
     output_dir = Path(output_dir)
     clip_l_width, clip_g_width, t5_width = 32, 48, 96  # all different, as in the real model (768, 1280, 4096)
 
-    tokenizer = _train_clip_tokenizer(vocab_size=600, pad_token="<|endoftext|>")
-    tokenizer_2 = _train_clip_tokenizer(vocab_size=600, pad_token="!")  # SD3's CLIP-G tokenizer pads with "!"
-    tokenizer_3 = _train_t5_tokenizer(vocab_size=400)
+    tokenizer = train_clip_tokenizer(vocab_size=600, pad_token="<|endoftext|>")
+    tokenizer_2 = train_clip_tokenizer(vocab_size=600, pad_token="!")  # SD3's CLIP-G tokenizer pads with "!"
+    tokenizer_3 = train_t5_tokenizer(vocab_size=400)
 
     text_encoder = _clip_text_encoder(
         hidden_size=clip_l_width,
@@ -185,7 +186,7 @@ def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0) -> Path:
     ).eval()
 
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
-    pipeline = StableDiffusion3Pipeline(
+    pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=scheduler,
         vae=vae,
@@ -196,13 +197,6 @@ def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0) -> Path:
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
     )
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
-        pipeline.save_pretrained(staging_dir)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging_dir.rename(output_dir)
-    finally:
-        shutil.rmtree(staging_dir, ignore_errors=True)
+    with staged_dir(output_dir) as staging, quiet_progress_bars():
+        pipe.save_pretrained(staging)
     return output_dir

@@ -10,6 +10,7 @@ import torch
 
 import sd3_conversion
 import sd3_helper
+import sd3_layout
 import sd3_quantization
 from conftest import F32, psnr
 
@@ -77,7 +78,7 @@ def test_transformer_activations_are_quantized_other_submodels_int8_weights(hybr
 def test_layer_groups_follow_the_config(converted):
     folder = converted("fp16")
     config = json.loads((folder / "transformer" / "config.json").read_text())
-    groups = sd3_quantization._layer_groups(ov.Core().read_model(folder / "transformer" / "openvino_model.xml"))
+    groups = sd3_quantization.layer_groups(ov.Core().read_model(folder / "transformer" / "openvino_model.xml"))
     assert len(groups["patch_embedding"]) == 1
     # timestep MLP (2) + pooled-text MLP (2) + adaLN of both streams in every block + the output adaLN
     assert len(groups["conditioning"]) == 4 + 2 * config["num_layers"] + 1
@@ -143,13 +144,13 @@ def test_interrupted_run_resumes_and_model_index_comes_last(converted, hybrid, t
     (output / ".vae_decoder.partial-killed").mkdir()
 
     published = []
-    original_publish = sd3_quantization._publish
+    original_publish = sd3_layout.publish
 
     def record_publish(staging, final_dir):
         published.append((final_dir.name, (output / "model_index.json").exists()))
         original_publish(staging, final_dir)
 
-    monkeypatch.setattr(sd3_quantization, "_publish", record_publish)
+    monkeypatch.setattr(sd3_layout, "publish", record_publish)
     monkeypatch.setattr(sd3_quantization, "collect_calibration_data", lambda *a, **k: pytest.fail("transformer was done"))
     quantize(converted("fp16"), output)
     assert [name for name, _ in published] == ["vae_decoder"], "only the missing submodel is written again"

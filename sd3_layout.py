@@ -1,0 +1,248 @@
+"""The converted folder: its layout, safe writes, what it records, and the rules every layer shares.
+
+This is the bottom layer; it imports no other module of the project. A folder written by `convert_sd3` is the
+layout that optimum-intel and openvino.genai load:
+
+    model_index.json    written last: a folder that has it is complete
+    transformer/        openvino_model.xml|.bin + config.json
+    text_encoder/       (CLIP-L)   "
+    text_encoder_2/     (CLIP-G)   "
+    text_encoder_3/     (T5-XXL, optional)
+    vae_decoder/, vae_encoder/
+    tokenizer/, tokenizer_2/, tokenizer_3/, scheduler/
+
+Every writer uses `staged_dir`: a folder is written beside its final place under a hidden name and renamed
+into place only when complete, so an interrupted write never leaves files that look finished.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+MODEL_INDEX = "model_index.json"
+OV_MODEL_XML = "openvino_model.xml"
+OV_MODEL_BIN = "openvino_model.bin"
+CONFIG_JSON = "config.json"
+SCHEDULER_CONFIG = "scheduler_config.json"
+OV_TOKENIZER_XML = "openvino_tokenizer.xml"  # openvino.genai reads the tokenizers from these
+
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "int8-hybrid")  # int8-hybrid: see sd3_quantization.py
+HYBRID_WEIGHT_FORMAT = "int8-hybrid"
+RT_INFO_WEIGHT_FORMAT = ["sd3_helper", "weight_format"]  # where a converted IR records its weight format
+
+PIPELINE_SUBMODELS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
+COPIED_COMPONENTS = TOKENIZERS + ("scheduler",)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation defaults and size rules: one place for every layer (pipeline, genai factory, CLI, demo)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Defaults of a text-to-image call, those of diffusers' `StableDiffusion3Pipeline.__call__`."""
+
+    num_inference_steps: int = 28  # SD3 Medium's recommended number of steps
+    guidance_scale: float = 7.0  # classifier-free guidance; <= 1 turns it off
+    max_sequence_length: int = 256  # T5 tokens read from the prompt (at most 512)
+
+
+GENERATION_DEFAULTS = GenerationDefaults()
+
+
+def vae_scale_factor(vae_config: dict) -> int:
+    """Pixels per latent cell: each VAE block but the last halves the resolution (8 for SD3)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """Image sides a model accepts, in pixels: multiples of `multiple` from `multiple` to `maximum`."""
+
+    vae_scale_factor: int  # pixels per latent cell
+    patch_size: int  # latent cells per transformer patch (side)
+    maximum: int  # pos_embed_max_size patches, in pixels
+    default: int  # the model's native size: sample_size latent cells, in pixels
+
+    @classmethod
+    def from_configs(cls, *, transformer_config: dict, vae_config: dict) -> "SizeRules":
+        """Read the rules from the transformer's and the VAE's `config.json` contents."""
+        scale, patch_size = vae_scale_factor(vae_config), transformer_config["patch_size"]
+        return cls(
+            vae_scale_factor=scale,
+            patch_size=patch_size,
+            maximum=transformer_config["pos_embed_max_size"] * patch_size * scale,
+            default=transformer_config["sample_size"] * scale,
+        )
+
+    @property
+    def multiple(self) -> int:
+        """Sides are multiples of one latent patch: vae_scale_factor * patch_size pixels."""
+        return self.vae_scale_factor * self.patch_size
+
+    def snap(self, side: int) -> int:
+        """The accepted side nearest to `side`."""
+        return min(max(round(side / self.multiple) * self.multiple, self.multiple), self.maximum)
+
+    def check(self, *, height: int, width: int) -> None:
+        """Raise a ValueError naming `height` and `width` and the nearest accepted sizes if they are not accepted."""
+        if height % self.multiple != 0 or width % self.multiple != 0:
+            raise ValueError(
+                f"`height` and `width` have to be divisible by {self.multiple} (vae_scale_factor {self.vae_scale_factor} x "
+                f"patch_size {self.patch_size}) "
+                f"but are {height} and {width}. Try {self.snap(height)} and {self.snap(width)}."
+            )
+        if not (0 < height <= self.maximum and 0 < width <= self.maximum):
+            raise ValueError(
+                f"`height` and `width` must be between {self.multiple} and {self.maximum} for this model but are "
+                f"{height} and {width}. Try {self.snap(height)} and {self.snap(width)}."
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Safe writes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def publish(staging_dir: Path, final_dir: Path) -> None:
+    """Move a finished staging folder to `final_dir`, replacing an older one without a moment of absence."""
+    if final_dir.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=final_dir.parent))
+        final_dir.rename(retired / final_dir.name)
+        staging_dir.rename(final_dir)
+        shutil.rmtree(retired)
+    else:
+        staging_dir.rename(final_dir)
+
+
+@contextmanager
+def staged_dir(final_dir: str | Path) -> Iterator[Path]:
+    """Yield an empty hidden folder beside `final_dir`; publish it as `final_dir` when the block ends normally.
+
+    If the block raises, the staging folder is removed and `final_dir` (new or old) is left as it was.
+
+        with staged_dir(output_dir / "transformer") as staging:
+            ov.save_model(model, staging / OV_MODEL_XML)
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.partial-", dir=final_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the published folder gets the usual permissions
+    try:
+        yield staging
+        publish(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json_atomically(data: dict, path: Path) -> None:
+    """Write `data` as JSON to `path` through a temporary file, so `path` is never half-written."""
+    tmp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_path, path)
+
+
+def remove_stale_staging(output_dir: Path) -> None:
+    """Delete staging folders left in `output_dir` by a writer that was killed."""
+    for stale in output_dir.glob(".*.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    for stale in output_dir.glob(".*.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def folder_size(path: str | Path) -> int:
+    """The size in bytes of all files under `path`."""
+    return sum(file.stat().st_size for file in Path(path).rglob("*") if file.is_file())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What a folder records
+# ----------------------------------------------------------------------------------------------------------
+
+
+def incomplete_model_error(path: Path, model_dir: Path, reason: str) -> str:
+    """The message for a damaged or incomplete converted folder: the file, what is wrong, and the fix."""
+    return (
+        f"`{path}` {reason}. The OpenVINO model folder `{model_dir}` is incomplete or damaged: re-run "
+        f"`convert_sd3(checkpoint, {str(model_dir)!r}, overwrite=True)` (or `python sd3_helper.py convert`)."
+    )
+
+
+def is_converted(submodel_dir: Path) -> bool:
+    """True when `submodel_dir` holds a finished IR (published folders are complete by construction)."""
+    return all((submodel_dir / name).is_file() for name in (OV_MODEL_XML, OV_MODEL_BIN, CONFIG_JSON))
+
+
+def check_bin_size(xml_path: Path, bin_path: Path, model_dir: Path) -> None:
+    """Raise a ValueError naming `bin_path` if it is shorter than the weights the IR at `xml_path` reads."""
+    ends = [int(offset) + int(size) for offset, size in re.findall(rb'offset="(\d+)" size="(\d+)"', xml_path.read_bytes())]
+    if ends and max(ends) > bin_path.stat().st_size:
+        reason = f"is truncated ({bin_path.stat().st_size} bytes, the IR needs {max(ends)})"
+        raise ValueError(incomplete_model_error(bin_path, model_dir, reason))
+
+
+def recorded_weight_format(submodel_dir: Path) -> str | None:
+    """The weight format a converted IR records in its rt_info (None for IRs written by other tools)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(submodel_dir / OV_MODEL_XML)
+    return model.get_rt_info(RT_INFO_WEIGHT_FORMAT).astype(str) if model.has_rt_info(RT_INFO_WEIGHT_FORMAT) else None
+
+
+def refuse_other_weight_format(output_dir: Path, submodels: list[str], *, weight_format: str) -> None:
+    """Raise a ValueError if a finished submodel of `output_dir` holds another weight format than `weight_format`.
+
+    Writers call it before touching anything, so a complete folder stays complete when they refuse.
+    """
+    for name in sorted(submodels):
+        recorded = recorded_weight_format(output_dir / name)
+        if recorded not in (None, weight_format):
+            raise ValueError(
+                f"`{output_dir / name}` was converted with weight_format={recorded!r}, not {weight_format!r}. "
+                "Pass `overwrite=True` to convert it again, or choose another `output_dir`."
+            )
+
+
+def read_json(path: Path, *, model_dir: Path) -> dict:
+    """The JSON object in `path`, or an error that names the file, what is wrong and the fix (reconvert)."""
+    if not path.is_file():
+        raise FileNotFoundError(incomplete_model_error(path, model_dir, "is missing"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(incomplete_model_error(path, model_dir, f"is not valid JSON ({error})")) from error
+    if not isinstance(data, dict):
+        raise ValueError(incomplete_model_error(path, model_dir, f"holds a {type(data).__name__}, not a JSON object"))
+    return data
+
+
+def read_model_index(model_dir: str | Path) -> dict:
+    """`model_index.json` of a converted folder, with named errors for a missing folder or a damaged file."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(
+            f"`{model_dir}` does not exist. Convert a model into it first: "
+            f"`convert_sd3(checkpoint, {str(model_dir)!r})` or `python sd3_helper.py convert CHECKPOINT {model_dir}`."
+        )
+    index_path = model_dir / MODEL_INDEX
+    if not index_path.is_file():
+        reason = "is missing (it is written last, when a conversion finishes)"
+        raise FileNotFoundError(incomplete_model_error(index_path, model_dir, reason))
+    return read_json(index_path, model_dir=model_dir)
+
+
+def has_component(model_index: dict, name: str) -> bool:
+    """True when `model_index.json` lists component `name` (a T5-less folder lists `text_encoder_3` as null)."""
+    entry = model_index.get(name)
+    return isinstance(entry, list) and len(entry) == 2 and entry[0] is not None
