@@ -1,6 +1,6 @@
 """Throughput of many requests on one machine: one pipeline vs several, sequential vs batched.
 
-    python benchmarks/bench_throughput.py --model-dir build/bench/sd3-medium-2l-fp16 --requests 8
+    python benchmarks/bench_throughput.py --model-dir build/bench/ov-sd3-medium-shaped-2-layers-fp16 --requests 8
 
 Each option serves the same `--requests` prompts and reports images per minute, mean latency per request
 and peak RSS. Options:
