@@ -78,27 +78,22 @@ def resolve_model_id(model_id: str | Path, *, models_dir: Path) -> str | Path:
     return tiny_dir
 
 
-def ov_model_dir(model_id: str | Path, *, models_dir: Path, weight_format: str, load_t5: bool) -> Path:
-    """Where the OpenVINO model of `model_id` in `weight_format` goes: one folder per variant."""
+def ov_model_dir(checkpoint: str | Path, *, models_dir: Path, weight_format: str, load_t5: bool) -> Path:
+    """Where the OpenVINO model of `checkpoint` in `weight_format` goes: one folder per variant."""
     t5_suffix = "" if load_t5 else "-no-t5"
-    return Path(models_dir) / f"{Path(str(model_id)).name}-ov-{weight_format}{t5_suffix}"
+    return Path(models_dir) / f"{Path(str(checkpoint)).name}-ov-{weight_format}{t5_suffix}"
 
 
-def describe_components(pipeline) -> str:
+def describe_components(pipe) -> str:
     """A Markdown table of a diffusers pipeline's components: class and number of parameters."""
     rows = ["| component | class | parameters |", "| --- | --- | ---: |"]
-    for name, component in pipeline.components.items():
+    for name, component in pipe.components.items():
         if component is None:
             continue
         parameters = sum(p.numel() for p in component.parameters()) if hasattr(component, "parameters") else None
         count = f"{parameters / 1e6:,.2f} M" if parameters is not None else ""
         rows.append(f"| `{name}` | {type(component).__name__} | {count} |")
     return "\n".join(rows)
-
-
-def folder_size(path: Path) -> int:
-    """The size in bytes of all files under `path`."""
-    return sum(file.stat().st_size for file in Path(path).rglob("*") if file.is_file())
 
 
 def format_bytes(size: int) -> str:
@@ -131,7 +126,7 @@ class FormatResult:
 
 
 def compare_weight_formats(
-    model_id: str | Path,
+    checkpoint: str | Path,
     *,
     models_dir: Path,
     weight_formats: list[str],
@@ -144,7 +139,7 @@ def compare_weight_formats(
     guidance_scale: float,
     seed: int,
 ) -> list[FormatResult]:
-    """Convert `model_id` in each weight format (skipped when done before), then time one image with each.
+    """Convert `checkpoint` in each weight format (skipped when done before), then time one image with each.
 
     Pipelines are loaded one at a time and freed before the next, so memory holds one model at once. Every
     format gets the same prompt and seed, so the images differ only by the compression.
@@ -153,18 +148,18 @@ def compare_weight_formats(
 
     import torch
 
-    from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3
+    from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3, folder_size
 
     results = []
     for weight_format in weight_formats:
-        model_dir = ov_model_dir(model_id, models_dir=models_dir, weight_format=weight_format, load_t5=load_t5)
-        convert_sd3(model_id, model_dir, load_t5=load_t5, weight_format=weight_format)
-        pipeline = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device)
-        pipeline.set_progress_bar_config(disable=True)
+        model_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format=weight_format, load_t5=load_t5)
+        convert_sd3(checkpoint, model_dir, load_t5=load_t5, weight_format=weight_format)
+        pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device)
+        pipe.set_progress_bar_config(disable=True)
         generate = dict(prompt=prompt, height=height, width=width, guidance_scale=guidance_scale)
-        pipeline(**generate, num_inference_steps=1)  # warm-up: the first call allocates buffers
+        pipe(**generate, num_inference_steps=1)  # warm-up: the first call allocates buffers
         start = time.perf_counter()
-        image = pipeline(
+        image = pipe(
             **generate, num_inference_steps=num_inference_steps, generator=torch.Generator().manual_seed(seed)
         ).images[0]
         latency = time.perf_counter() - start
@@ -177,7 +172,7 @@ def compare_weight_formats(
                 image=image,
             )
         )
-        del pipeline
+        del pipe
         gc.collect()
     return results
 
@@ -225,7 +220,7 @@ def image_grid(images: list, *, labels: list[str], font_size: int = 14):
 
 
 def compare_with_genai(
-    ov_pipe,
+    pipe,
     *,
     model_dir: Path,
     device: str,
@@ -254,9 +249,9 @@ def compare_with_genai(
     genai_image = genai_pipe.generate(prompt, generator=openvino_genai.TorchGenerator(seed), **settings).data[0]
     genai_latency = time.perf_counter() - start
 
-    ov_pipe(prompt, **{**settings, "num_inference_steps": 1})  # warm-up
+    pipe(prompt, **{**settings, "num_inference_steps": 1})  # warm-up
     start = time.perf_counter()
-    our_image = ov_pipe(prompt, generator=torch.Generator().manual_seed(seed), **settings).images[0]
+    our_image = pipe(prompt, generator=torch.Generator().manual_seed(seed), **settings).images[0]
     our_latency = time.perf_counter() - start
 
     table = "\n".join(

@@ -133,7 +133,7 @@ def test_demo_cell_launches_the_demo_inline(executed):
 import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 from sd3_helper import OVStableDiffusion3Pipeline
-ov_pipe = OVStableDiffusion3Pipeline.from_pretrained({str(model_dir)!r})
+pipe = OVStableDiffusion3Pipeline.from_pretrained({str(model_dir)!r})
 height, width, num_inference_steps, guidance_scale, launch_demo = {HEIGHT}, {WIDTH}, 2, 5.0, True
 """
     check = """
