@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,12 +20,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the helpers live beside the notebook, not in an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from gradio_helper import MAX_SEED, GenerationRunner, SizeLimits, make_demo  # noqa: E402
+from gradio_helper import (  # noqa: E402
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    GenerationRunner,
+    make_demo,
+    size_rules_of,
+)
 from notebook_utils import ov_model_dir, resolve_model_id  # noqa: E402
 from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3  # noqa: E402
+from sd3_layout import SizeRules  # noqa: E402
 
 ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show; multiples of the tiny model's 4
+FAKE_CONFIGS = dict(  # for stand-in pipelines: multiples of 8 (VAE factor 4 x patch 2) up to 64 (8 patches), native 32
+    transformer_config={"patch_size": 2, "pos_embed_max_size": 8, "sample_size": 8},
+    vae_config={"block_out_channels": [1, 1, 1]},
+)
+FAKE_SIZE_RULES = SizeRules.from_configs(**FAKE_CONFIGS)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's chromium, chromium-driver
 CHROMIUM_ARGUMENTS = (
     "--headless=new",
@@ -44,12 +57,14 @@ def generate_args(
     prompt: str = "a photo of a cat",
     seed: int = 7,
     randomize_seed: bool = False,
-    width: int = WIDTH,
-    height: int = HEIGHT,
-    steps: int = 2,
+    width=WIDTH,
+    height=HEIGHT,
+    steps=2,
+    negative_prompt="",
+    guidance_scale=5.0,
 ) -> tuple:
-    """The inputs of the `/generate` endpoint, in order."""
-    return (prompt, "", seed, randomize_seed, width, height, 5.0, steps)
+    """The inputs of the `/generate` endpoint, in order (any type: the server must name what is wrong)."""
+    return (prompt, negative_prompt, seed, randomize_seed, width, height, guidance_scale, steps)
 
 
 def load_pixels(path: str) -> np.ndarray:
@@ -91,10 +106,22 @@ def test_helpers_import_without_ui_libraries():
     assert result.stdout.strip() == "[]"
 
 
-def test_size_limits_come_from_the_model(pipeline):
-    limits = SizeLimits.of(pipeline)
+def test_size_rules_come_from_the_model(pipeline):
+    limits = size_rules_of(pipeline)
+    assert limits == SizeRules.from_configs(
+        transformer_config=pipeline.transformer.config, vae_config=pipeline.vae_decoder.config
+    )
     assert (limits.multiple, limits.maximum, limits.default) == (4, 192, 64)  # 2 x 2, 48 patches x 4, 32 x 2
     assert [limits.snap(side) for side in (1, 49, 51, 1000)] == [4, 48, 52, 192]
+
+
+def test_size_rules_of_a_diffusers_pipeline_come_from_its_vae():
+    diffusers_like = SimpleNamespace(  # diffusers' pipeline names its VAE `vae`, and has no `size_rules`
+        transformer=SimpleNamespace(config=FAKE_CONFIGS["transformer_config"]),
+        vae=SimpleNamespace(config=FAKE_CONFIGS["vae_config"]),
+    )
+    assert size_rules_of(diffusers_like) == FAKE_SIZE_RULES
+    assert (FAKE_SIZE_RULES.multiple, FAKE_SIZE_RULES.maximum, FAKE_SIZE_RULES.default) == (8, 64, 32)
 
 
 def test_demo_sliders_step_by_the_size_multiple_within_the_limits(pipeline):
@@ -123,24 +150,86 @@ def test_runner_reports_every_step_and_the_seed(pipeline):
     assert seed == 3 and image.size == (WIDTH, HEIGHT)
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"prompt": "  "}, "prompt is empty"),
-        ({"seed": 1.5}, "`seed` has to be a whole number"),
-        ({"seed": MAX_SEED + 1}, "`seed` has to be between 0 and"),
-        ({"width": 50}, "divisible by 4"),
-        ({"num_inference_steps": 0}, "`num_inference_steps` has to be between 1"),
-    ],
-)
-def test_runner_rejects_bad_input_with_a_readable_message(pipeline, change, message):
+TOO_LONG = "a" * (MAX_PROMPT_CHARS + 1)
+BAD_INPUTS = [  # (change to a good request, exception type, fragment of its message)
+    ({"prompt": "  "}, ValueError, "prompt is empty"),
+    ({"prompt": None}, ValueError, "prompt is empty"),  # an empty Gradio field arrives as None
+    ({"prompt": 5}, TypeError, "`prompt` has to be a str but is int: 5"),
+    ({"prompt": ["a cat"]}, TypeError, "`prompt` has to be a str but is list"),
+    ({"prompt": TOO_LONG}, ValueError, f"`prompt` is {MAX_PROMPT_CHARS + 1:,} characters long; the limit is 4,000"),
+    ({"negative_prompt": 5}, TypeError, "`negative_prompt` has to be a str but is int: 5"),
+    ({"negative_prompt": TOO_LONG}, ValueError, "`negative_prompt` is 4,001 characters long"),
+    ({"seed": 1.5}, ValueError, "`seed` has to be a whole number but is 1.5"),
+    ({"seed": MAX_SEED + 1}, ValueError, "`seed` has to be between 0 and"),
+    ({"seed": -1}, ValueError, "`seed` has to be between 0 and 2147483647 but is -1"),
+    ({"seed": "7"}, TypeError, "`seed` has to be a number but is str: '7'"),
+    ({"seed": None}, TypeError, "`seed` has to be a number but is NoneType"),
+    ({"seed": float("nan")}, ValueError, "`seed` has to be a whole number but is nan"),
+    ({"randomize_seed": "yes"}, TypeError, "`randomize_seed` has to be True or False but is 'yes'"),
+    ({"width": 50}, ValueError, "divisible by 4"),
+    ({"width": 50}, ValueError, "are 64 and 50. Try 64 and 48"),  # the nearest accepted sizes
+    ({"width": "abc"}, TypeError, "`width` has to be a number but is str: 'abc'"),
+    ({"width": "48"}, TypeError, "`width` has to be a number but is str: '48'"),
+    ({"width": True}, TypeError, "`width` has to be a number but is bool"),
+    ({"width": 48.5}, ValueError, "`width` has to be a whole number but is 48.5"),
+    ({"width": float("inf")}, ValueError, "`width` has to be a whole number but is inf"),
+    ({"height": None}, TypeError, "`height` has to be a number but is NoneType"),
+    ({"height": 0}, ValueError, "must be between 4 and 192 for this model but are 0 and 48. Try 4 and 48"),
+    ({"height": -64}, ValueError, "must be between 4 and 192 for this model but are -64 and 48"),
+    ({"height": 400}, ValueError, "must be between 4 and 192 for this model but are 400 and 48. Try 192 and 48"),
+    ({"guidance_scale": float("nan")}, ValueError, "`guidance_scale` has to be a finite number between 0.0 and 20.0"),
+    ({"guidance_scale": float("inf")}, ValueError, "`guidance_scale` has to be a finite number"),
+    ({"guidance_scale": "7"}, TypeError, "`guidance_scale` has to be a number but is str: '7'"),
+    ({"guidance_scale": -1}, ValueError, "`guidance_scale` has to be between 0.0 and 20.0 but is -1.0"),
+    ({"guidance_scale": 21}, ValueError, "`guidance_scale` has to be between 0.0 and 20.0 but is 21.0"),
+    ({"num_inference_steps": 0}, ValueError, "`num_inference_steps` has to be between 1"),
+    ({"num_inference_steps": 51}, ValueError, "`num_inference_steps` has to be between 1 and 50 but is 51"),
+    ({"num_inference_steps": 2.5}, ValueError, "`num_inference_steps` has to be a whole number but is 2.5"),
+    ({"num_inference_steps": True}, TypeError, "`num_inference_steps` has to be a number but is bool"),
+    ({"num_inference_steps": "28"}, TypeError, "`num_inference_steps` has to be a number but is str: '28'"),
+]
+
+
+@pytest.mark.parametrize("change, error_type, message", BAD_INPUTS, ids=lambda value: repr(value)[:40])
+def test_runner_rejects_bad_input_with_a_readable_message(pipeline, change, error_type, message):
     request = dict(prompt="a cat", seed=1, width=WIDTH, height=HEIGHT, guidance_scale=5.0, num_inference_steps=1)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error_type) as error:
         GenerationRunner(pipeline).generate(**{**request, **change})
+    assert message in str(error.value)
+
+
+class NeverCalled:
+    """A stand-in pipeline that fails the test if it is called, and whose lock is always taken."""
+
+    size_rules = FAKE_SIZE_RULES
+
+    def __call__(self, **kwargs):
+        raise AssertionError(f"the pipeline ran for a request that should have been refused: {sorted(kwargs)}")
+
+
+def test_an_over_long_prompt_is_refused_at_once_without_waiting_for_the_lock():
+    runner = GenerationRunner(NeverCalled())
+    runner.lock.acquire()  # another generation runs
+    request = dict(width=8, height=8, guidance_scale=1.0, num_inference_steps=1)
+    started = time.monotonic()
+    for field in ("prompt", "negative_prompt"):
+        with pytest.raises(ValueError, match=f"`{field}` is 10,000,000 characters long"):
+            runner.generate(**{"prompt": "a cat", **request, field: "x" * 10_000_000})
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_empty_seed_is_fine_when_it_is_randomized():
+    runner = GenerationRunner(NeverCalled())
+    checked = runner.check(
+        prompt="a cat", seed=None, randomize_seed=True, width=8, height=16, guidance_scale=1.0, num_inference_steps=1
+    )
+    assert 0 <= checked.seed <= MAX_SEED and (checked.width, checked.height, checked.negative_prompt) == (8, 16, "")
 
 
 class OverlapDetector:
     """A stand-in pipeline that records whether two calls ever ran at the same time."""
+
+    size_rules = FAKE_SIZE_RULES  # what the runner checks sizes against
 
     def __init__(self):
         self.running, self.overlapped, self.calls = 0, False, 0
@@ -172,10 +261,39 @@ def test_runner_runs_one_generation_at_a_time():
 
 
 def test_cli_reports_a_missing_model_folder(tmp_path):
-    command = [sys.executable, "gradio_helper.py", str(tmp_path / "missing")]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    result = run_cli(str(tmp_path / "missing"))
     assert result.returncode == 2
     assert "error:" in result.stderr and "missing` does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert_one_error_line(result, "missing` does not exist")
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    """`python gradio_helper.py ARGUMENTS` as a user runs it (it must fail fast here: the timeout is short)."""
+    command = [sys.executable, "gradio_helper.py", *arguments]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, fragment: str) -> None:
+    """Exit status 2, and stderr is one `error:` line holding `fragment`, without a traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+def test_cli_reports_a_folder_that_is_not_a_converted_model(tmp_path):
+    assert_one_error_line(run_cli(str(tmp_path)), "model_index.json` is missing")
+
+
+def test_cli_reports_a_port_in_use_before_loading_the_model(tiny_ov_model):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli(str(tiny_ov_model), "--port", str(port))
+    assert_one_error_line(result, f"`--port` {port} on 127.0.0.1 is in use")
+    assert time.monotonic() - started < 20, "the port should be checked before the model loads"
 
 
 def free_loopback_port() -> int:
@@ -261,9 +379,15 @@ def test_randomized_seed_is_reported_and_reproduces_the_image(client):
     "args, message",
     [
         (generate_args(width=50), "`height` and `width` have to be divisible by 4"),
-        (generate_args(height=400), "greater than maximum value 192"),
+        (generate_args(height=400), "`height` and `width` must be between 4 and 192 for this model but are 400"),
         (generate_args(prompt=""), "prompt is empty"),
+        (generate_args(width="abc"), "`width` has to be a number but is str: 'abc'"),
+        (generate_args(guidance_scale="7"), "`guidance_scale` has to be a number but is str: '7'"),
+        (generate_args(steps=51), "`num_inference_steps` has to be between 1 and 50 but is 51"),
+        (generate_args(negative_prompt=5), "`negative_prompt` has to be a str but is int: 5"),
+        (generate_args(seed=-1), "`seed` has to be between 0 and 2147483647 but is -1"),
     ],
+    ids=["size-multiple", "size-range", "empty", "width-abc", "guidance-str", "steps-max", "negative-int", "seed"],
 )
 def test_invalid_input_is_a_readable_error_and_the_demo_keeps_working(client, args, message):
     from gradio_client.exceptions import AppError
@@ -273,6 +397,22 @@ def test_invalid_input_is_a_readable_error_and_the_demo_keeps_working(client, ar
     assert "Traceback" not in str(error.value)
     image_path, _ = client.predict(*generate_args(), api_name="/generate")
     assert Image.open(image_path).size == (WIDTH, HEIGHT)
+
+
+def test_an_over_long_prompt_is_refused_at_once_and_costs_no_memory(server, client):
+    import psutil
+    from gradio_client.exceptions import AppError
+
+    server_process = psutil.Process(server[1].pid)
+    client.predict(*generate_args(), api_name="/generate")  # warm: the first call allocates what every call needs
+    rss_before = server_process.memory_info().rss
+    for field in ("prompt", "negative_prompt"):
+        started = time.monotonic()
+        with pytest.raises(AppError, match=f"`{field}` is 10,000,000 characters long; the limit is 4,000"):
+            client.predict(*generate_args(**{field: "x" * 10_000_000}), api_name="/generate")
+        assert time.monotonic() - started < 2.0, f"a 10 MB {field} took {time.monotonic() - started:.1f} s to refuse"
+    growth = (server_process.memory_info().rss - rss_before) / 2**20
+    assert growth < 200, f"the server grew by {growth:.0f} MB for two refused requests"
 
 
 def test_concurrent_requests_are_queued_and_all_answered(server, client, tmp_path):
@@ -372,6 +512,7 @@ def test_browser_types_a_prompt_clicks_run_and_sees_the_image(server, browser):
     prompt = WebDriverWait(browser, 60).until(
         expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea, #prompt input"))
     )
+    assert prompt.get_attribute("maxlength") == str(MAX_PROMPT_CHARS)  # the page stops typing at the limit
     prompt.send_keys("a photo of a cat")
     browser.find_element(By.ID, "run").click()
     image = wait_for_image(browser)
