@@ -13,6 +13,7 @@ Imports only the bottom layer `sd3_layout`. The calibrated "int8-hybrid" format 
 """
 
 import gc
+import hashlib
 import importlib
 import logging
 import types
@@ -32,12 +33,17 @@ from sd3_layout import (
     RT_INFO_WEIGHT_FORMAT,
     SCHEDULER_CONFIG,
     WEIGHT_FORMATS,
+    check_output_outside_source,
+    check_sd3_index,
     has_component,
     is_converted,
+    refuse_other_conversion,
     refuse_other_weight_format,
     remove_stale_staging,
+    removed_on_failure,
     staged_dir,
     vae_scale_factor,
+    write_conversion_record,
     write_json_atomically,
 )
 
@@ -59,14 +65,59 @@ def _model_not_found(checkpoint: str | Path, error: Exception) -> FileNotFoundEr
     )
 
 
-def load_model_index(checkpoint: str | Path) -> dict:
-    """Read `model_index.json` of a diffusers checkpoint (local folder or hub id), with a clear error if absent."""
+def load_model_index_and_revision(checkpoint: str | Path) -> tuple[dict, str | None]:
+    """`load_model_index`, and the hub revision (commit) it was read from (None for a local folder)."""
     from diffusers import DiffusionPipeline
 
     try:
-        return dict(DiffusionPipeline.load_config(str(checkpoint)))
+        config, revision = DiffusionPipeline.load_config(str(checkpoint), return_commit_hash=True)
     except Exception as error:  # hub, network and file errors all mean the same thing to the user
         raise _model_not_found(checkpoint, error) from error
+    model_index = dict(config)
+    check_sd3_index(model_index, where=f"`{checkpoint}`")
+    return model_index, revision
+
+
+def load_model_index(checkpoint: str | Path) -> dict:
+    """Read `model_index.json` of an SD3 checkpoint (local folder or hub id), with a clear error if it is absent
+    or describes another kind of pipeline."""
+    return load_model_index_and_revision(checkpoint)[0]
+
+
+SAMPLED_BYTES = 1 << 20  # of a large file, the fingerprint reads the first and the last MiB (and its size)
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as file:
+        digest.update(file.read(SAMPLED_BYTES))
+        if size > 2 * SAMPLED_BYTES:
+            file.seek(size - SAMPLED_BYTES)
+        digest.update(file.read(SAMPLED_BYTES))
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(folder: str | Path) -> str:
+    """A digest of a local checkpoint folder: every file's path, size, and content (the first and last MiB of
+    files larger than 2 MiB: any retrained or fine-tuned weights differ there). Hidden files are skipped."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            digest.update(f"{relative.as_posix()}:{_file_digest(path)};".encode())
+    return digest.hexdigest()
+
+
+def conversion_record(checkpoint: str | Path, *, revision: str | None, options: dict) -> dict:
+    """What `sd3_layout.CONVERSION_RECORD` holds: the source (a hub id and revision, or a local folder's
+    fingerprint) and the conversion's options."""
+    if Path(checkpoint).is_dir():
+        source = {"fingerprint": checkpoint_fingerprint(checkpoint), "path": str(Path(checkpoint).resolve())}
+    else:
+        source = {"hub_id": str(checkpoint), "revision": revision}
+    return {"source": source, "options": options}
 
 
 def load_sd3_pipeline(checkpoint: str | Path, *, load_t5: bool = True, torch_dtype: torch.dtype | None = None):
@@ -512,36 +563,48 @@ def convert_to_openvino(
 ) -> Path:
     """Convert an SD3 checkpoint to OpenVINO IR with `weight_format` fp32, fp16, int8 or int4; return `output_dir`.
 
-    The work behind `sd3_helper.convert_sd3` for every format but int8-hybrid (see there). Submodels are
-    converted one at a time and freed before the next; finished ones are skipped unless `overwrite=True`;
-    `model_index.json` is written last, so a folder that has it is complete.
+    The work behind `sd3_helper.convert_sd3` for every format but int8-hybrid (see there). Refused before anything
+    is written: an `output_dir` that is the source folder, inside it or around it, and (unless `overwrite=True`)
+    one that holds a conversion of another source or with other options. Submodels are converted one at a time
+    and freed before the next; finished ones are skipped unless `overwrite=True`; `model_index.json` is written
+    last, so a folder that has it is complete. A call that fails before a submodel is finished removes the
+    folders it created.
     """
-    from tqdm.auto import tqdm
-
     check_weight_format(weight_format)
     if weight_format not in IR_WEIGHT_FORMATS:
         raise ValueError(f"`weight_format` {weight_format!r} is made by `sd3_helper.convert_sd3`; this function writes {list(IR_WEIGHT_FORMATS)}.")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(output_dir)
-    model_index = load_model_index(checkpoint)
+    check_output_outside_source(checkpoint, output_dir)
+    model_index, revision = load_model_index_and_revision(checkpoint)
     has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
+    record = conversion_record(checkpoint, revision=revision, options={"weight_format": weight_format, "load_t5": has_t5})
     exports = [item for item in SUBMODEL_EXPORTS if has_t5 or item.name != "text_encoder_3"]
     finished = set() if overwrite else {item.name for item in exports if is_converted(output_dir / item.name)}
     refuse_other_weight_format(output_dir, sorted(finished), weight_format=weight_format)
-    (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
-
-    progress = tqdm(exports, desc="Converting SD3 to OpenVINO", unit="submodel")
-    with quiet_progress_bars():
-        for item in progress:
-            progress.set_postfix_str(item.description)
-            if item.name in finished:
-                tqdm.write(f"{item.name}: already converted, skipped")
-                continue
-            _convert_submodel(checkpoint, item, model_index=model_index, weight_format=weight_format, output_dir=output_dir)
+    if not overwrite:
+        refuse_other_conversion(output_dir, record)
+    with removed_on_failure(output_dir), quiet_progress_bars():
+        remove_stale_staging(output_dir)
+        (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
+        write_conversion_record(output_dir, record)
+        _convert_submodels(checkpoint, exports, model_index=model_index, weight_format=weight_format, output_dir=output_dir, finished=finished)
         _copy_components(checkpoint, model_index=model_index, has_t5=has_t5, output_dir=output_dir, overwrite=overwrite)
-
     if not has_t5:
         model_index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
     write_json_atomically(model_index, output_dir / MODEL_INDEX)
     return output_dir
+
+
+def _convert_submodels(
+    checkpoint: str | Path, exports: list[SubmodelExport], *, model_index: dict, weight_format: str, output_dir: Path, finished: set
+) -> None:
+    """Convert the submodels of `exports` not in `finished`, with one progress bar over them."""
+    from tqdm.auto import tqdm
+
+    progress = tqdm(exports, desc="Converting SD3 to OpenVINO", unit="submodel")
+    for item in progress:
+        progress.set_postfix_str(item.description)
+        if item.name in finished:
+            tqdm.write(f"{item.name}: already converted, skipped")
+            continue
+        _convert_submodel(checkpoint, item, model_index=model_index, weight_format=weight_format, output_dir=output_dir)

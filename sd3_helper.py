@@ -21,6 +21,7 @@ Command line: `python sd3_helper.py {tiny-model,convert,generate} --help`.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -121,9 +122,32 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def check_image_path(path: Path) -> None:
+    """Raise a named error now if an image cannot be saved at `path` (unknown extension, a folder, a parent that
+    is a file, no write permission), so that no finished image is thrown away later. Creates missing parents."""
+    from PIL import Image
+
+    Image.init()
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format not in Image.SAVE:
+        raise ValueError(f"`--output` {str(path)!r} needs an image extension Pillow can write, such as .png, .jpg or .webp.")
+    if path.is_dir():
+        raise IsADirectoryError(f"`--output` {str(path)!r} is a folder; name the image file, e.g. {str(path / 'image.png')!r}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise FileExistsError(f"`--output` {str(path)!r} cannot be written: a part of its folder is a file ({error.filename}).") from error
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"`--output` {str(path)!r} cannot be written: no write permission in {str(path.parent)!r}.")
+
+
 def _generate(args: argparse.Namespace) -> Path:
     import torch
 
+    check_image_path(args.output)
     pipe = OVStableDiffusion3Pipeline.from_pretrained(args.model_dir, device=args.device)
     image = pipe(
         args.prompt,
@@ -135,7 +159,6 @@ def _generate(args: argparse.Namespace) -> Path:
         generator=torch.Generator().manual_seed(args.seed),
         taylorseer=TaylorSeerConfig() if args.step_cache else None,
     ).images[0]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.output)
     return args.output
 
@@ -150,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             print(convert_sd3(args.checkpoint, args.output_dir, load_t5=not args.no_t5, weight_format=args.weight_format, overwrite=args.overwrite))
         else:
             print(_generate(args))
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

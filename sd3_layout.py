@@ -246,3 +246,111 @@ def has_component(model_index: dict, name: str) -> bool:
     """True when `model_index.json` lists component `name` (a T5-less folder lists `text_encoder_3` as null)."""
     entry = model_index.get(name)
     return isinstance(entry, list) and len(entry) == 2 and entry[0] is not None
+
+
+# Keys each submodel's `config.json` must hold for the runtime (read from the configs, never hard-coded).
+REQUIRED_CONFIG_KEYS = {
+    "transformer": ("in_channels", "patch_size", "sample_size", "pos_embed_max_size", "joint_attention_dim", "pooled_projection_dim"),
+    "text_encoder": ("num_hidden_layers",),
+    "text_encoder_2": ("num_hidden_layers",),
+    "text_encoder_3": (),
+    "vae_decoder": ("block_out_channels", "latent_channels", "scaling_factor"),
+}
+
+
+def check_config_keys(config: dict, *, submodel: str, path: Path, model_dir: Path) -> None:
+    """Raise a ValueError naming `path` and the missing keys if `config` lacks what the runtime reads."""
+    missing = [key for key in REQUIRED_CONFIG_KEYS.get(submodel, ()) if key not in config]
+    if missing:
+        raise ValueError(incomplete_model_error(path, model_dir, f"lacks the keys {missing}"))
+
+
+def check_sd3_index(model_index: dict, *, where: str) -> None:
+    """Raise a ValueError if a `model_index.json` does not describe a Stable Diffusion 3 pipeline."""
+    class_name = model_index.get("_class_name")
+    if not (isinstance(class_name, str) and class_name.startswith(("StableDiffusion3", "OVStableDiffusion3"))):
+        raise ValueError(
+            f"{where} is not an SD3 checkpoint: `_class_name` is {class_name!r} in its model_index.json, where "
+            "'StableDiffusion3Pipeline' was expected. Pass a Stable Diffusion 3 (or 3.5) checkpoint in diffusers format."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Where a folder came from: refuse to mix two conversions, never write into the source
+# ----------------------------------------------------------------------------------------------------------
+
+CONVERSION_RECORD = "openvino_conversion.json"  # the source and options a folder was converted with
+INFORMATIONAL_SOURCE_KEYS = ("path",)  # recorded for the reader, not compared (a moved checkpoint is the same)
+
+
+def check_output_outside_source(source: str | Path, output_dir: str | Path) -> None:
+    """Raise a ValueError if `output_dir` is the local folder `source`, lies inside it, or contains it."""
+    source_path, output_path = Path(source), Path(output_dir)
+    if not source_path.is_dir():
+        return  # a hub id, or a folder that is not there
+    source_resolved, output_resolved = source_path.resolve(), output_path.resolve()
+    if output_resolved == source_resolved:
+        relation = "is"
+    elif source_resolved in output_resolved.parents:
+        relation = "is inside"
+    elif output_resolved in source_resolved.parents:
+        relation = "contains"
+    else:
+        return
+    raise ValueError(
+        f"`output_dir` {str(output_dir)!r} {relation} the source folder {str(source)!r}: writing there would replace "
+        "or mix with the source's files. Choose an `output_dir` outside the source folder."
+    )
+
+
+def read_conversion_record(output_dir: Path) -> dict | None:
+    """What `output_dir` records it was converted from and with which options, or None if it records nothing."""
+    path = Path(output_dir) / CONVERSION_RECORD
+    return read_json(path, model_dir=Path(output_dir)) if path.is_file() else None
+
+
+def _comparable(record: dict) -> dict:
+    source = {key: value for key, value in record.get("source", {}).items() if key not in INFORMATIONAL_SOURCE_KEYS}
+    return {"source": source, "options": record.get("options", {})}
+
+
+def refuse_other_conversion(output_dir: Path, record: dict) -> None:
+    """Raise a ValueError if `output_dir` holds a conversion of another source or with other options than `record`.
+
+    Writers call it before touching anything (with `overwrite=False`), so a folder is never a mix of two.
+    """
+    existing = read_conversion_record(output_dir)
+    if existing is None or _comparable(existing) == _comparable(record):
+        return
+    old, new = _comparable(existing), _comparable(record)
+    differences = [
+        f"{part} {key}: {old[part].get(key)!r} there, {new[part].get(key)!r} now"
+        for part in ("source", "options")
+        for key in sorted(set(old[part]) | set(new[part]))
+        if old[part].get(key) != new[part].get(key)
+    ]
+    raise ValueError(
+        f"`{output_dir}` holds a conversion of another source or with other options ({'; '.join(differences)}). "
+        "Pass `overwrite=True` to replace it, or choose another `output_dir`."
+    )
+
+
+def write_conversion_record(output_dir: Path, record: dict) -> None:
+    """Record in `output_dir` what it is converted from and how (atomically)."""
+    write_json_atomically(record, Path(output_dir) / CONVERSION_RECORD)
+
+
+@contextmanager
+def removed_on_failure(output_dir: Path) -> Iterator[Path]:
+    """Create `output_dir` (and missing parents); if the block raises before a finished submodel is published in
+    it, remove what this call created. Folders that existed before are never removed; a folder with finished
+    submodels is kept, so the next call resumes."""
+    output_dir = Path(output_dir)
+    created = next((folder for folder in reversed([output_dir, *output_dir.parents]) if not folder.exists()), None)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield output_dir
+    except BaseException:
+        if created is not None and not any(is_converted(xml.parent) for xml in output_dir.rglob(OV_MODEL_XML)):
+            shutil.rmtree(created, ignore_errors=True)
+        raise

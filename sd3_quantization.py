@@ -36,6 +36,7 @@ Imports the layout, the runtime (calibration runs our pipeline) and conversion; 
 """
 
 import gc
+import hashlib
 import random
 import shutil
 from pathlib import Path
@@ -43,7 +44,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sd3_conversion import SUBMODEL_EXPORTS, compress_weights, convert_to_openvino, quiet_nncf, store_large_constants_in_fp16
+from sd3_conversion import (
+    SUBMODEL_EXPORTS,
+    checkpoint_fingerprint,
+    compress_weights,
+    conversion_record,
+    convert_to_openvino,
+    load_model_index_and_revision,
+    quiet_nncf,
+    store_large_constants_in_fp16,
+)
 from sd3_layout import (
     CONFIG_JSON,
     COPIED_COMPONENTS,
@@ -51,12 +61,18 @@ from sd3_layout import (
     MODEL_INDEX,
     OV_MODEL_XML,
     RT_INFO_WEIGHT_FORMAT,
+    check_output_outside_source,
+    has_component,
     is_converted,
+    read_conversion_record,
     read_model_index,
     recorded_weight_format,
+    refuse_other_conversion,
     refuse_other_weight_format,
     remove_stale_staging,
+    removed_on_failure,
     staged_dir,
+    write_conversion_record,
     write_json_atomically,
 )
 from sd3_runtime import OVStableDiffusion3Pipeline
@@ -76,6 +92,7 @@ NEGATIVE_PROMPTS = (
 )
 CALIBRATION_STEPS = 28  # SD3 Medium's usual number of steps: the timesteps calibration sees are the ones used
 CALIBRATION_GUIDANCE_SCALE = 5.0  # the tutorial's setting; with guidance the transformer sees batch 2 (CFG)
+DEFAULT_NUM_SAMPLES = 200  # transformer calls recorded, as in the original openvino_notebooks tutorial
 CALIBRATION_MAX_SIDE = 512  # pixels; the tutorial calibrates at 512x512: 1/4 of the activations of 1024x1024
 # Layer groups kept out of quantization (see the module docstring and `transformer_ignored_scope`).
 TRANSFORMER_IGNORED_LAYERS = ("patch_embedding", "conditioning", "output_projection")
@@ -294,14 +311,14 @@ def _check_source(model_dir: Path, submodels: list[str]) -> None:
     if not (model_dir / MODEL_INDEX).is_file() or not is_converted(model_dir / "transformer"):
         raise FileNotFoundError(
             f"`model_dir` {str(model_dir)!r} is not a finished OpenVINO SD3 folder (it needs `{MODEL_INDEX}` and "
-            "`transformer/`). Convert the checkpoint first: `convert_sd3(model_id_or_path, model_dir, weight_format='fp16')`."
+            "`transformer/`). Convert the checkpoint first: `convert_sd3(checkpoint, model_dir, weight_format='fp16')`."
         )
     for name in submodels:
         recorded = recorded_weight_format(model_dir / name)
         if recorded not in SOURCE_WEIGHT_FORMATS:
             raise ValueError(
                 f"`{model_dir / name}` has weight_format={recorded!r}; quantization needs one of {list(SOURCE_WEIGHT_FORMATS)}. "
-                "Pass the folder of an fp16 conversion: `convert_sd3(model_id_or_path, model_dir, weight_format='fp16')`."
+                "Pass the folder of an fp16 conversion: `convert_sd3(checkpoint, model_dir, weight_format='fp16')`."
             )
 
 
@@ -333,7 +350,7 @@ def quantize_sd3(
     model_dir: str | Path,
     output_dir: str | Path,
     *,
-    num_samples: int = 200,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     prompts_file: str | Path | None = None,
     num_inference_steps: int = CALIBRATION_STEPS,
@@ -356,20 +373,52 @@ def quantize_sd3(
     The folder is written atomically (staging folders, `model_index.json` last), in the layout `convert_sd3`
     writes; finished submodels are kept unless `overwrite=True`. Returns `output_dir`.
     """
-    import openvino as ov
-    from tqdm.auto import tqdm
-
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     submodels = [item.name for item in SUBMODEL_EXPORTS if is_converted(model_dir / item.name)]
     _check_source(model_dir, submodels)
     if model_dir.resolve() == output_dir.resolve():
         raise ValueError(f"`output_dir` must differ from `model_dir` ({str(model_dir)!r}): the fp16 models are read while writing.")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(output_dir)
+    check_output_outside_source(model_dir, output_dir)
+    calibration = calibration_settings(
+        prompts_file=prompts_file,
+        num_samples=num_samples,
+        seed=seed,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+    )
+    record = hybrid_record(read_conversion_record(model_dir) or {"source": {"folder_fingerprint": checkpoint_fingerprint(model_dir)}}, calibration=calibration)
     finished = set() if overwrite else {name for name in submodels if is_converted(output_dir / name)}
     refuse_other_weight_format(output_dir, sorted(finished), weight_format=HYBRID_WEIGHT_FORMAT)
-    (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
-    calibration = dict(
+    if not overwrite:
+        refuse_other_conversion(output_dir, record)
+    with removed_on_failure(output_dir):
+        remove_stale_staging(output_dir)
+        (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
+        write_conversion_record(output_dir, record)
+        _quantize_submodels(model_dir, output_dir, submodels=submodels, finished=finished, calibration=calibration, device=device, ov_config=ov_config)
+        for name in COPIED_COMPONENTS:
+            if (model_dir / name).is_dir() and (overwrite or not (output_dir / name).is_dir()):
+                with staged_dir(output_dir / name) as staging:
+                    shutil.copytree(model_dir / name, staging, dirs_exist_ok=True)
+    write_json_atomically(read_model_index(model_dir), output_dir / MODEL_INDEX)
+    return output_dir
+
+
+def calibration_settings(
+    *,
+    prompts_file: str | Path | None = None,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int = 0,
+    num_inference_steps: int = CALIBRATION_STEPS,
+    guidance_scale: float = CALIBRATION_GUIDANCE_SCALE,
+    height: int | None = None,
+    width: int | None = None,
+) -> dict:
+    """The keyword arguments of `collect_calibration_data` (the prompts read from `prompts_file`), with
+    `quantize_sd3`'s defaults."""
+    return dict(
         prompts=load_calibration_prompts(prompts_file),
         num_samples=num_samples,
         seed=seed,
@@ -378,6 +427,23 @@ def quantize_sd3(
         height=height,
         width=width,
     )
+
+
+def hybrid_record(source_record: dict, *, calibration: dict) -> dict:
+    """The conversion record of an int8-hybrid folder: the fp16 folder's source, its options with weight_format
+    int8-hybrid, and the calibration settings (the prompts as a digest)."""
+    prompts_digest = hashlib.sha256("\n".join(calibration["prompts"]).encode()).hexdigest()
+    settings = {key: value for key, value in calibration.items() if key != "prompts"} | {"prompts_sha256": prompts_digest}
+    options = {**source_record.get("options", {}), "weight_format": HYBRID_WEIGHT_FORMAT, "calibration": settings}
+    return {"source": source_record.get("source", {}), "options": options}
+
+
+def _quantize_submodels(
+    model_dir: Path, output_dir: Path, *, submodels: list[str], finished: set, calibration: dict, device: str, ov_config: dict | None
+) -> None:
+    """Quantize the transformer and compress the other submodels' weights, those not in `finished`."""
+    import openvino as ov
+    from tqdm.auto import tqdm
 
     progress = tqdm(submodels, desc="Quantizing SD3 (int8-hybrid)", unit="submodel")
     for name in progress:
@@ -394,22 +460,23 @@ def quantize_sd3(
         del ov_model
         gc.collect()
 
-    for name in COPIED_COMPONENTS:
-        if (model_dir / name).is_dir() and (overwrite or not (output_dir / name).is_dir()):
-            with staged_dir(output_dir / name) as staging:
-                shutil.copytree(model_dir / name, staging, dirs_exist_ok=True)
-    write_json_atomically(read_model_index(model_dir), output_dir / MODEL_INDEX)
-    return output_dir
-
 
 def convert_sd3_hybrid(checkpoint: str | Path, output_dir: str | Path, *, load_t5: bool = True, overwrite: bool = False) -> Path:
     """int8-hybrid straight from a checkpoint: an fp16 conversion kept aside (resumable), then `quantize_sd3`
-    with its defaults. Returns `output_dir`."""
+    with its defaults. A finished folder of the same source and options is kept; one of another is refused
+    unless `overwrite=True`. Returns `output_dir`."""
     output_dir = Path(output_dir)
+    check_output_outside_source(checkpoint, output_dir)
     if (output_dir / MODEL_INDEX).is_file() and not overwrite:
+        model_index, revision = load_model_index_and_revision(checkpoint)
+        has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
+        source = conversion_record(checkpoint, revision=revision, options={"weight_format": "fp16", "load_t5": has_t5})
+        calibration = calibration_settings()
+        refuse_other_conversion(output_dir, hybrid_record(source, calibration=calibration))
         return output_dir  # quantize_sd3 writes model_index.json last: the folder is complete
     fp16_source = output_dir / ".fp16-source"
-    convert_to_openvino(checkpoint, fp16_source, load_t5=load_t5, weight_format="fp16", overwrite=overwrite)
+    with removed_on_failure(output_dir):
+        convert_to_openvino(checkpoint, fp16_source, load_t5=load_t5, weight_format="fp16", overwrite=overwrite)
     quantize_sd3(fp16_source, output_dir, overwrite=overwrite)
     shutil.rmtree(fp16_source)
     return output_dir

@@ -8,8 +8,12 @@ numbered steps; each step is a short method that image-to-image and inpainting p
 Imports only the bottom layer `sd3_layout`. `make_genai_pipeline` gives the same folder in openvino.genai.
 """
 
+import logging
+import math
+import os
 import threading
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +33,8 @@ from sd3_layout import (
     TOKENIZERS,
     SizeRules,
     check_bin_size,
+    check_config_keys,
+    check_sd3_index,
     has_component,
     incomplete_model_error,
     read_json,
@@ -36,6 +42,7 @@ from sd3_layout import (
 )
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+logger = logging.getLogger(__name__)
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 
 
@@ -58,6 +65,7 @@ class OVSubmodel:
                 raise FileNotFoundError(incomplete_model_error(path, model_dir, "is missing"))
         check_bin_size(xml_path, bin_path, model_dir)
         self.config = read_json(submodel_dir / CONFIG_JSON, model_dir=model_dir)
+        check_config_keys(self.config, submodel=submodel_dir.name, path=submodel_dir / CONFIG_JSON, model_dir=model_dir)
         try:
             self.model = core.read_model(xml_path, bin_path)
         except RuntimeError as error:
@@ -186,6 +194,14 @@ class SD3PipelineOutput:
     images: list | np.ndarray | torch.Tensor
 
 
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say (then no batch is refused)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def as_batch(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
     """A prompt argument as a list of `batch_size` strings (a single string is repeated), None stays None."""
     if value is None:
@@ -268,6 +284,7 @@ class OVStableDiffusion3Pipeline:
 
         model_dir = Path(model_dir)
         model_index = read_model_index(model_dir)
+        check_sd3_index(model_index, where=f"`{model_dir}`")
         core = ov.Core()
         check_devices(device, available=core.available_devices)
         has_t5 = has_component(model_index, "text_encoder_3")
@@ -388,46 +405,162 @@ class OVStableDiffusion3Pipeline:
         max_sequence_length: int,
         callback_on_step_end_tensor_inputs: list[str],
         taylorseer: "TaylorSeerConfig | None" = None,
+        guidance_scale: float = GENERATION_DEFAULTS.guidance_scale,
+        num_images_per_prompt: int = 1,
+        clip_skip: int | None = None,
+        generator=None,
+        other_prompts: dict | None = None,
+        callback_on_step_end: Callable | None = None,
     ) -> None:
-        """Raise a ValueError or TypeError that names the bad argument, its value and the fix."""
+        """Raise a ValueError or TypeError that names the bad argument, its value and the fix.
+
+        `other_prompts` holds `prompt_2`, `prompt_3` and the negatives beyond `negative_prompt` by name.
+        """
+        self._check_numbers(
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length,
+            clip_skip=clip_skip,
+        )
+        self._check_prompts(prompt=prompt, prompt_embeds=prompt_embeds, texts={"negative_prompt": negative_prompt, **(other_prompts or {})})
+        self._check_embeds(
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+        )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)} but is {output_type!r}.")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(unknown)}; allowed: {self._callback_tensor_inputs}.")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(f"`callback_on_step_end` has to be a function (pipe, step, timestep, callback_kwargs) but is {callback_on_step_end!r:.80}.")
+        if taylorseer is not None and not isinstance(taylorseer, TaylorSeerConfig):
+            raise TypeError(f"`taylorseer` has to be a TaylorSeerConfig or None but is {type(taylorseer).__name__}.")
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else len(prompt_embeds)
+        self._check_batch(images=batch_size * num_images_per_prompt, height=height, width=width, generator=generator)
+
+    def _check_numbers(self, *, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, max_sequence_length, clip_skip) -> None:
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"`{name}` has to be an int (pixels) but is {type(value).__name__}: {value!r:.80}. Pass e.g. {self.size_rules.default}.")
         self.size_rules.check(height=height, width=width)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` has to be a positive integer but is {num_inference_steps!r}.")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real):
+            raise TypeError(f"`guidance_scale` has to be a number (e.g. 7.0; <= 1 turns guidance off) but is {type(guidance_scale).__name__}: {guidance_scale!r:.80}.")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"`guidance_scale` has to be a finite number (e.g. 7.0; <= 1 turns guidance off) but is {guidance_scale!r}.")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int):
+            raise TypeError(f"`num_images_per_prompt` has to be an int but is {type(num_images_per_prompt).__name__}: {num_images_per_prompt!r:.80}.")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` has to be at least 1 but is {num_images_per_prompt}.")
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):
+            raise TypeError(f"`max_sequence_length` has to be an int but is {type(max_sequence_length).__name__}: {max_sequence_length!r:.80}.")
+        if not 0 < max_sequence_length <= 512:
+            raise ValueError(f"`max_sequence_length` must be between 1 and 512 but is {max_sequence_length}.")
+        layers = min(self.text_encoder.config["num_hidden_layers"], self.text_encoder_2.config["num_hidden_layers"])
+        if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 0 <= clip_skip < layers):
+            raise ValueError(f"`clip_skip` has to be None or an int from 0 to {layers - 1} (the CLIP encoders have {layers} layers) but is {clip_skip!r}.")
+
+    @staticmethod
+    def _check_prompts(*, prompt, prompt_embeds, texts: dict) -> None:
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError(
                 "Provide exactly one of `prompt` or `prompt_embeds`; got "
-                f"{'both' if prompt is not None else 'neither'} (prompt={prompt!r})."
+                f"{'both' if prompt is not None else 'neither'} (prompt={prompt!r:.200})."
             )
         if prompt is not None and not (isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))):
-            raise TypeError(f"`prompt` has to be a str or a list of str but is {type(prompt).__name__}: {prompt!r}.")
+            raise TypeError(f"`prompt` has to be a str or a list of str but is {type(prompt).__name__}: {prompt!r:.200}.")
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("`prompt` is an empty list; pass at least one prompt (a str, or a list of str).")
+        batch_size = 1 if isinstance(prompt, str) or prompt is None else len(prompt)
+        for name, value in texts.items():
+            if value is not None:  # with `prompt_embeds` there is no prompt batch to match: only the type counts
+                as_batch(value, batch_size if prompt is not None or not isinstance(value, list) else len(value), name)
+
+    def _check_embeds(self, *, prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds) -> None:
         if prompt_embeds is not None and pooled_prompt_embeds is None:
             raise ValueError("`pooled_prompt_embeds` must be given with `prompt_embeds` (both come from `encode_prompt`).")
         if negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None:
             raise ValueError("`negative_pooled_prompt_embeds` must be given with `negative_prompt_embeds`.")
-        if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(negative_prompt) != len(prompt):
-            raise ValueError(
-                f"`negative_prompt` has batch size {len(negative_prompt)} but `prompt` has batch size {len(prompt)}. "
-                "Pass one negative prompt per prompt, or a single string for all."
+        config = self.transformer.config
+        expected = {
+            "prompt_embeds": f"(batch, {self.tokenizer_max_length} + T5 tokens, {config['joint_attention_dim']})",
+            "pooled_prompt_embeds": f"(batch, {config['pooled_projection_dim']})",
+        }
+        given = dict(
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+        )
+        for name, value in given.items():
+            if value is None:
+                continue
+            kind = "pooled_prompt_embeds" if "pooled" in name else "prompt_embeds"
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"`{name}` has to be a torch.Tensor {expected[kind]} (from `encode_prompt`) but is {type(value).__name__}.")
+            shape = tuple(value.shape)
+            fits = (
+                len(shape) == 2 and shape[1] == config["pooled_projection_dim"]
+                if kind == "pooled_prompt_embeds"
+                else len(shape) == 3 and shape[1] > self.tokenizer_max_length and shape[2] == config["joint_attention_dim"]
             )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)} but is {output_type!r}.")
-        if not 0 < max_sequence_length <= 512:
-            raise ValueError(f"`max_sequence_length` must be between 1 and 512 but is {max_sequence_length}.")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(unknown)}; allowed: {self._callback_tensor_inputs}.")
-        if taylorseer is not None and not isinstance(taylorseer, TaylorSeerConfig):
-            raise TypeError(f"`taylorseer` has to be a TaylorSeerConfig or None but is {type(taylorseer).__name__}.")
+            if not fits:
+                raise ValueError(f"`{name}` must have shape {expected[kind]} for this model but has shape {shape}; make it with `pipe.encode_prompt`.")
+        for positive, negative in (("prompt_embeds", "negative_prompt_embeds"), ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")):
+            if given[positive] is not None and given[negative] is not None and given[positive].shape != given[negative].shape:
+                raise ValueError(
+                    f"`{positive}` and `{negative}` must have the same shape but have {tuple(given[positive].shape)} and {tuple(given[negative].shape)}."
+                )
+
+    def _check_batch(self, *, images: int, height: int, width: int, generator) -> None:
+        if isinstance(generator, list) and len(generator) != images:
+            raise ValueError(
+                f"You have passed a list of {len(generator)} generators, but requested an effective batch size of {images} "
+                "(prompts x `num_images_per_prompt`). Pass one generator per image, or a single generator."
+            )
+        needed, available = self.estimated_memory(images=images, height=height, width=width), physical_memory()
+        if available is not None and needed > available:
+            raise ValueError(
+                f"{images} images of {width}x{height} need about {needed / 1e9:.1f} GB of activations (estimated), more "
+                f"than this machine's {available / 1e9:.1f} GB of memory. Lower `num_images_per_prompt`, the number of "
+                "prompts or the size, and generate in several calls."
+            )
+
+    def estimated_memory(self, *, images: int, height: int, width: int) -> int:
+        """A lower estimate of the bytes a call's activations take: per image, the VAE decoder's full-resolution
+        feature maps and the output, and the transformer's token activations (x2 with guidance)."""
+        vae, transformer = self.vae_decoder.config, self.transformer.config
+        pixels = height * width
+        vae_bytes = 4 * pixels * (2 * vae["block_out_channels"][0] + 2 * 3)
+        tokens = pixels // self.size_rules.multiple**2 + self.tokenizer_max_length
+        width_of_tokens = transformer.get("num_attention_heads", 1) * transformer.get("attention_head_dim", 64)
+        transformer_bytes = 4 * tokens * width_of_tokens * 10 * 2  # q, k, v, MLP (4x) ... ; x2: guidance
+        return images * (vae_bytes + transformer_bytes)
 
     # -- 3. Text encoding --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _token_ids(tokenizer, prompts: list[str], *, max_length: int, encoder: str, limit: str) -> np.ndarray:
+        """Token ids (B, max_length), padded and truncated; what truncation drops is logged as diffusers does."""
+        input_ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np").input_ids
+        untruncated_ids = tokenizer(prompts, padding="longest", return_tensors="np").input_ids
+        if untruncated_ids.shape[-1] > input_ids.shape[-1]:
+            removed_text = tokenizer.batch_decode(untruncated_ids[:, max_length - 1 : -1])
+            logger.warning(f"The following part of your input was truncated because {encoder} {limit} {max_length} tokens: {removed_text}")
+        return input_ids.astype(np.int64)
 
     def _clip_embeds(self, prompts: list[str], *, index: int, clip_skip: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(penultimate hidden states (B, 77, width), pooled projection (B, projection_dim)) of one CLIP encoder."""
         tokenizer, encoder = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)][index]
-        input_ids = tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer_max_length, truncation=True, return_tensors="np"
-        ).input_ids
-        outputs = encoder(input_ids=input_ids.astype(np.int64))
+        input_ids = self._token_ids(tokenizer, prompts, max_length=self.tokenizer_max_length, encoder="CLIP", limit="can only handle sequences up to")
+        outputs = encoder(input_ids=input_ids)
         layer = encoder.config["num_hidden_layers"] - 1 - (clip_skip or 0)  # diffusers: hidden_states[-(clip_skip + 2)]
         return outputs[f"hidden_states.{layer}"], outputs["text_embeds"]
 
@@ -436,10 +569,8 @@ class OVStableDiffusion3Pipeline:
         if self.text_encoder_3 is None:
             width = self.transformer.config["joint_attention_dim"]
             return np.zeros((len(prompts), max_sequence_length, width), dtype=np.float32)
-        input_ids = self.tokenizer_3(
-            prompts, padding="max_length", max_length=max_sequence_length, truncation=True, add_special_tokens=True, return_tensors="np"
-        ).input_ids
-        return self.text_encoder_3(input_ids=input_ids.astype(np.int64))["last_hidden_state"]
+        input_ids = self._token_ids(self.tokenizer_3, prompts, max_length=max_sequence_length, encoder="T5", limit="reads `max_sequence_length` =")
+        return self.text_encoder_3(input_ids=input_ids)["last_hidden_state"]
 
     def _encode(self, prompts: list[str], prompts_2: list[str], prompts_3: list[str], *, clip_skip, max_sequence_length):
         clip_l, pooled_l = self._clip_embeds(prompts, index=0, clip_skip=clip_skip)
@@ -690,6 +821,10 @@ class OVStableDiffusion3Pipeline:
             negative_prompt_embeds=negative_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             output_type=output_type, max_sequence_length=max_sequence_length,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, taylorseer=taylorseer,
+            guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, clip_skip=clip_skip,
+            generator=generator, callback_on_step_end=callback_on_step_end, other_prompts=dict(
+                prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3
+            ),
         )  # fmt: skip
 
         # 2. Define call parameters
