@@ -264,3 +264,13 @@ def compare_with_genai(
     )
     images = [our_image, Image.fromarray(np.asarray(genai_image, dtype=np.uint8))]
     return table, images, [f"ours: {our_latency:.2f} s", f"openvino.genai: {genai_latency:.2f} s"]
+
+
+def rectangle_mask(*, width: int, height: int, fraction: float = 0.5):
+    """A black PIL mask ("L") with a white centred rectangle of `fraction` of each side: the part to repaint."""
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (width, height), color=0)
+    left, top = round(width * (1 - fraction) / 2), round(height * (1 - fraction) / 2)
+    ImageDraw.Draw(mask).rectangle([left, top, width - left - 1, height - top - 1], fill=255)
+    return mask

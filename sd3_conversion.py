@@ -347,7 +347,6 @@ SUBMODEL_EXPORTS = (
     SubmodelExport("vae_decoder", "vae", _vae_decoder_spec, "VAE decoder"),
     SubmodelExport("vae_encoder", "vae", _vae_encoder_spec, "VAE encoder"),
 )
-COPIED_COMPONENTS = ("tokenizer", "tokenizer_2", "tokenizer_3", "scheduler")
 
 
 # ----------------------------------------------------------------------------------------------------------

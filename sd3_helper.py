@@ -12,6 +12,7 @@ The modules behind it, each importing only those above it in this list:
 
     sd3_layout        the converted folder: file names, weight formats, safe writes, size rules, defaults
     sd3_runtime       OpenVINO submodels, step caching, OVStableDiffusion3Pipeline, make_genai_pipeline
+    sd3_image_pipelines  image-to-image and inpainting on the runtime's steps
     sd3_conversion    checkpoint -> OpenVINO IR (torch.export + NNCF weight compression)
     sd3_quantization  int8-hybrid: calibration and quantization (uses the runtime and conversion)
     sd3_tiny_model    a tiny random-weight SD3 checkpoint built offline (uses the layout)
@@ -35,6 +36,7 @@ from sd3_layout import (
     folder_size,
     staged_dir,
 )
+from sd3_image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
 from sd3_quantization import convert_sd3_hybrid, psnr, quantize_sd3
 from sd3_runtime import OVStableDiffusion3Pipeline, OVSubmodel, SD3PipelineOutput, TaylorSeerConfig, make_genai_pipeline
 from sd3_tiny_model import make_tiny_sd3, train_clip_tokenizer
@@ -45,6 +47,8 @@ __all__ = [
     "convert_sd3",
     "quantize_sd3",
     "OVStableDiffusion3Pipeline",
+    "OVStableDiffusion3Img2ImgPipeline",
+    "OVStableDiffusion3InpaintPipeline",
     "OVSubmodel",
     "SD3PipelineOutput",
     "TaylorSeerConfig",
@@ -116,6 +120,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--height", type=int, default=None, help="default: the model's native size")
     generate.add_argument("--width", type=int, default=None)
     generate.add_argument("--device", default="CPU")
+    generate.add_argument("--image", type=Path, default=None, help="start from this image (image-to-image, or inpainting with --mask)")
+    generate.add_argument("--mask", type=Path, default=None, help="repaint where this mask is white (needs --image)")
+    generate.add_argument("--strength", type=float, default=None, help="with --image: how much to change it, 0-1 (default 0.6)")
     generate.add_argument(
         "--step-cache", action="store_true", help="TaylorSeer step caching, openvino.genai's default: faster, a slightly different image"
     )
@@ -144,13 +151,42 @@ def check_image_path(path: Path) -> None:
         raise PermissionError(f"`--output` {str(path)!r} cannot be written: no write permission in {str(path.parent)!r}.")
 
 
+def _read_image(path: Path, *, flag: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB") if flag == "--image" else image.convert("L")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"`{flag}` {str(path)!r} does not exist.") from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"`{flag}` {str(path)!r} is not an image Pillow can read ({error}).") from error
+
+
+def _image_arguments(args: argparse.Namespace) -> dict:
+    """The image-to-image / inpainting arguments of `generate`, read and checked before any model loads."""
+    if args.image is None:
+        if args.mask is not None or args.strength is not None:
+            raise ValueError("`--mask` and `--strength` need `--image`: the picture to change.")
+        return {}
+    arguments = {"image": _read_image(args.image, flag="--image")}
+    if args.mask is not None:
+        arguments["mask_image"] = _read_image(args.mask, flag="--mask")
+    if args.strength is not None:
+        arguments["strength"] = args.strength
+    return arguments
+
+
 def _generate(args: argparse.Namespace) -> Path:
     import torch
 
     check_image_path(args.output)
-    pipe = OVStableDiffusion3Pipeline.from_pretrained(args.model_dir, device=args.device)
+    image_arguments = _image_arguments(args)
+    pipe_class = OVStableDiffusion3InpaintPipeline if args.mask else OVStableDiffusion3Img2ImgPipeline if args.image else OVStableDiffusion3Pipeline
+    pipe = pipe_class.from_pretrained(args.model_dir, device=args.device)
     image = pipe(
         args.prompt,
+        **image_arguments,
         negative_prompt=args.negative_prompt,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,

@@ -1,16 +1,15 @@
-"""The OpenVINO runtime: compiled submodels, step caching, and the SD3 text-to-image pipeline.
+"""The OpenVINO runtime: step caching and the SD3 text-to-image pipeline on the submodels of `sd3_submodels`.
 
 `OVStableDiffusion3Pipeline.__call__` follows diffusers' `StableDiffusion3Pipeline.__call__` (same argument
 names, same scheduler, same image processor, same random latents), so the same seed gives the same image. Every
 model constant is read from the `config.json` files saved beside the IRs. `generate` reads as diffusers'
 numbered steps; each step is a short method that image-to-image and inpainting pipelines can reuse.
 
-Imports only the bottom layer `sd3_layout`. `make_genai_pipeline` gives the same folder in openvino.genai.
+Imports the layout and `sd3_submodels`. `make_genai_pipeline` gives the same folder in openvino.genai.
 """
 
 import logging
 import math
-import os
 import threading
 from dataclasses import dataclass
 from numbers import Real
@@ -23,109 +22,28 @@ import torch
 from sd3_layout import (
     CONFIG_JSON,
     GENERATION_DEFAULTS,
-    MODEL_INDEX,
-    OV_MODEL_BIN,
-    OV_MODEL_XML,
     OV_TOKENIZER_XML,
     PIPELINE_SUBMODELS,
-    SCHEDULER_CONFIG,
-    TEXT_ENCODERS,
     TOKENIZERS,
     SizeRules,
-    check_bin_size,
-    check_config_keys,
     check_sd3_index,
     has_component,
     incomplete_model_error,
     read_json,
     read_model_index,
 )
+from sd3_submodels import (
+    OVSubmodel,
+    check_devices,
+    device_for,
+    load_scheduler,
+    load_tokenizer,
+    physical_memory,
+    submodel_ov_config,
+)
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 logger = logging.getLogger(__name__)
-VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# One OpenVINO submodel, and where it runs
-# ----------------------------------------------------------------------------------------------------------
-
-
-class OVSubmodel:
-    """One converted submodel: its IR, its `config.json`, and a compiled model made on first use.
-
-    Calling it with named numpy inputs runs one inference and returns the outputs by name.
-    """
-
-    def __init__(self, submodel_dir: Path, *, core, device: str = "CPU", ov_config: dict | None = None):
-        model_dir = submodel_dir.parent
-        xml_path, bin_path = submodel_dir / OV_MODEL_XML, submodel_dir / OV_MODEL_BIN
-        for path in (xml_path, bin_path, submodel_dir / CONFIG_JSON):
-            if not path.is_file():
-                raise FileNotFoundError(incomplete_model_error(path, model_dir, "is missing"))
-        check_bin_size(xml_path, bin_path, model_dir)
-        self.config = read_json(submodel_dir / CONFIG_JSON, model_dir=model_dir)
-        check_config_keys(self.config, submodel=submodel_dir.name, path=submodel_dir / CONFIG_JSON, model_dir=model_dir)
-        try:
-            self.model = core.read_model(xml_path, bin_path)
-        except RuntimeError as error:
-            reason = f"could not be read ({str(error).strip().splitlines()[0]})"
-            raise ValueError(incomplete_model_error(xml_path, model_dir, reason)) from error
-        self.name = submodel_dir.name
-        self.core, self.device, self.ov_config = core, device, dict(ov_config or {})
-        self.request = None
-
-    def compile(self) -> None:
-        """Compile the model for its device and make its infer request."""
-        compiled = self.core.compile_model(self.model, self.device, self.ov_config)
-        self.request = compiled.create_infer_request()
-
-    def reshape(self, shapes: dict[str, list[int]]) -> None:
-        """Give inputs static shapes (faster on CPU, needed on NPU); the model is compiled again on next use."""
-        self.model.reshape(shapes)
-        self.request = None
-
-    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        if self.request is None:
-            self.compile()
-        results = self.request.infer(inputs, share_inputs=True, share_outputs=False)
-        # An output can carry several tensor names after compilation; answer to each of them.
-        return {name: value for output, value in results.items() for name in output.get_names()}
-
-
-def device_for(device: str | dict[str, str], submodel: str) -> str:
-    """The device of `submodel`: `device` itself, or its entry in a per-submodel dict (CPU when unnamed)."""
-    return device.get(submodel, "CPU") if isinstance(device, dict) else device
-
-
-def check_devices(device: str | dict[str, str], *, available: list[str]) -> None:
-    """Name an unknown submodel or an unavailable device before OpenVINO fails deep inside compilation."""
-    if isinstance(device, dict) and set(device) - set(PIPELINE_SUBMODELS):
-        unknown = sorted(set(device) - set(PIPELINE_SUBMODELS))
-        raise ValueError(f"`device` names unknown submodels {unknown}; use {list(PIPELINE_SUBMODELS)}.")
-    if not isinstance(device, (str, dict)):
-        raise TypeError(f"`device` has to be a str such as 'CPU' or a dict by submodel but is {device!r}.")
-    for submodel, name in (device.items() if isinstance(device, dict) else [("all submodels", device)]):
-        if not isinstance(name, str):
-            raise TypeError(f"`device` for {submodel} has to be a str such as 'CPU' but is {name!r}.")
-        physical = name.split(":")[-1].split(",") if name.startswith(VIRTUAL_DEVICES) else [name]
-        missing = [part for part in physical if part and part.split(".")[0] not in {d.split(".")[0] for d in available}]
-        if missing and name not in VIRTUAL_DEVICES:
-            raise ValueError(f"`device` {name!r} for {submodel} is not available on this machine; available: {available + ['AUTO']}.")
-
-
-def submodel_ov_config(ov_config: dict | None, *, submodel: str, device: str, cache_dir: Path | None) -> dict:
-    """OpenVINO properties of one submodel: `ov_config` (shared, or its entry when keyed by submodel name),
-    the compiled-model cache, and f32 for text encoders on a GPU (they lose accuracy in f16 and cost a few ms)."""
-    ov_config = ov_config or {}
-    per_submodel = bool(ov_config) and set(ov_config) <= set(PIPELINE_SUBMODELS)
-    config = dict(ov_config.get(submodel, {}) if per_submodel else ov_config)
-    if cache_dir is not None:
-        config.setdefault("CACHE_DIR", str(cache_dir))
-    if submodel in TEXT_ENCODERS and "GPU" in device:
-        config.setdefault("INFERENCE_PRECISION_HINT", "f32")
-    return config
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Step caching
@@ -193,15 +111,6 @@ class SD3PipelineOutput:
 
     images: list | np.ndarray | torch.Tensor
 
-
-def physical_memory() -> int | None:
-    """This machine's physical memory in bytes, or None where the OS does not say (then no batch is refused)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def as_batch(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
     """A prompt argument as a list of `batch_size` strings (a single string is repeated), None stays None."""
     if value is None:
@@ -235,6 +144,8 @@ class OVStableDiffusion3Pipeline:
     """Text-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline."""
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "pooled_prompt_embeds"]
+    submodel_names = PIPELINE_SUBMODELS  # the image pipelines add "vae_encoder"
+    default_num_inference_steps = GENERATION_DEFAULTS.num_inference_steps
 
     def __init__(self, *, submodels: dict[str, OVSubmodel | None], tokenizers: dict, scheduler, model_dir: Path):
         from diffusers.image_processor import VaeImageProcessor
@@ -244,6 +155,7 @@ class OVStableDiffusion3Pipeline:
         self.text_encoder_2 = submodels["text_encoder_2"]
         self.text_encoder_3 = submodels.get("text_encoder_3")
         self.vae_decoder = submodels["vae_decoder"]
+        self.vae_encoder = submodels.get("vae_encoder")
         self.tokenizer = tokenizers["tokenizer"]
         self.tokenizer_2 = tokenizers["tokenizer_2"]
         self.tokenizer_3 = tokenizers.get("tokenizer_3")
@@ -255,7 +167,9 @@ class OVStableDiffusion3Pipeline:
         self.patch_size = self.size_rules.patch_size
         self.default_sample_size = self.transformer.config["sample_size"]
         self.tokenizer_max_length = self.tokenizer.model_max_length
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, vae_latent_channels=self.vae_decoder.config["latent_channels"]
+        )
         self._progress_bar_config = {}
         self._interrupt = False
         self._static_shape = None  # set by `reshape`
@@ -289,7 +203,7 @@ class OVStableDiffusion3Pipeline:
         check_devices(device, available=core.available_devices)
         has_t5 = has_component(model_index, "text_encoder_3")
         submodels = {}
-        for name in PIPELINE_SUBMODELS:
+        for name in cls.submodel_names:
             if name == "text_encoder_3" and not has_t5:
                 continue
             submodel_device = device_for(device, name)
@@ -302,6 +216,22 @@ class OVStableDiffusion3Pipeline:
             pipe.compile()
         return pipe
 
+    @classmethod
+    def from_pipe(cls, pipe: "OVStableDiffusion3Pipeline") -> "OVStableDiffusion3Pipeline":
+        """A pipeline of this class that shares `pipe`'s compiled submodels, tokenizers and call lock (diffusers'
+        `from_pipe`): nothing is compiled again; a submodel `pipe` lacks (the VAE encoder) is loaded from its folder."""
+        submodels = dict(pipe.submodels)
+        for name in cls.submodel_names:
+            if name not in submodels and name != "text_encoder_3":
+                decoder = pipe.vae_decoder
+                submodels[name] = OVSubmodel(pipe.model_dir / name, core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
+        tokenizers = {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2, "tokenizer_3": pipe.tokenizer_3}
+        scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)  # schedulers hold per-call state
+        new_pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=pipe.model_dir)
+        new_pipe._call_lock = pipe._call_lock  # the shared infer requests serve one call at a time
+        new_pipe.set_progress_bar_config(**pipe.progress_bar_config)
+        return new_pipe
+
     def compile(self) -> None:
         """Compile every submodel now instead of on first use."""
         for submodel in self.submodels.values():
@@ -311,7 +241,7 @@ class OVStableDiffusion3Pipeline:
     @property
     def submodels(self) -> dict[str, OVSubmodel]:
         """The loaded submodels by name (no `text_encoder_3` without T5)."""
-        candidates = {name: getattr(self, name) for name in PIPELINE_SUBMODELS}
+        candidates = {name: getattr(self, name, None) for name in PIPELINE_SUBMODELS + ("vae_encoder",)}
         return {name: submodel for name, submodel in candidates.items() if submodel is not None}
 
     def reshape(
@@ -444,11 +374,15 @@ class OVStableDiffusion3Pipeline:
         batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else len(prompt_embeds)
         self._check_batch(images=batch_size * num_images_per_prompt, height=height, width=width, generator=generator)
 
-    def _check_numbers(self, *, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, max_sequence_length, clip_skip) -> None:
+    def check_size(self, *, height, width) -> None:
+        """Raise a TypeError or ValueError unless `height` and `width` are ints this model accepts."""
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"`{name}` has to be an int (pixels) but is {type(value).__name__}: {value!r:.80}. Pass e.g. {self.size_rules.default}.")
         self.size_rules.check(height=height, width=width)
+
+    def _check_numbers(self, *, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, max_sequence_length, clip_skip) -> None:
+        self.check_size(height=height, width=width)
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` has to be a positive integer but is {num_inference_steps!r}.")
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real):
@@ -661,7 +595,7 @@ class OVStableDiffusion3Pipeline:
 
         shape = (
             batch_size,
-            self.transformer.config["in_channels"],
+            self.vae_decoder.config["latent_channels"],
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
@@ -673,16 +607,14 @@ class OVStableDiffusion3Pipeline:
 
     # -- 5. Timesteps ------------------------------------------------------------------------------------
 
-    def prepare_timesteps(
-        self, *, num_inference_steps: int, sigmas: list[float] | None, mu: float | None, latents: torch.Tensor
-    ) -> torch.Tensor:
+    def prepare_timesteps(self, *, num_inference_steps: int, sigmas: list[float] | None, mu: float | None, height: int, width: int) -> torch.Tensor:
         """Set the scheduler's timesteps (shifted by `mu` for this image size where the scheduler shifts dynamically)."""
         # Adapted from diffusers' StableDiffusion3Pipeline.__call__, step 5.
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 
         config = self.scheduler.config
         if config.get("use_dynamic_shifting", None) and mu is None:
-            image_seq_len = (latents.shape[2] // self.patch_size) * (latents.shape[3] // self.patch_size)
+            image_seq_len = (height // self.size_rules.multiple) * (width // self.size_rules.multiple)
             mu = calculate_shift(
                 image_seq_len,
                 config.get("base_image_seq_len", 256),
@@ -696,15 +628,37 @@ class OVStableDiffusion3Pipeline:
         )
         return timesteps
 
+    def strength_timesteps(self, timesteps: torch.Tensor, *, image_inputs) -> torch.Tensor:
+        """The timesteps a call runs: all of them here; image-to-image starts later (its `strength`)."""
+        return timesteps
+
+    def initial_latents(self, *, batch_size: int, height: int, width: int, generator, latents, timesteps, image_inputs):
+        """(starting latents, per-step conditioning or None): Gaussian noise here; the image pipelines start from
+        the encoded image and condition the steps on a mask."""
+        return self.prepare_latents(batch_size=batch_size, height=height, width=width, generator=generator, latents=latents), None
+
+    def finish_images(self, images, *, image_inputs):
+        """The decoded images as returned; inpainting pastes a cropped result back onto the original."""
+        return images
+
     # -- 6. Denoising ------------------------------------------------------------------------------------
 
     def predict_noise(
-        self, latents: torch.Tensor, *, timestep: torch.Tensor, text: tuple[np.ndarray, np.ndarray], guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        *,
+        timestep: torch.Tensor,
+        text: tuple[np.ndarray, np.ndarray],
+        guidance_scale: float,
+        model_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """One transformer call on `latents` (doubled for guidance); returns the guided flow prediction."""
+        """One transformer call on `latents` (doubled for guidance, then passed through `model_input` if given);
+        returns the flow prediction, not yet guided."""
         encoder_hidden_states, pooled_projections = text
         do_classifier_free_guidance = guidance_scale > 1.0
         latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
+        if model_input is not None:
+            latent_model_input = model_input(latent_model_input)
         noise_pred = self.transformer(
             hidden_states=latent_model_input.numpy(),
             timestep=np.full(latent_model_input.shape[0], timestep.item(), dtype=np.float32),
@@ -732,8 +686,14 @@ class OVStableDiffusion3Pipeline:
         taylorseer: TaylorSeerConfig | None,
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
+        conditioning=None,
     ) -> torch.Tensor:
-        """The denoising loop: predict the flow (or take it from the step cache), guide it, take a scheduler step."""
+        """The denoising loop: predict the flow (or take it from the step cache), guide it, take a scheduler step.
+
+        `conditioning` (from `initial_latents`) may add transformer input channels (`model_input`) and change the
+        latents after each step (`after_step`), as inpainting does."""
+        model_input = getattr(conditioning, "model_input", None)
+        after_step = getattr(conditioning, "after_step", None)
         from tqdm.auto import tqdm
 
         text = (prompt_embeds.numpy(), pooled_prompt_embeds.numpy())
@@ -742,13 +702,15 @@ class OVStableDiffusion3Pipeline:
             if self.interrupt:
                 break
             if cache is None or cache.computes(step):
-                noise_pred = self.predict_noise(latents, timestep=t, text=text, guidance_scale=guidance_scale)
+                noise_pred = self.predict_noise(latents, timestep=t, text=text, guidance_scale=guidance_scale, model_input=model_input)
                 if cache is not None:
                     cache.update(step, noise_pred)
             else:
                 noise_pred = cache.predict(step)
             noise_pred = self.guide(noise_pred, guidance_scale=guidance_scale)
             latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            if after_step is not None:
+                latents = after_step(latents, step)
             if callback_on_step_end is not None:
                 values = {"latents": latents, "prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled_prompt_embeds}
                 callback_kwargs = {name: values[name] for name in callback_on_step_end_tensor_inputs}
@@ -800,6 +762,7 @@ class OVStableDiffusion3Pipeline:
         max_sequence_length: int = GENERATION_DEFAULTS.max_sequence_length,
         mu: float | None = None,
         taylorseer: TaylorSeerConfig | None = None,
+        image_inputs=None,
     ) -> SD3PipelineOutput | tuple:
         """Generate images from text. Arguments mean what they mean in diffusers' `StableDiffusion3Pipeline`.
 
@@ -809,7 +772,7 @@ class OVStableDiffusion3Pipeline:
         `pipe._interrupt = True` to stop. `taylorseer=TaylorSeerConfig()` skips the transformer on about half of
         the steps (openvino.genai's default step caching); None (the default) runs it on every step. Calls from
         several threads run one after another. Returns `SD3PipelineOutput(images=...)`, or `(images,)` when
-        `return_dict=False`.
+        `return_dict=False`. `image_inputs` is set by the image-to-image and inpainting pipelines.
         """
         height = self.size_rules.default if height is None else height
         width = self.size_rules.default if width is None else width
@@ -850,70 +813,40 @@ class OVStableDiffusion3Pipeline:
                 clip_skip=clip_skip, max_sequence_length=max_sequence_length,
             )  # fmt: skip
 
-            # 4. Prepare latents
-            latents = self.prepare_latents(
-                batch_size=batch_size * num_images_per_prompt, height=height, width=width, generator=generator, latents=latents
-            )
+            # 4. Prepare timesteps
+            timesteps = self.prepare_timesteps(num_inference_steps=num_inference_steps, sigmas=sigmas, mu=mu, height=height, width=width)
+            timesteps = self.strength_timesteps(timesteps, image_inputs=image_inputs)
 
-            # 5. Prepare timesteps
-            timesteps = self.prepare_timesteps(num_inference_steps=num_inference_steps, sigmas=sigmas, mu=mu, latents=latents)
+            # 5. Prepare latents
+            latents, conditioning = self.initial_latents(
+                batch_size=batch_size * num_images_per_prompt, height=height, width=width, generator=generator,
+                latents=latents, timesteps=timesteps, image_inputs=image_inputs,
+            )  # fmt: skip
 
             # 6. Denoising loop
             latents = self.denoise(
                 latents, timesteps=timesteps, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                 guidance_scale=guidance_scale, taylorseer=taylorseer, callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, conditioning=conditioning,
             )  # fmt: skip
 
             # 7. Decode
             images = latents if output_type == "latent" else self.decode_latents(latents, output_type=output_type)
+            images = images if output_type == "latent" else self.finish_images(images, image_inputs=image_inputs)
         return SD3PipelineOutput(images=images) if return_dict else (images,)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading the folder's tokenizers and scheduler (local files only)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def load_tokenizer(model_dir: Path, *, name: str):
-    """The Hugging Face tokenizer saved in `model_dir / name`, read from local files only."""
-    from transformers import AutoTokenizer
-
-    tokenizer_dir = model_dir / name
-    if not tokenizer_dir.is_dir():
-        raise FileNotFoundError(incomplete_model_error(tokenizer_dir, model_dir, "is missing"))
-    try:
-        return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        reason = f"could not be read as a tokenizer ({type(error).__name__}: {str(error).strip().splitlines()[0][:300]})"
-        raise ValueError(incomplete_model_error(tokenizer_dir, model_dir, reason)) from error
-
-
-def load_scheduler(model_dir: Path, *, model_index: dict):
-    """The diffusers scheduler named in `model_index.json`, configured from `model_dir / "scheduler"`."""
-    import diffusers
-
-    entry = model_index.get("scheduler")
-    class_name = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
-    scheduler_class = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
-    if scheduler_class is None:
-        reason = f"names no diffusers scheduler (its `scheduler` entry is {entry!r})"
-        raise ValueError(incomplete_model_error(model_dir / MODEL_INDEX, model_dir, reason))
-    config_path = model_dir / "scheduler" / SCHEDULER_CONFIG
-    config = read_json(config_path, model_dir=model_dir)
-    try:
-        return scheduler_class.from_config(config)
-    except (TypeError, ValueError, KeyError) as error:
-        raise ValueError(incomplete_model_error(config_path, model_dir, f"could not be read ({error})")) from error
-
 
 # ----------------------------------------------------------------------------------------------------------
 # The same folder in openvino.genai's C++ pipeline
 # ----------------------------------------------------------------------------------------------------------
 
 
-def make_genai_pipeline(model_dir: str | Path, *, device: str = "CPU", ov_config: dict | None = None):
-    """`openvino_genai.Text2ImagePipeline` for a folder written by `convert_sd3`, with this pipeline's defaults.
+GENAI_TASKS = {"text-to-image": "Text2ImagePipeline", "image-to-image": "Image2ImagePipeline", "inpainting": "InpaintingPipeline"}
+
+
+def make_genai_pipeline(model_dir: str | Path, *, task: str = "text-to-image", device: str = "CPU", ov_config: dict | None = None):
+    """The openvino.genai pipeline for `task` ("text-to-image": `Text2ImagePipeline`, "image-to-image":
+    `Image2ImagePipeline`, "inpainting": `InpaintingPipeline`) on a folder written by `convert_sd3`, with this
+    project's defaults.
 
     The defaults (`GENERATION_DEFAULTS` and the model's native size) match `OVStableDiffusion3Pipeline.__call__`,
     so `pipe.generate(prompt, generator=openvino_genai.TorchGenerator(seed))` and
@@ -922,6 +855,8 @@ def make_genai_pipeline(model_dir: str | Path, *, device: str = "CPU", ov_config
     """
     import openvino_genai
 
+    if task not in GENAI_TASKS:
+        raise ValueError(f"`task` must be one of {list(GENAI_TASKS)} but is {task!r}.")
     model_dir = Path(model_dir)
     model_index = read_model_index(model_dir)
     for name in TOKENIZERS:
@@ -932,7 +867,7 @@ def make_genai_pipeline(model_dir: str | Path, *, device: str = "CPU", ov_config
         transformer_config=read_json(model_dir / "transformer" / CONFIG_JSON, model_dir=model_dir),
         vae_config=read_json(model_dir / "vae_decoder" / CONFIG_JSON, model_dir=model_dir),
     )
-    pipe = openvino_genai.Text2ImagePipeline(model_dir, device, **(ov_config or {}))
+    pipe = getattr(openvino_genai, GENAI_TASKS[task])(model_dir, device, **(ov_config or {}))
     config = pipe.get_generation_config()
     config.num_inference_steps = GENERATION_DEFAULTS.num_inference_steps
     config.guidance_scale = GENERATION_DEFAULTS.guidance_scale

@@ -17,6 +17,7 @@ import torch
 from sd3_conversion import quiet_progress_bars
 from sd3_layout import staged_dir
 
+LATENT_CHANNELS = 4  # the tiny VAE's latent channels by default (SD3's has 16)
 # A small built-in corpus the tokenizers are trained on; it only needs to cover common prompt words.
 TOKENIZER_CORPUS = [
     "a photo of a cat sitting on a wooden table",
@@ -99,8 +100,12 @@ def _clip_text_encoder(*, hidden_size: int, vocab_size: int, pad_token_id: int, 
     return CLIPTextModelWithProjection(config).eval()
 
 
-def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0) -> Path:
+def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0, latent_channels: int = LATENT_CHANNELS, inpainting: bool = False) -> Path:
     """Write a tiny random-weight SD3 checkpoint in diffusers format to `output_dir` and return its path.
+
+    `latent_channels` is the VAE's (SD3's real VAE has 16; diffusers' inpainting pipeline works only with 16).
+    With `inpainting=True` the transformer reads 2 * latent_channels + 1 input channels (latents, mask and
+    masked-image latents), like the 33-channel SD3 inpainting models.
 
     Everything is built from configs on this machine (no download). The same `seed` always gives the same
     weights and tokenizers. The folder loads with `diffusers.StableDiffusion3Pipeline.from_pretrained`.
@@ -157,8 +162,8 @@ def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0) -> Path:
     transformer = SD3Transformer2DModel(
         sample_size=32,  # default latent size, so the default image is 32 * vae_scale_factor pixels
         patch_size=2,
-        in_channels=4,
-        out_channels=4,
+        in_channels=2 * latent_channels + 1 if inpainting else latent_channels,
+        out_channels=latent_channels,
         num_layers=2,
         attention_head_dim=8,
         num_attention_heads=4,
@@ -176,7 +181,7 @@ def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0) -> Path:
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         block_out_channels=(8, 16),  # 2 blocks -> vae_scale_factor 2 (the real VAE has 4 -> 8)
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=4,
         sample_size=64,
         scaling_factor=1.5305,  # SD3's values, so the (latents / scaling) + shift step is exercised

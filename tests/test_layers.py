@@ -11,7 +11,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top. A module may import only modules before it in this list (functions' lazy imports included).
 LAYERS = [
     "sd3_layout",
+    "sd3_submodels",
     "sd3_runtime",
+    "sd3_image_pipelines",
     "sd3_conversion",
     "sd3_quantization",
     "sd3_tiny_model",

@@ -20,7 +20,7 @@ from notebook_utils import ov_model_dir  # noqa: E402
 NOTEBOOK = REPO_ROOT / "stable-diffusion-v3.ipynb"
 ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 KNOBS = {"model_id", "load_t5", "weight_format", "device", "height", "width", "num_inference_steps"}
-KNOBS |= {"guidance_scale", "seed", "prompt", "launch_demo"}
+KNOBS |= {"guidance_scale", "seed", "prompt", "launch_demo", "image_to_image"}
 WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show
 TEST_PARAMETERS = {
     "model_id": "tiny",
@@ -119,6 +119,15 @@ def test_weight_formats_are_compared(executed):
     ]
     table = next(text for text in markdown if "weight format" in text)
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["fp16", "int8", "int4"]
+
+
+def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed):
+    restyled = Image.open(executed["output_dir"] / "image-to-image.png")  # input + two strengths
+    repainted = Image.open(executed["output_dir"] / "inpainting.png")  # input + mask + result
+    assert restyled.width >= 3 * WIDTH and repainted.width >= 3 * WIDTH and restyled.height > HEIGHT
+    source = np.asarray(Image.open(executed["output_dir"] / "image.png"))
+    left_cell = np.asarray(repainted)[:HEIGHT, (repainted.width // 3 - WIDTH) // 2 :][:, :WIDTH]
+    np.testing.assert_array_equal(left_cell, source)  # the first cell is the generated image itself
 
 
 def test_demo_cell_launches_the_demo_inline(executed):

@@ -51,3 +51,20 @@ def test_generate_reports_bad_input_without_traceback(tmp_path):
     result = run("generate", str(tmp_path / "nowhere"), "--prompt", "a cat")
     assert result.returncode == 2
     assert "nowhere` does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_from_an_image_and_a_mask(converted, tmp_path):
+    model_dir = converted("fp32", load_t5=False)
+    picture, mask = tmp_path / "picture.png", tmp_path / "mask.png"
+    Image.new("RGB", (48, 32), color=(200, 120, 40)).save(picture)
+    mask_image = Image.new("L", (48, 32), color=0)
+    mask_image.paste(255, (12, 8, 36, 24))
+    mask_image.save(mask)
+    common = ["--prompt", "a red ball", "--steps", "4", "--height", "32", "--width", "48"]
+    for extra, name in (([], "restyled.png"), (["--mask", str(mask)], "repainted.png")):
+        result = run("generate", str(model_dir), *common, "--image", str(picture), "--strength", "0.5", *extra, "--output", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        with Image.open(tmp_path / name) as image:
+            assert image.size == (48, 32)
+    wrong = run("generate", str(model_dir), *common, "--mask", str(mask), "--output", str(tmp_path / "x.png"))
+    assert wrong.returncode == 2 and "`--mask` and `--strength` need `--image`" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sd3_helper
-import sd3_runtime
+import sd3_submodels
 from conftest import F32
 
 
@@ -80,8 +80,8 @@ def test_unavailable_device_is_named(converted, device, message):
 
 
 def test_text_encoders_stay_f32_on_gpu():
-    config = sd3_runtime.submodel_ov_config(None, submodel="text_encoder_3", device="GPU", cache_dir=None)
+    config = sd3_submodels.submodel_ov_config(None, submodel="text_encoder_3", device="GPU", cache_dir=None)
     assert config == {"INFERENCE_PRECISION_HINT": "f32"}
-    assert sd3_runtime.submodel_ov_config(None, submodel="transformer", device="GPU", cache_dir=None) == {}
+    assert sd3_submodels.submodel_ov_config(None, submodel="transformer", device="GPU", cache_dir=None) == {}
     user_choice = {"INFERENCE_PRECISION_HINT": "f16"}
-    assert sd3_runtime.submodel_ov_config(user_choice, submodel="text_encoder", device="GPU", cache_dir=None) == user_choice
+    assert sd3_submodels.submodel_ov_config(user_choice, submodel="text_encoder", device="GPU", cache_dir=None) == user_choice

@@ -1,0 +1,340 @@
+"""Image-to-image and inpainting with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers'.
+
+`OVStableDiffusion3Img2ImgPipeline` and `OVStableDiffusion3InpaintPipeline` follow diffusers'
+`StableDiffusion3Img2ImgPipeline` and `StableDiffusion3InpaintPipeline` (0.39): the same pre- and post-processing
+(`VaeImageProcessor`), the same VAE sampling and noise (the generator is used in the same order), the same
+strength schedule. They are the text-to-image pipeline of `sd3_runtime` with its steps reused: the subclasses only
+add what starts the latents (the encoded image), and for inpainting what conditions every step (the mask).
+
+One deliberate difference: diffusers' inpainting pipeline decodes `latents / scaling_factor` without adding the
+VAE's `shift_factor` back (its image-to-image and text-to-image pipelines add it). We add it, so the unmasked part
+of the image keeps its colours; the tests compare against diffusers with that one line fixed.
+
+Imports the layout and the runtime.
+"""
+
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sd3_layout import PIPELINE_SUBMODELS
+from sd3_runtime import OVStableDiffusion3Pipeline, SD3PipelineOutput
+
+IMAGE_TYPES = "a PIL image, a numpy array (H, W, C) / (B, H, W, C) in [0, 1], a torch tensor (B, C, H, W) in [-1, 1], or a list of these"
+
+
+@dataclass
+class ImageInputs:
+    """What image-to-image and inpainting add to a call, preprocessed (see `OVStableDiffusion3Pipeline.generate`)."""
+
+    image: torch.Tensor  # (B, 3, H, W) in [-1, 1], or (B, latent_channels, h, w) latents
+    strength: float
+    mask: torch.Tensor | None = None  # (B, 1, H, W) in {0, 1}: 1 repaints
+    masked_image_latents: torch.Tensor | None = None  # given by the user instead of the masked image
+    original_image: object = None  # for `padding_mask_crop`: the image and mask the result is pasted back on
+    mask_image: object = None
+    crops_coords: tuple | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepConditioning:
+    """Per-call additions to the denoising loop (see `OVStableDiffusion3Pipeline.denoise`)."""
+
+    model_input: Callable[[torch.Tensor], torch.Tensor] | None = None  # after the CFG doubling
+    after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # latents after each scheduler step
+
+
+def _is_image(value) -> bool:
+    import PIL.Image
+
+    if isinstance(value, list):
+        return bool(value) and all(_is_image(item) for item in value)
+    return isinstance(value, (PIL.Image.Image, np.ndarray, torch.Tensor))
+
+
+def _spatial_size(value) -> tuple[int, int]:
+    """(height, width) of an image argument (the first one of a list)."""
+    import PIL.Image
+
+    value = value[0] if isinstance(value, list) else value
+    if isinstance(value, PIL.Image.Image):
+        return value.height, value.width
+    shape = tuple(value.shape)
+    if isinstance(value, torch.Tensor):
+        return shape[-2], shape[-1]
+    return (shape[0], shape[1]) if len(shape) <= 3 and (len(shape) == 2 or shape[-1] in (1, 3, 4)) else (shape[1], shape[2])
+
+
+def check_strength(strength, *, num_inference_steps: int) -> None:
+    """`strength` is a number in [0, 1] that leaves at least one denoising step."""
+    if isinstance(strength, bool) or not isinstance(strength, Real):
+        raise TypeError(f"`strength` has to be a number between 0 and 1 but is {type(strength).__name__}: {strength!r:.80}.")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"`strength` has to be between 0 and 1 but is {strength!r}.")
+    if isinstance(num_inference_steps, int) and not isinstance(num_inference_steps, bool) and num_inference_steps * strength < 1:
+        raise ValueError(
+            f"`strength` {strength} with `num_inference_steps` {num_inference_steps} leaves no denoising step "
+            f"({num_inference_steps} x {strength} < 1). Use `strength` >= {1 / num_inference_steps:.4g} or more steps."
+        )
+
+
+class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
+    """Image-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline."""
+
+    submodel_names = PIPELINE_SUBMODELS + ("vae_encoder",)
+    default_strength = 0.6  # diffusers' default
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.vae_encoder is None:
+            raise FileNotFoundError(f"`{self.model_dir / 'vae_encoder'}` is missing: image-to-image and inpainting need the VAE encoder.")
+
+    # -- The image ---------------------------------------------------------------------------------------
+
+    def check_image(self, image, *, name: str = "image") -> None:
+        """Raise a TypeError naming `name` if it is not an image diffusers accepts."""
+        if image is None:
+            raise ValueError(f"`{name}` is required: pass {IMAGE_TYPES}.")
+        if not _is_image(image):
+            raise TypeError(f"`{name}` has to be {IMAGE_TYPES}, but is {type(image).__name__}.")
+
+    def preprocess_image(self, image, *, height: int, width: int, **kwargs) -> torch.Tensor:
+        """diffusers' `VaeImageProcessor.preprocess`: resize to `height` x `width`, (B, 3, H, W) in [-1, 1]."""
+        if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[1] == self.vae_decoder.config["latent_channels"]:
+            return image.to(torch.float32)  # latents, as diffusers accepts them
+        return self.image_processor.preprocess(image, height=height, width=width, **kwargs).to(torch.float32)
+
+    def encode_image(self, image: torch.Tensor, *, generator) -> torch.Tensor:
+        """VAE-encode (B, 3, H, W) pixels and sample the latent distribution with `generator`, then scale and
+        shift as diffusers does: (sample - shift_factor) * scaling_factor. Latents pass through unchanged."""
+        # Adapted from diffusers' retrieve_latents + DiagonalGaussianDistribution.sample
+        from diffusers.utils.torch_utils import randn_tensor
+
+        config = self.vae_decoder.config
+        if image.shape[1] == config["latent_channels"]:
+            return image
+        generators = generator if isinstance(generator, list) else [generator] * image.shape[0]
+        samples = []
+        for index in range(image.shape[0]) if isinstance(generator, list) else [None]:
+            pixels = image if index is None else image[index : index + 1]
+            parameters = torch.from_numpy(self.vae_encoder(sample=pixels.numpy())["latent_parameters"])
+            mean, logvar = torch.chunk(parameters, 2, dim=1)
+            std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+            noise = randn_tensor(mean.shape, generator=generator if index is None else generators[index], dtype=mean.dtype)
+            samples.append(mean + std * noise)
+        latents = torch.cat(samples)
+        return (latents - (config.get("shift_factor") or 0.0)) * config["scaling_factor"]
+
+    # -- Hooks of `generate` -----------------------------------------------------------------------------
+
+    def strength_timesteps(self, timesteps: torch.Tensor, *, image_inputs: ImageInputs | None) -> torch.Tensor:
+        """The last `strength` share of the schedule (diffusers' `get_timesteps`)."""
+        if image_inputs is None:
+            return timesteps
+        num_inference_steps = len(timesteps)
+        init_timestep = min(num_inference_steps * image_inputs.strength, num_inference_steps)
+        t_start = int(max(num_inference_steps - init_timestep, 0))
+        timesteps = timesteps[t_start * self.scheduler.order :]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(t_start * self.scheduler.order)
+        return timesteps
+
+    def initial_latents(self, *, batch_size: int, height: int, width: int, generator, latents, timesteps, image_inputs):
+        """The encoded image, repeated per image and noised to the first timestep (diffusers' `prepare_latents`)."""
+        if latents is not None:
+            return super().initial_latents(
+                batch_size=batch_size, height=height, width=width, generator=generator, latents=latents, timesteps=timesteps, image_inputs=None
+            )
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"You have passed a list of {len(generator)} generators, but requested an effective batch size of {batch_size}.")
+        init_latents = self.repeat_to_batch(self.encode_image(image_inputs.image, generator=generator), batch_size=batch_size, name="image")
+        noise = self.prepare_latents(batch_size=batch_size, height=height, width=width, generator=generator, latents=None)
+        return self.scheduler.scale_noise(init_latents, timesteps[:1].repeat(batch_size), noise), None
+
+    @staticmethod
+    def repeat_to_batch(tensor: torch.Tensor, *, batch_size: int, name: str) -> torch.Tensor:
+        """`tensor` repeated along the batch to `batch_size` (prompts x images per prompt), as diffusers does."""
+        if batch_size % tensor.shape[0] != 0:
+            raise ValueError(
+                f"Cannot duplicate `{name}` of batch size {tensor.shape[0]} to {batch_size} images (prompts x "
+                f"`num_images_per_prompt`); pass one `{name}` or one per prompt."
+            )
+        return torch.cat([tensor] * (batch_size // tensor.shape[0]), dim=0)
+
+    # -- The call ----------------------------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs) -> SD3PipelineOutput | tuple:
+        """Generate images; see `generate`."""
+        return self.generate(*args, **kwargs)
+
+    def generate(self, prompt=None, image=None, strength: float | None = None, **kwargs) -> SD3PipelineOutput | tuple:
+        """Restyle `image` (a PIL image, numpy array, torch tensor, or list of them) by `prompt`.
+
+        `strength` (0.6 by default, as diffusers) is how much of the schedule runs: 1.0 ignores the image's content,
+        0.3 keeps most of it. Every other argument is `OVStableDiffusion3Pipeline.generate`'s. The image is resized
+        to `height` x `width` (the model's native size by default), as diffusers does.
+        """
+        strength = self.default_strength if strength is None else strength
+        height, width = self.call_size(kwargs)
+        self.check_image(image)
+        check_strength(strength, num_inference_steps=kwargs.get("num_inference_steps", self.default_num_inference_steps))
+        image_inputs = ImageInputs(image=self.preprocess_image(image, height=height, width=width), strength=strength)
+        return super().generate(prompt, **{**kwargs, "height": height, "width": width}, image_inputs=image_inputs)
+
+    def call_size(self, kwargs: dict) -> tuple[int, int]:
+        """`height` and `width` of a call (the native size when not given), checked before images are resized."""
+        height = self.size_rules.default if kwargs.get("height") is None else kwargs["height"]
+        width = self.size_rules.default if kwargs.get("width") is None else kwargs["width"]
+        self.check_size(height=height, width=width)
+        return height, width
+
+
+class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
+    """Inpainting with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline.
+
+    Works with the usual 16-channel transformer (the unmasked part is put back after every step) and with a
+    33-channel inpainting transformer (latents, mask and masked-image latents concatenated).
+    """
+
+    def __init__(self, **kwargs):
+        from diffusers.image_processor import VaeImageProcessor
+
+        super().__init__(**kwargs)
+        latent_channels = self.vae_decoder.config["latent_channels"]
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor,
+            vae_latent_channels=latent_channels,
+            do_normalize=False,
+            do_binarize=True,
+            do_convert_grayscale=True,
+        )
+        in_channels = self.transformer.config["in_channels"]
+        if in_channels not in (latent_channels, 2 * latent_channels + 1):
+            raise ValueError(
+                f"The transformer has {in_channels} input channels; inpainting needs {latent_channels} (latents) or "
+                f"{2 * latent_channels + 1} (latents, mask and masked-image latents)."
+            )
+
+    @property
+    def concatenates_mask(self) -> bool:
+        """True for a 33-channel inpainting transformer (mask and masked image as extra input channels)."""
+        return self.transformer.config["in_channels"] != self.vae_decoder.config["latent_channels"]
+
+    def check_mask(self, mask_image, *, image) -> None:
+        """The mask is an image of the image's size with values in [0, 1]; diffusers converts it to one channel
+        and binarizes it at 0.5 (1 = repaint)."""
+        self.check_image(mask_image, name="mask_image")
+        if _spatial_size(mask_image) != _spatial_size(image):
+            raise ValueError(
+                f"`mask_image` is {_spatial_size(mask_image)} (height, width) but `image` is {_spatial_size(image)}; "
+                "pass a mask of the image's size."
+            )
+        for item in mask_image if isinstance(mask_image, list) else [mask_image]:
+            if isinstance(item, (np.ndarray, torch.Tensor)) and (float(item.min()) < 0 or float(item.max()) > 1):
+                raise ValueError(
+                    f"`mask_image` values have to be in [0, 1] (binarized at 0.5: 1 repaints) but range from "
+                    f"{float(item.min())} to {float(item.max())}; divide a 0-255 mask by 255."
+                )
+
+    def generate(
+        self,
+        prompt=None,
+        image=None,
+        mask_image=None,
+        masked_image_latents: torch.Tensor | None = None,
+        strength: float | None = None,
+        padding_mask_crop: int | None = None,
+        **kwargs,
+    ) -> SD3PipelineOutput | tuple:
+        """Repaint the part of `image` where `mask_image` is white (1) by `prompt`.
+
+        `strength` (0.6 by default) as in image-to-image; 1.0 starts the masked part from pure noise.
+        `padding_mask_crop` works on the mask's bounding box grown by that many pixels, then pastes the result
+        back onto the original image. `masked_image_latents` replace the encoded masked image. Every other
+        argument is `OVStableDiffusion3Pipeline.generate`'s.
+        """
+        strength = self.default_strength if strength is None else strength
+        height, width = self.call_size(kwargs)
+        self.check_image(image)
+        self.check_mask(mask_image, image=image)
+        check_strength(strength, num_inference_steps=kwargs.get("num_inference_steps", self.default_num_inference_steps))
+        if padding_mask_crop is not None and (isinstance(padding_mask_crop, bool) or not isinstance(padding_mask_crop, int) or padding_mask_crop < 0):
+            raise ValueError(f"`padding_mask_crop` has to be None or an int >= 0 (pixels) but is {padding_mask_crop!r}.")
+        crops_coords, resize_mode = None, "default"
+        if padding_mask_crop is not None:
+            crops_coords = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
+            resize_mode = "fill"
+        image_inputs = ImageInputs(
+            image=self.preprocess_image(image, height=height, width=width, crops_coords=crops_coords, resize_mode=resize_mode),
+            strength=strength,
+            mask=self.mask_processor.preprocess(mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords),
+            masked_image_latents=masked_image_latents,
+            original_image=image,
+            mask_image=mask_image,
+            crops_coords=crops_coords,
+        )
+        return super(OVStableDiffusion3Img2ImgPipeline, self).generate(prompt, **{**kwargs, "height": height, "width": width}, image_inputs=image_inputs)
+
+    def initial_latents(self, *, batch_size: int, height: int, width: int, generator, latents, timesteps, image_inputs):
+        """Noise, or the encoded image noised to the first timestep when `strength` < 1, and the mask's
+        conditioning of every step (diffusers' `prepare_latents` and `prepare_mask_latents`)."""
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"You have passed a list of {len(generator)} generators, but requested an effective batch size of {batch_size}.")
+        is_strength_max = image_inputs.strength == 1.0
+        image_latents = None
+        if not self.concatenates_mask or (latents is None and not is_strength_max):
+            image_latents = self.repeat_to_batch(self.encode_image(image_inputs.image, generator=generator), batch_size=batch_size, name="image")
+        if latents is None:
+            noise = self.prepare_latents(batch_size=batch_size, height=height, width=width, generator=generator, latents=None)
+            latents = noise if is_strength_max else self.scheduler.scale_noise(image_latents, timesteps[:1].repeat(batch_size), noise)
+        else:
+            noise = latents = self.prepare_latents(batch_size=batch_size, height=height, width=width, generator=generator, latents=latents)
+        mask, masked_image_latents = self.prepare_mask_latents(image_inputs, batch_size=batch_size, height=height, width=width, generator=generator)
+        if self.concatenates_mask:
+            return latents, StepConditioning(model_input=self._concatenate(mask=mask, masked_image_latents=masked_image_latents))
+        return latents, StepConditioning(after_step=self._blend(image_latents=image_latents, mask=mask, noise=noise, timesteps=timesteps))
+
+    def prepare_mask_latents(self, image_inputs: ImageInputs, *, batch_size: int, height: int, width: int, generator):
+        """The mask at latent size and the masked image's latents, per image (doubled for guidance by the caller)."""
+        config = self.vae_decoder.config
+        mask = torch.nn.functional.interpolate(image_inputs.mask, size=(height // self.vae_scale_factor, width // self.vae_scale_factor))
+        masked_image = image_inputs.masked_image_latents
+        if masked_image is None:
+            masked_image = image_inputs.image * (image_inputs.mask < 0.5)
+        masked_image_latents = self.encode_image(masked_image.to(torch.float32), generator=generator)
+        if masked_image.shape[1] == config["latent_channels"]:  # given as latents: diffusers scales them too
+            masked_image_latents = (masked_image_latents - (config.get("shift_factor") or 0.0)) * config["scaling_factor"]
+        mask = self.repeat_to_batch(mask, batch_size=batch_size, name="mask_image")
+        masked_image_latents = self.repeat_to_batch(masked_image_latents, batch_size=batch_size, name="image")
+        return mask, masked_image_latents
+
+    @staticmethod
+    def _concatenate(*, mask: torch.Tensor, masked_image_latents: torch.Tensor):
+        """The 33-channel transformer's input: latents, mask and masked-image latents (doubled with guidance)."""
+
+        def model_input(latent_model_input: torch.Tensor) -> torch.Tensor:
+            copies = latent_model_input.shape[0] // mask.shape[0]
+            return torch.cat([latent_model_input, torch.cat([mask] * copies), torch.cat([masked_image_latents] * copies)], dim=1)
+
+        return model_input
+
+    def _blend(self, *, image_latents, mask, noise, timesteps):
+        """After each step: the unmasked part back to the image, noised to the next step's level (16 channels)."""
+
+        def blend(latents: torch.Tensor, step: int) -> torch.Tensor:
+            init_latents_proper = image_latents
+            if step < len(timesteps) - 1:
+                init_latents_proper = self.scheduler.scale_noise(image_latents, torch.tensor([timesteps[step + 1]]), noise)
+            return (1 - mask) * init_latents_proper + mask * latents
+
+        return blend
+
+    def finish_images(self, images, *, image_inputs):
+        """With `padding_mask_crop`, paste each result back onto the original image."""
+        if image_inputs is None or image_inputs.crops_coords is None:
+            return images
+        return [self.image_processor.apply_overlay(image_inputs.mask_image, image_inputs.original_image, image, image_inputs.crops_coords) for image in images]

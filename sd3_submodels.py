@@ -1,0 +1,151 @@
+"""OpenVINO submodels of a converted folder: reading and compiling them, where they run, and the folder's
+tokenizers and scheduler, all from local files.
+
+Imports only the bottom layer `sd3_layout`.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sd3_layout import (
+    CONFIG_JSON,
+    MODEL_INDEX,
+    OV_MODEL_BIN,
+    OV_MODEL_XML,
+    PIPELINE_SUBMODELS,
+    SCHEDULER_CONFIG,
+    TEXT_ENCODERS,
+    check_bin_size,
+    check_config_keys,
+    incomplete_model_error,
+    read_json,
+)
+
+VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+
+# ----------------------------------------------------------------------------------------------------------
+# One OpenVINO submodel, and where it runs
+# ----------------------------------------------------------------------------------------------------------
+
+
+class OVSubmodel:
+    """One converted submodel: its IR, its `config.json`, and a compiled model made on first use.
+
+    Calling it with named numpy inputs runs one inference and returns the outputs by name.
+    """
+
+    def __init__(self, submodel_dir: Path, *, core, device: str = "CPU", ov_config: dict | None = None):
+        model_dir = submodel_dir.parent
+        xml_path, bin_path = submodel_dir / OV_MODEL_XML, submodel_dir / OV_MODEL_BIN
+        for path in (xml_path, bin_path, submodel_dir / CONFIG_JSON):
+            if not path.is_file():
+                raise FileNotFoundError(incomplete_model_error(path, model_dir, "is missing"))
+        check_bin_size(xml_path, bin_path, model_dir)
+        self.config = read_json(submodel_dir / CONFIG_JSON, model_dir=model_dir)
+        check_config_keys(self.config, submodel=submodel_dir.name, path=submodel_dir / CONFIG_JSON, model_dir=model_dir)
+        try:
+            self.model = core.read_model(xml_path, bin_path)
+        except RuntimeError as error:
+            reason = f"could not be read ({str(error).strip().splitlines()[0]})"
+            raise ValueError(incomplete_model_error(xml_path, model_dir, reason)) from error
+        self.name = submodel_dir.name
+        self.core, self.device, self.ov_config = core, device, dict(ov_config or {})
+        self.request = None
+
+    def compile(self) -> None:
+        """Compile the model for its device and make its infer request."""
+        compiled = self.core.compile_model(self.model, self.device, self.ov_config)
+        self.request = compiled.create_infer_request()
+
+    def reshape(self, shapes: dict[str, list[int]]) -> None:
+        """Give inputs static shapes (faster on CPU, needed on NPU); the model is compiled again on next use."""
+        self.model.reshape(shapes)
+        self.request = None
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if self.request is None:
+            self.compile()
+        results = self.request.infer(inputs, share_inputs=True, share_outputs=False)
+        # An output can carry several tensor names after compilation; answer to each of them.
+        return {name: value for output, value in results.items() for name in output.get_names()}
+
+
+def device_for(device: str | dict[str, str], submodel: str) -> str:
+    """The device of `submodel`: `device` itself, or its entry in a per-submodel dict (CPU when unnamed)."""
+    return device.get(submodel, "CPU") if isinstance(device, dict) else device
+
+
+def check_devices(device: str | dict[str, str], *, available: list[str]) -> None:
+    """Name an unknown submodel or an unavailable device before OpenVINO fails deep inside compilation."""
+    if isinstance(device, dict) and set(device) - set(PIPELINE_SUBMODELS):
+        unknown = sorted(set(device) - set(PIPELINE_SUBMODELS))
+        raise ValueError(f"`device` names unknown submodels {unknown}; use {list(PIPELINE_SUBMODELS)}.")
+    if not isinstance(device, (str, dict)):
+        raise TypeError(f"`device` has to be a str such as 'CPU' or a dict by submodel but is {device!r}.")
+    for submodel, name in (device.items() if isinstance(device, dict) else [("all submodels", device)]):
+        if not isinstance(name, str):
+            raise TypeError(f"`device` for {submodel} has to be a str such as 'CPU' but is {name!r}.")
+        physical = name.split(":")[-1].split(",") if name.startswith(VIRTUAL_DEVICES) else [name]
+        missing = [part for part in physical if part and part.split(".")[0] not in {d.split(".")[0] for d in available}]
+        if missing and name not in VIRTUAL_DEVICES:
+            raise ValueError(f"`device` {name!r} for {submodel} is not available on this machine; available: {available + ['AUTO']}.")
+
+
+def submodel_ov_config(ov_config: dict | None, *, submodel: str, device: str, cache_dir: Path | None) -> dict:
+    """OpenVINO properties of one submodel: `ov_config` (shared, or its entry when keyed by submodel name),
+    the compiled-model cache, and f32 for text encoders on a GPU (they lose accuracy in f16 and cost a few ms)."""
+    ov_config = ov_config or {}
+    per_submodel = bool(ov_config) and set(ov_config) <= set(PIPELINE_SUBMODELS)
+    config = dict(ov_config.get(submodel, {}) if per_submodel else ov_config)
+    if cache_dir is not None:
+        config.setdefault("CACHE_DIR", str(cache_dir))
+    if submodel in TEXT_ENCODERS and "GPU" in device:
+        config.setdefault("INFERENCE_PRECISION_HINT", "f32")
+    return config
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say (then no batch is refused)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading the folder's tokenizers and scheduler (local files only)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(model_dir: Path, *, name: str):
+    """The Hugging Face tokenizer saved in `model_dir / name`, read from local files only."""
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = model_dir / name
+    if not tokenizer_dir.is_dir():
+        raise FileNotFoundError(incomplete_model_error(tokenizer_dir, model_dir, "is missing"))
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = f"could not be read as a tokenizer ({type(error).__name__}: {str(error).strip().splitlines()[0][:300]})"
+        raise ValueError(incomplete_model_error(tokenizer_dir, model_dir, reason)) from error
+
+
+def load_scheduler(model_dir: Path, *, model_index: dict):
+    """The diffusers scheduler named in `model_index.json`, configured from `model_dir / "scheduler"`."""
+    import diffusers
+
+    entry = model_index.get("scheduler")
+    class_name = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+    scheduler_class = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
+    if scheduler_class is None:
+        reason = f"names no diffusers scheduler (its `scheduler` entry is {entry!r})"
+        raise ValueError(incomplete_model_error(model_dir / MODEL_INDEX, model_dir, reason))
+    config_path = model_dir / "scheduler" / SCHEDULER_CONFIG
+    config = read_json(config_path, model_dir=model_dir)
+    try:
+        return scheduler_class.from_config(config)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(incomplete_model_error(config_path, model_dir, f"could not be read ({error})")) from error

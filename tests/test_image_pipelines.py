@@ -1,0 +1,276 @@
+"""Image-to-image and inpainting against diffusers' PyTorch pipelines on the tiny checkpoint, and their input checks."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sd3_helper
+from conftest import F32
+
+PARITY_ATOL = 1e-3  # max abs pixel difference in [0, 1]
+STEPS = 4
+SIZE = dict(height=48, width=64)  # not square, so that swapped sides show
+
+
+def test_image(seed: int = 0, *, height: int = 48, width: int = 64) -> Image.Image:
+    """A smooth colourful picture (a random-weight model restyles anything; this one has structure to keep)."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    rng = np.random.default_rng(seed)
+    phases = rng.uniform(0, 2 * np.pi, size=3)
+    pixels = np.stack([0.5 + 0.5 * np.sin(6 * x + 4 * y + phase) for phase in phases], axis=-1)
+    return Image.fromarray((pixels * 255).astype(np.uint8))
+
+
+def test_mask(*, height: int = 48, width: int = 64) -> np.ndarray:
+    """(H, W) float mask in {0, 1}: a rectangle in the middle to repaint."""
+    mask = np.zeros((height, width), dtype=np.float32)
+    mask[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = 1.0
+    return mask
+
+
+test_image.__test__ = test_mask.__test__ = False  # helpers, not tests
+
+
+@pytest.fixture(scope="session")
+def diffusers_image_pipelines(diffusers_pipeline):
+    """`diffusers_image_pipelines(kind, load_t5)` -> diffusers' img2img / inpaint pipeline from the same components."""
+    from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline
+
+    pipelines = {}
+
+    def load(kind: str, load_t5: bool = True):
+        if (kind, load_t5) not in pipelines:
+            cls = {"img2img": StableDiffusion3Img2ImgPipeline, "inpaint": StableDiffusion3InpaintPipeline}[kind]
+            pipe = cls.from_pipe(diffusers_pipeline(load_t5))
+            pipe.set_progress_bar_config(disable=True)
+            pipelines[kind, load_t5] = pipe
+        return pipelines[kind, load_t5]
+
+    return load
+
+
+def fix_inpaint_decode(pipe) -> None:
+    """diffusers 0.39's inpainting pipeline decodes `latents / scaling_factor` and forgets `+ shift_factor` (its
+    other SD3 pipelines add it); ours adds it. Compare against diffusers with that one line fixed."""
+    vae = pipe.vae
+    original_decode = vae.decode
+
+    def decode(latents, *args, **kwargs):
+        kwargs.pop("generator", None)
+        return original_decode(latents + vae.config.shift_factor, *args, **kwargs)
+
+    vae.decode = decode
+
+
+@pytest.fixture(scope="session")
+def ov_image_pipelines(ov_pipeline):
+    """`ov_image_pipelines(kind, load_t5)` -> our pipeline made with `from_pipe` from the cached text-to-image one."""
+    pipelines = {}
+
+    def load(kind: str, load_t5: bool = True):
+        if (kind, load_t5) not in pipelines:
+            cls = {"img2img": sd3_helper.OVStableDiffusion3Img2ImgPipeline, "inpaint": sd3_helper.OVStableDiffusion3InpaintPipeline}[kind]
+            pipelines[kind, load_t5] = cls.from_pipe(ov_pipeline("fp32", load_t5))
+        return pipelines[kind, load_t5]
+
+    return load
+
+
+def run_both(diffusers_pipe, ov_pipe, **kwargs):
+    outputs = []
+    for pipe in (diffusers_pipe, ov_pipe):
+        generator = torch.Generator().manual_seed(kwargs.get("seed", 7))
+        arguments = {key: value for key, value in kwargs.items() if key != "seed"}
+        outputs.append(pipe(num_inference_steps=STEPS, generator=generator, output_type="np", **arguments).images)
+    return outputs
+
+
+IMG2IMG_CASES = {
+    "strength-0.3": dict(strength=0.3),
+    "strength-0.75-negative": dict(strength=0.75, negative_prompt="blurry"),
+    "strength-1.0": dict(strength=1.0),
+    "guidance-off": dict(strength=0.75, guidance_scale=1.0),
+    "batch-2-prompts-2-images": dict(prompt=["a cat", "a dog"], num_images_per_prompt=2, strength=0.75),
+    "square-numpy-image": dict(image_kind="numpy", strength=0.6, height=64, width=64),
+    "tensor-image": dict(image_kind="tensor", strength=0.6),
+}
+
+
+def image_as(kind: str, image: Image.Image):
+    if kind == "numpy":
+        return np.asarray(image, dtype=np.float32)[None] / 255.0  # (1, H, W, 3) in [0, 1]
+    if kind == "tensor":
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]  # (1, 3, H, W) in [0, 1]
+    return image
+
+
+@pytest.mark.parametrize("load_t5", [True, False], ids=["t5", "no-t5"])
+@pytest.mark.parametrize("case", IMG2IMG_CASES.values(), ids=IMG2IMG_CASES.keys())
+def test_img2img_matches_diffusers(diffusers_image_pipelines, ov_image_pipelines, case, load_t5):
+    case = {"prompt": "a watercolor of a lighthouse", **SIZE, **case}
+    image = image_as(case.pop("image_kind", "pil"), test_image(height=case["height"], width=case["width"]))
+    expected, actual = run_both(diffusers_image_pipelines("img2img", load_t5), ov_image_pipelines("img2img", load_t5), image=image, **case)
+    assert actual.shape == expected.shape and actual.dtype == np.float32
+    assert np.abs(actual - expected).max() <= PARITY_ATOL
+
+
+def mask_as(kind: str, mask: np.ndarray):
+    if kind == "pil":
+        return Image.fromarray((mask * 255).astype(np.uint8))
+    if kind == "tensor":
+        return torch.from_numpy(mask)[None, None]  # (1, 1, H, W)
+    return mask
+
+
+@pytest.fixture(scope="session")
+def inpaint_pair(tmp_path_factory):
+    """`inpaint_pair(concatenating)` -> (ours, diffusers') inpainting pipelines on a tiny checkpoint with 16 latent
+    channels (diffusers' inpainting pipeline needs SD3's 16), without T5; built and converted once."""
+    from diffusers import StableDiffusion3InpaintPipeline
+
+    pairs = {}
+
+    def load(concatenating: bool = False):
+        if concatenating not in pairs:
+            name = "tiny-sd3-16ch" + ("-inpainting" if concatenating else "")
+            checkpoint = sd3_helper.make_tiny_sd3(tmp_path_factory.mktemp("checkpoint") / name, latent_channels=16, inpainting=concatenating)
+            model_dir = sd3_helper.convert_sd3(checkpoint, tmp_path_factory.mktemp("ov") / name, weight_format="fp32", load_t5=False)
+            ours = sd3_helper.OVStableDiffusion3InpaintPipeline.from_pretrained(model_dir, ov_config=F32)
+            reference = StableDiffusion3InpaintPipeline.from_pretrained(checkpoint, text_encoder_3=None, tokenizer_3=None)
+            for pipe in (ours, reference):
+                pipe.set_progress_bar_config(disable=True)
+            fix_inpaint_decode(reference)
+            pairs[concatenating] = ours, reference
+        return pairs[concatenating]
+
+    return load
+
+
+INPAINT_CASES = {
+    "pil-mask-strength-1": dict(mask_kind="pil", strength=1.0),
+    "numpy-mask-strength-0.6": dict(mask_kind="numpy", strength=0.6),
+    "tensor-mask-strength-0.8": dict(mask_kind="tensor", strength=0.8, negative_prompt="blurry"),
+    "padding-mask-crop": dict(mask_kind="pil", strength=0.9, padding_mask_crop=4, output_type="pil"),
+    "two-images-per-prompt": dict(mask_kind="pil", strength=0.75, num_images_per_prompt=2),
+}
+
+
+@pytest.mark.parametrize("case", INPAINT_CASES.values(), ids=INPAINT_CASES.keys())
+def test_inpaint_matches_diffusers(inpaint_pair, case):
+    case = {"prompt": "a red ball", **SIZE, **case}
+    mask = mask_as(case.pop("mask_kind"), test_mask())
+    output_type = case.pop("output_type", "np")
+    outputs = []
+    ours, reference = inpaint_pair(concatenating=False)
+    for pipe in (reference, ours):
+        outputs.append(
+            pipe(image=test_image(), mask_image=mask, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(3), output_type=output_type, **case).images
+        )
+    expected, actual = (np.stack([np.asarray(image, dtype=np.float32) / 255 for image in images]) if output_type == "pil" else images for images in outputs)
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() <= (1 / 255 + 1e-6 if output_type == "pil" else PARITY_ATOL)
+
+
+def test_inpaint_keeps_the_unmasked_part(ov_image_pipelines):
+    """After the last step the latents outside the mask are the image's own (the first draw of the generator)."""
+    pipe = ov_image_pipelines("inpaint")
+    image, mask = test_image(), test_mask()
+    latents = pipe(
+        "a red ball", image=image, mask_image=mask, strength=1.0, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(3), output_type="latent", **SIZE
+    ).images
+    image_latents = pipe.encode_image(pipe.preprocess_image(image, **SIZE), generator=torch.Generator().manual_seed(3))
+    factor = pipe.vae_scale_factor
+    keep = torch.from_numpy(mask[::factor, ::factor] < 0.5)  # latent cells wholly outside the rectangle
+    assert torch.allclose(latents[..., keep], image_latents[..., keep], atol=1e-5)
+    assert not torch.allclose(latents[..., ~keep], image_latents[..., ~keep], atol=1e-2)
+
+
+def test_from_pipe_shares_the_compiled_submodels(ov_pipeline):
+    pipe = ov_pipeline("fp32")
+    img2img = sd3_helper.OVStableDiffusion3Img2ImgPipeline.from_pipe(pipe)
+    inpaint = sd3_helper.OVStableDiffusion3InpaintPipeline.from_pipe(img2img)
+    for name in ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder"):
+        assert getattr(img2img, name) is getattr(pipe, name) and getattr(inpaint, name) is getattr(pipe, name)
+    assert inpaint.vae_encoder is img2img.vae_encoder and img2img.vae_encoder is not None
+    assert img2img.scheduler is not pipe.scheduler and img2img._call_lock is pipe._call_lock
+
+
+# -- The 33-channel inpainting transformer ------------------------------------------------------------------
+
+
+def test_inpaint_with_a_concatenating_transformer_matches_diffusers(inpaint_pair):
+    ours, reference = inpaint_pair(concatenating=True)
+    assert ours.concatenates_mask and ours.transformer.config["in_channels"] == 2 * 16 + 1
+    for strength in (1.0, 0.7):
+        expected, actual = run_both(reference, ours, prompt="a red ball", image=test_image(), mask_image=test_mask(), strength=strength, **SIZE)
+        assert np.abs(actual - expected).max() <= PARITY_ATOL
+
+
+# -- openvino.genai on our folder ---------------------------------------------------------------------------
+
+
+def genai_tensor(image: Image.Image):
+    import openvino as ov
+
+    return ov.Tensor(np.asarray(image, dtype=np.uint8)[None])
+
+
+def test_genai_image_to_image_and_inpainting_on_our_folder(converted, ov_image_pipelines):
+    import openvino_genai
+
+    folder = converted("fp32", True)
+    common = dict(prompt="a red ball", strength=0.75, num_inference_steps=STEPS, guidance_scale=5.0, **SIZE)
+    img2img = sd3_helper.make_genai_pipeline(folder, task="image-to-image", ov_config=F32)
+    inpaint = sd3_helper.make_genai_pipeline(folder, task="inpainting", ov_config=F32)
+    assert isinstance(img2img, openvino_genai.Image2ImagePipeline) and isinstance(inpaint, openvino_genai.InpaintingPipeline)
+    mask = Image.fromarray((test_mask() * 255).astype(np.uint8)).convert("RGB")
+    results = {}
+    for name, pipe, extra in (("img2img", img2img, {}), ("inpaint", inpaint, {"mask_image": genai_tensor(mask)})):
+        arguments = {key: value for key, value in common.items() if key != "prompt"}
+        genai = pipe.generate(common["prompt"], genai_tensor(test_image()), **extra, generator=openvino_genai.TorchGenerator(5), **arguments)
+        ours = ov_image_pipelines(name)(
+            image=test_image(), **({"mask_image": mask} if extra else {}), generator=torch.Generator().manual_seed(5), output_type="np", **common
+        ).images
+        results[name] = np.abs(genai.data.astype(np.float32) / 255 - ours)
+        print(f"\ngenai vs ours, {name}: max {results[name].max():.4f}, mean {results[name].mean():.5f}")
+    # Measured: max 0.0039 for both, i.e. genai's uint8 rounding only (it adds the VAE shift back when inpainting,
+    # as we do, and draws the VAE sample and the noise from the generator in the same order).
+    assert results["img2img"].max() <= 1 / 255 + 1e-6
+    assert results["inpaint"].max() <= 1 / 255 + 1e-6
+
+
+# -- Bad input ----------------------------------------------------------------------------------------------
+
+BAD_IMAGE_INPUTS = {
+    "strength-above-1": (dict(strength=1.5), ValueError, "`strength` has to be between 0 and 1 but is 1.5"),
+    "strength-negative": (dict(strength=-0.1), ValueError, "`strength` has to be between 0 and 1 but is -0.1"),
+    "strength-str": (dict(strength="0.5"), TypeError, "`strength` has to be a number between 0 and 1 but is str"),
+    "no-step-left": (dict(strength=0.2, num_inference_steps=4), ValueError, "leaves no denoising step (4 x 0.2 < 1). Use `strength` >= 0.25"),
+    "image-missing": (dict(image=None), ValueError, "`image` is required"),
+    "image-not-an-image": (dict(image="cat.png"), TypeError, "`image` has to be a PIL image, a numpy array"),
+    "height-beyond-maximum": (dict(height=400), ValueError, "`height` and `width` must be between 4 and 192"),
+}
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_IMAGE_INPUTS.values(), ids=BAD_IMAGE_INPUTS.keys())
+def test_img2img_bad_input(ov_image_pipelines, kwargs, error, message):
+    arguments = {"prompt": "a cat", "image": test_image(), "num_inference_steps": 2, **SIZE, **kwargs}
+    with pytest.raises(error) as raised:
+        ov_image_pipelines("img2img")(**arguments)
+    assert message in str(raised.value)
+
+
+BAD_MASKS = {
+    "other-size": (lambda: test_mask(height=32, width=32), ValueError, "`mask_image` is (32, 32) (height, width) but `image` is (48, 64)"),
+    "0-255-values": (lambda: test_mask() * 255, ValueError, "`mask_image` values have to be in [0, 1]"),
+    "not-an-image": (lambda: [[0, 1]], TypeError, "`mask_image` has to be a PIL image"),
+    "missing": (lambda: None, ValueError, "`mask_image` is required"),
+}
+
+
+@pytest.mark.parametrize(("make_mask", "error", "message"), BAD_MASKS.values(), ids=BAD_MASKS.keys())
+def test_inpaint_bad_mask(ov_image_pipelines, make_mask, error, message):
+    with pytest.raises(error) as raised:
+        ov_image_pipelines("inpaint")("a cat", image=test_image(), mask_image=make_mask(), num_inference_steps=2, **SIZE)
+    assert message in str(raised.value)
