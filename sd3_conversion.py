@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from sd3_layout import (
+    BLOCK_MASK,
     COPIED_COMPONENTS,
     HYBRID_WEIGHT_FORMAT,
     MODEL_INDEX,
@@ -175,14 +177,48 @@ class T5EncoderExport(torch.nn.Module):
         return self.model(input_ids=input_ids, return_dict=True).last_hidden_state
 
 
+class _BlockMaskHolder:
+    """The block mask of the call being traced, shared by the gated blocks (a plain object: not a submodule)."""
+
+    mask: torch.Tensor | None = None
+
+
+class GatedBlock(torch.nn.Module):
+    """A transformer block that runs where `block_mask[index]` is 1 and passes its inputs through where it is 0,
+    as diffusers' `skip_layers` does. Both results are computed and one is selected, so the traced graph is the
+    same for every mask."""
+
+    def __init__(self, block: torch.nn.Module, *, index: int, holder: _BlockMaskHolder):
+        super().__init__()
+        self.block, self.index, self.holder = block, index, holder
+
+    def forward(self, hidden_states, encoder_hidden_states, temb, joint_attention_kwargs=None):
+        encoder_out, hidden_out = self.block(
+            hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb, joint_attention_kwargs=joint_attention_kwargs
+        )
+        runs = self.holder.mask[self.index] > 0.5
+        hidden_out = torch.where(runs, hidden_out, hidden_states)
+        if encoder_out is not None:  # the last block returns no text stream
+            encoder_out = torch.where(runs, encoder_out, encoder_hidden_states)
+        return encoder_out, hidden_out
+
+
 class TransformerExport(torch.nn.Module):
-    """MMDiT transformer -> out_sample (the predicted flow)."""
+    """MMDiT transformer -> out_sample (the predicted flow), with a per-block mask (see `GatedBlock`).
+
+    The mask becomes an OpenVINO state initialised to ones (`parameter_to_state`), not an input: runtimes that
+    do not know it (optimum-intel, openvino.genai) run every block, and ours sets it for skip-layer guidance."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.holder = _BlockMaskHolder()
+        model.transformer_blocks = torch.nn.ModuleList(
+            GatedBlock(block, index=index, holder=self.holder) for index, block in enumerate(model.transformer_blocks)
+        )
 
-    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep):  # optimum-intel's order
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, block_mask):  # optimum-intel's order
+        self.holder.mask = block_mask
         return self.model(
             hidden_states=hidden_states,
             timestep=timestep,
@@ -224,6 +260,7 @@ class ExportSpec:
     output_names: list[str]
     source: torch.nn.Module  # the diffusers / transformers model, whose config is saved beside the IR
     runtime_options: dict[str, str] | None = None
+    states: dict[str, np.ndarray] | None = None  # inputs that become OpenVINO states, with their initial values
 
 
 def _clip_spec(model) -> ExportSpec:
@@ -297,14 +334,17 @@ def _transformer_spec(model) -> ExportSpec:
         "encoder_hidden_states": torch.randn(2, 16, config.joint_attention_dim),
         "pooled_projections": torch.randn(2, config.pooled_projection_dim),
         "timestep": torch.tensor([500.0, 500.0]),
+        BLOCK_MASK: torch.ones(config.num_layers),
     }
     input_shapes = {
         "hidden_states": [-1, config.in_channels, -1, -1],
         "encoder_hidden_states": [-1, -1, config.joint_attention_dim],
         "pooled_projections": [-1, config.pooled_projection_dim],
         "timestep": [-1],
+        BLOCK_MASK: [config.num_layers],
     }
-    return ExportSpec(TransformerExport(model), example_input, input_shapes, ["out_sample"], source=model)
+    states = {BLOCK_MASK: np.ones(config.num_layers, dtype=np.float32)}
+    return ExportSpec(TransformerExport(model), example_input, input_shapes, ["out_sample"], source=model, states=states)
 
 
 def _vae_decoder_spec(vae) -> ExportSpec:
@@ -494,6 +534,8 @@ def _export_submodel(spec: ExportSpec, *, submodel: str, weight_format: str, out
     ov_model.reshape({name: ov.PartialShape(shape) for name, shape in spec.input_shapes.items()})
     for ov_output, name in zip(ov_model.outputs, spec.output_names):
         ov_output.get_tensor().set_names({name})
+    for name, initial in (spec.states or {}).items():
+        ov_model = parameter_to_state(ov_model, name=name, initial=initial)
     ov_model = compress_weights(ov_model, submodel=submodel, weight_format=weight_format)
     ov_model.set_rt_info(weight_format, RT_INFO_WEIGHT_FORMAT)
     for option, value in (spec.runtime_options or {}).items():
@@ -502,6 +544,25 @@ def _export_submodel(spec: ExportSpec, *, submodel: str, weight_format: str, out
     with staged_dir(output_dir / submodel) as staging:
         ov.save_model(ov_model, staging / OV_MODEL_XML, compress_to_fp16=weight_format != "fp32")
         _save_config(spec.source, staging)
+
+
+def parameter_to_state(ov_model, *, name: str, initial: np.ndarray):
+    """The model with its input `name` replaced by an OpenVINO state (ReadValue + Assign) that starts at `initial`:
+    callers that never set it get `initial`; `infer_request.query_state()` sets it for a call."""
+    import openvino as ov
+    from openvino import opset13 as ops
+    from openvino.op.util import Variable, VariableInfo
+
+    parameter = next(p for p in ov_model.get_parameters() if name in p.output(0).get_names())
+    info = VariableInfo()
+    info.data_shape, info.data_type, info.variable_id = ov.PartialShape(list(initial.shape)), ov.Type.f32, name
+    variable = Variable(info)
+    read = ops.read_value(ops.constant(initial.astype(np.float32)), variable)
+    for target in list(parameter.output(0).get_target_inputs()):
+        target.replace_source_output(read.output(0))
+    parameters = [p for p in ov_model.get_parameters() if p is not parameter]
+    sinks = list(ov_model.get_sinks()) + [ops.assign(read, variable)]
+    return ov.Model(ov_model.get_results(), sinks, parameters, list(ov_model.get_variables()) + [variable], ov_model.get_friendly_name())
 
 
 def _save_openvino_tokenizer(tokenizer, directory: Path) -> None:

@@ -36,6 +36,7 @@ WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "int8-hybrid")  # int8-hybrid:
 HYBRID_WEIGHT_FORMAT = "int8-hybrid"
 RT_INFO_WEIGHT_FORMAT = ["sd3_helper", "weight_format"]  # where a converted IR records its weight format
 
+BLOCK_MASK = "block_mask"  # the transformer IR's state: 1 runs a block, 0 skips it (skip-layer guidance)
 PIPELINE_SUBMODELS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")

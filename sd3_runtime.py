@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sd3_layout import (
+    BLOCK_MASK,
     CONFIG_JSON,
     GENERATION_DEFAULTS,
     OV_TOKENIZER_XML,
@@ -98,6 +99,22 @@ class TaylorSeerCache:
     def predict(self, step: int) -> torch.Tensor:
         """The transformer's output at `step`, extrapolated from the last two computed steps."""
         return self.value if self.derivative is None else self.value + self.derivative * (step - self.step)
+
+
+@dataclass(frozen=True)
+class SkipLayerGuidance:
+    """diffusers' skip-layer guidance: on the steps strictly between `start` and `stop` (fractions of the steps),
+    one more transformer pass on the positive prompt with the blocks `layers` skipped, and the guided flow moves
+    away from it by `scale` x (conditional - skipped). Stability recommends layers 7, 8, 9 for SD3.5 Medium."""
+
+    layers: tuple[int, ...]
+    scale: float = 2.8
+    start: float = 0.01
+    stop: float = 0.2
+
+    def active(self, step: int, *, num_steps: int) -> bool:
+        """True when `step` (0-based, of `num_steps`) runs the extra pass, as diffusers decides it."""
+        return num_steps * self.start < step < num_steps * self.stop
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -380,6 +397,37 @@ class OVStableDiffusion3Pipeline:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"`{name}` has to be an int (pixels) but is {type(value).__name__}: {value!r:.80}. Pass e.g. {self.size_rules.default}.")
         self.size_rules.check(height=height, width=width)
+
+    def check_skip_layer_guidance(self, *, layers, scale, start, stop, guidance_scale) -> SkipLayerGuidance | None:
+        """The call's `SkipLayerGuidance` (None without `skip_guidance_layers`), or a named error."""
+        if layers is None:
+            return None
+        num_layers = self.transformer.config["num_layers"]
+        if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise TypeError(f"`skip_guidance_layers` has to be a non-empty list of block indices (e.g. [7, 8, 9]) but is {layers!r:.80}.")
+        if not all(0 <= index < num_layers for index in layers):
+            raise ValueError(f"`skip_guidance_layers` {list(layers)} has indices outside 0..{num_layers - 1}: this transformer has {num_layers} blocks.")
+        for name, value in (("skip_layer_guidance_scale", scale), ("skip_layer_guidance_start", start), ("skip_layer_guidance_stop", stop)):
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+                raise TypeError(f"`{name}` has to be a finite number but is {value!r:.80}.")
+        if not 0.0 <= start < stop <= 1.0:
+            raise ValueError(
+                f"`skip_layer_guidance_start` and `skip_layer_guidance_stop` have to satisfy 0 <= start < stop <= 1 (fractions "
+                f"of the steps) but are {start} and {stop}."
+            )
+        if guidance_scale <= 1.0:
+            raise ValueError(
+                f"Skip-layer guidance needs classifier-free guidance (`guidance_scale` > 1) but `guidance_scale` is "
+                f"{guidance_scale}; diffusers would silently ignore `skip_guidance_layers` here. Raise `guidance_scale` or drop the layers."
+            )
+        if BLOCK_MASK not in self.transformer.state_names:
+            raise ValueError(
+                f"`{self.model_dir / 'transformer'}` has no `{BLOCK_MASK}` state, so its blocks cannot be skipped (an export of "
+                "another tool or an older version): convert the checkpoint again with `convert_sd3(..., overwrite=True)`."
+            )
+        if self._static_shape is not None:
+            raise ValueError("Skip-layer guidance runs the transformer on another batch size: load the pipeline without `reshape` to use it.")
+        return SkipLayerGuidance(layers=tuple(layers), scale=float(scale), start=float(start), stop=float(stop))
 
     def _check_numbers(self, *, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, max_sequence_length, clip_skip) -> None:
         self.check_size(height=height, width=width)
@@ -667,6 +715,21 @@ class OVStableDiffusion3Pipeline:
         )["out_sample"]
         return torch.from_numpy(noise_pred)
 
+    def predict_skipping(self, latents: torch.Tensor, *, timestep: torch.Tensor, text: tuple[np.ndarray, np.ndarray], layers: tuple[int, ...]) -> torch.Tensor:
+        """One transformer call on `latents` and the positive `text` with the blocks `layers` skipped (the
+        transformer's `block_mask` state set to 0 there for this call)."""
+        mask = np.ones(self.transformer.config["num_layers"], dtype=np.float32)
+        mask[list(layers)] = 0.0
+        encoder_hidden_states, pooled_projections = text
+        noise_pred = self.transformer.call_with_states(
+            {BLOCK_MASK: mask},
+            hidden_states=latents.numpy(),
+            timestep=np.full(latents.shape[0], timestep.item(), dtype=np.float32),
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+        )["out_sample"]
+        return torch.from_numpy(noise_pred)
+
     @staticmethod
     def guide(noise_pred: torch.Tensor, *, guidance_scale: float) -> torch.Tensor:
         """Classifier-free guidance: move from the unconditional prediction past the conditional one."""
@@ -687,16 +750,19 @@ class OVStableDiffusion3Pipeline:
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
         conditioning=None,
+        skip_layer_guidance: SkipLayerGuidance | None = None,
     ) -> torch.Tensor:
         """The denoising loop: predict the flow (or take it from the step cache), guide it, take a scheduler step.
 
         `conditioning` (from `initial_latents`) may add transformer input channels (`model_input`) and change the
-        latents after each step (`after_step`), as inpainting does."""
-        model_input = getattr(conditioning, "model_input", None)
-        after_step = getattr(conditioning, "after_step", None)
+        latents after each step (`after_step`), as inpainting does. `skip_layer_guidance` adds its extra pass on
+        the steps of its window."""
         from tqdm.auto import tqdm
 
+        model_input = getattr(conditioning, "model_input", None)
+        after_step = getattr(conditioning, "after_step", None)
         text = (prompt_embeds.numpy(), pooled_prompt_embeds.numpy())
+        positive_text = tuple(array[len(array) // 2 :] for array in text)  # guidance batches are [negative, positive]
         cache = TaylorSeerCache(taylorseer, num_steps=len(timesteps)) if taylorseer else None
         for step, t in enumerate(tqdm(timesteps, **self._progress_bar_config)):
             if self.interrupt:
@@ -707,8 +773,11 @@ class OVStableDiffusion3Pipeline:
                     cache.update(step, noise_pred)
             else:
                 noise_pred = cache.predict(step)
-            noise_pred = self.guide(noise_pred, guidance_scale=guidance_scale)
-            latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            guided = self.guide(noise_pred, guidance_scale=guidance_scale)
+            if skip_layer_guidance is not None and skip_layer_guidance.active(step, num_steps=len(timesteps)):
+                skipped = self.predict_skipping(latents, timestep=t, text=positive_text, layers=skip_layer_guidance.layers)
+                guided = guided + (noise_pred.chunk(2)[1] - skipped) * skip_layer_guidance.scale
+            latents = self.scheduler.step(guided, t, latents, return_dict=False)[0]
             if after_step is not None:
                 latents = after_step(latents, step)
             if callback_on_step_end is not None:
@@ -762,6 +831,10 @@ class OVStableDiffusion3Pipeline:
         max_sequence_length: int = GENERATION_DEFAULTS.max_sequence_length,
         mu: float | None = None,
         taylorseer: TaylorSeerConfig | None = None,
+        skip_guidance_layers: list[int] | None = None,
+        skip_layer_guidance_scale: float = 2.8,
+        skip_layer_guidance_stop: float = 0.2,
+        skip_layer_guidance_start: float = 0.01,
         image_inputs=None,
     ) -> SD3PipelineOutput | tuple:
         """Generate images from text. Arguments mean what they mean in diffusers' `StableDiffusion3Pipeline`.
@@ -770,7 +843,9 @@ class OVStableDiffusion3Pipeline:
         `callback_on_step_end(pipe, step, timestep, callback_kwargs)` is called after every step with the
         tensors named in `callback_on_step_end_tensor_inputs`; it may return replacements for them, and may set
         `pipe._interrupt = True` to stop. `taylorseer=TaylorSeerConfig()` skips the transformer on about half of
-        the steps (openvino.genai's default step caching); None (the default) runs it on every step. Calls from
+        the steps (openvino.genai's default step caching); None (the default) runs it on every step.
+        `skip_guidance_layers` (e.g. [7, 8, 9] for SD3.5 Medium) turns on skip-layer guidance with diffusers'
+        meaning and defaults (see `SkipLayerGuidance`); it needs guidance (`guidance_scale > 1`). Calls from
         several threads run one after another. Returns `SD3PipelineOutput(images=...)`, or `(images,)` when
         `return_dict=False`. `image_inputs` is set by the image-to-image and inpainting pipelines.
         """
@@ -788,6 +863,11 @@ class OVStableDiffusion3Pipeline:
             generator=generator, callback_on_step_end=callback_on_step_end, other_prompts=dict(
                 prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3
             ),
+        )  # fmt: skip
+
+        skip_layer_guidance = self.check_skip_layer_guidance(
+            layers=skip_guidance_layers, scale=skip_layer_guidance_scale, start=skip_layer_guidance_start,
+            stop=skip_layer_guidance_stop, guidance_scale=guidance_scale,
         )  # fmt: skip
 
         # 2. Define call parameters
@@ -828,6 +908,7 @@ class OVStableDiffusion3Pipeline:
                 latents, timesteps=timesteps, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                 guidance_scale=guidance_scale, taylorseer=taylorseer, callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, conditioning=conditioning,
+                skip_layer_guidance=skip_layer_guidance,
             )  # fmt: skip
 
             # 7. Decode

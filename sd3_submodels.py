@@ -64,6 +64,26 @@ class OVSubmodel:
         self.model.reshape(shapes)
         self.request = None
 
+    @property
+    def state_names(self) -> list[str]:
+        """The model's OpenVINO states (the transformer's `block_mask`, for skip-layer guidance)."""
+        return [variable.get_info().variable_id for variable in self.model.get_variables()]
+
+    def call_with_states(self, states: dict[str, np.ndarray], **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run once with the named states set to `states`, then reset them to their initial values."""
+        import openvino as ov
+
+        if self.request is None:
+            self.compile()
+        by_name = {state.name: state for state in self.request.query_state()}
+        for name, value in states.items():
+            by_name[name].state = ov.Tensor(np.ascontiguousarray(value))
+        try:
+            return self(**inputs)
+        finally:
+            for name in states:
+                by_name[name].reset()
+
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         if self.request is None:
             self.compile()

@@ -18,6 +18,13 @@ from sd3_conversion import quiet_progress_bars
 from sd3_layout import staged_dir
 
 LATENT_CHANNELS = 4  # the tiny VAE's latent channels by default (SD3's has 16)
+# Transformer options that give each family its block types (the real models: SD3 Medium 24 plain blocks;
+# SD3.5 Medium 24 blocks with qk-norm, the first 13 with dual attention; SD3.5 Large 38 blocks with qk-norm).
+TINY_FAMILIES = {
+    "sd3": dict(num_layers=2),
+    "sd3.5-medium": dict(num_layers=4, qk_norm="rms_norm", dual_attention_layers=(0, 1)),
+    "sd3.5-large": dict(num_layers=3, qk_norm="rms_norm"),
+}
 # A small built-in corpus the tokenizers are trained on; it only needs to cover common prompt words.
 TOKENIZER_CORPUS = [
     "a photo of a cat sitting on a wooden table",
@@ -100,10 +107,13 @@ def _clip_text_encoder(*, hidden_size: int, vocab_size: int, pad_token_id: int, 
     return CLIPTextModelWithProjection(config).eval()
 
 
-def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0, latent_channels: int = LATENT_CHANNELS, inpainting: bool = False) -> Path:
+def make_tiny_sd3(
+    output_dir: str | Path, *, seed: int = 0, family: str = "sd3", latent_channels: int = LATENT_CHANNELS, inpainting: bool = False
+) -> Path:
     """Write a tiny random-weight SD3 checkpoint in diffusers format to `output_dir` and return its path.
 
-    `latent_channels` is the VAE's (SD3's real VAE has 16; diffusers' inpainting pipeline works only with 16).
+    `family` picks the transformer's block types (`TINY_FAMILIES`: "sd3", "sd3.5-medium" with qk-norm and
+    dual-attention blocks, "sd3.5-large" with qk-norm). `latent_channels` is the VAE's (SD3's real VAE has 16; diffusers' inpainting pipeline works only with 16).
     With `inpainting=True` the transformer reads 2 * latent_channels + 1 input channels (latents, mask and
     masked-image latents), like the 33-channel SD3 inpainting models.
 
@@ -120,6 +130,8 @@ def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0, latent_channels: int
     )
     from transformers import T5Config, T5EncoderModel
 
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"`family` must be one of {list(TINY_FAMILIES)} but is {family!r}.")
     output_dir = Path(output_dir)
     clip_l_width, clip_g_width, t5_width = 32, 48, 96  # all different, as in the real model (768, 1280, 4096)
 
@@ -164,7 +176,7 @@ def make_tiny_sd3(output_dir: str | Path, *, seed: int = 0, latent_channels: int
         patch_size=2,
         in_channels=2 * latent_channels + 1 if inpainting else latent_channels,
         out_channels=latent_channels,
-        num_layers=2,
+        **TINY_FAMILIES[family],
         attention_head_dim=8,
         num_attention_heads=4,
         joint_attention_dim=t5_width,  # CLIP embeddings are zero-padded to the T5 width

@@ -274,3 +274,37 @@ def test_inpaint_bad_mask(ov_image_pipelines, make_mask, error, message):
     with pytest.raises(error) as raised:
         ov_image_pipelines("inpaint")("a cat", image=test_image(), mask_image=make_mask(), num_inference_steps=2, **SIZE)
     assert message in str(raised.value)
+
+
+FROM_PIPE_SCRIPT = """
+import resource, sys, torch
+from sd3_helper import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline, OVStableDiffusion3Pipeline
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+common = dict(height=48, width=64, num_inference_steps=2, output_type="np")
+pipe = OVStableDiffusion3Pipeline.from_pretrained(sys.argv[1])
+image = pipe("a cat", **common).images[0]
+before = peak()
+img2img = OVStableDiffusion3Img2ImgPipeline.from_pipe(pipe)
+img2img("a cat", image=image, strength=0.5, **common)
+inpaint = OVStableDiffusion3InpaintPipeline.from_pipe(pipe)
+inpaint("a cat", image=image, mask_image=(image[..., 0] > 0.5).astype("float32"), strength=0.5, **common)
+print(before, peak())
+"""
+
+
+def test_from_pipe_adds_at_most_five_percent_to_peak_rss(converted):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run(
+        [sys.executable, "-c", FROM_PIPE_SCRIPT, str(converted("fp32", True))],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = map(int, result.stdout.split()[-2:])
+    print(f"\npeak RSS {before / 1e9:.2f} GB -> {after / 1e9:.2f} GB with image-to-image and inpainting from_pipe")
+    assert after <= 1.05 * before
