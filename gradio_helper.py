@@ -1,12 +1,13 @@
-"""An interactive Gradio demo for Stable Diffusion 3 with OpenVINO.
+"""An interactive Gradio demo for Stable Diffusion 3 with OpenVINO: text to image, image to image, inpainting.
 
     from gradio_helper import make_demo
 
     demo = make_demo(pipeline)  # an `OVStableDiffusion3Pipeline` (or diffusers' `StableDiffusion3Pipeline`)
     demo.launch()  # inline in Jupyter; `demo.close()` stops it
 
-Compiled OpenVINO models are not re-entrant, so the demo runs one generation at a time per pipeline and queues
-the other requests. Every field is checked before anything runs, and bad input becomes a readable `gr.Error`
+The three tabs share one set of compiled models (`from_pipe`; diffusers' pipeline gets the text tab only).
+Compiled OpenVINO models are not re-entrant, so the demo runs one generation at a time, whichever tab asks, and
+queues the other requests. Every field is checked before anything runs, and bad input becomes a readable `gr.Error`
 that names the field, its value and the fix. The denoising steps show as a progress bar, and the Stop button
 ends the running generation after its current step.
 
@@ -15,6 +16,7 @@ User mistakes (no model folder, a port in use) exit with status 2 and one `error
 """
 
 import argparse
+import contextlib
 import logging
 import math
 import random
@@ -110,6 +112,86 @@ def _as_finite(value, *, name: str, minimum: float, maximum: float) -> float:
     return number
 
 
+TASKS = ("text-to-image", "image-to-image", "inpainting")  # the demo's tabs, by openvino.genai's task names
+# Inpainting's default strength. SD3's usual 16-channel transformer knows what lies under the mask only through the
+# latents it starts from: at 1.0 that is pure noise, and the repaint often ignores the colours and light around it
+# (a visible patch). 0.85 starts from the image noised to 85 % of the schedule: a trace of the original colours and
+# shapes stays, so the repaint fits in, and the content is still replaced. A 33-channel inpainting transformer sees
+# the masked image in every step's input, so it starts from pure noise (1.0).
+INPAINTING_STRENGTH = 0.85
+PAINT_THE_MASK = "paint the area to repaint with the brush (white = repaint)"
+
+
+def _check_image(value, *, name: str, missing: str):
+    """`value` (an image field, None when nothing was uploaded) as a PIL image, or a ValueError or TypeError."""
+    import PIL.Image
+
+    if value is None:
+        raise ValueError(f"`{name}` is missing: {missing}.")
+    if not isinstance(value, PIL.Image.Image):
+        raise TypeError(f"`{name}` has to be a PIL image but is {type(value).__name__}: {value!r:.80}.")
+    return value
+
+
+def _check_mask(value, *, image):
+    """`value` as a mask of `image`'s size with something to repaint (white after binarizing at 128, as diffusers)."""
+    mask = _check_image(value, name="mask_image", missing=PAINT_THE_MASK)
+    if mask.size != image.size:
+        raise ValueError(
+            f"`mask_image` is {mask.width}x{mask.height} but `image` is {image.width}x{image.height} (width x height); "
+            "paint the mask on the image, at its size."
+        )
+    if mask.convert("L").point(lambda value: 255 if value >= 128 else 0).getbbox() is None:
+        raise ValueError(f"`mask_image` is empty: nothing is painted. Please {PAINT_THE_MASK}.")
+    return mask
+
+
+def _check_strength(value, *, num_inference_steps: int) -> float:
+    """`value` as a strength in [0, 1] that leaves at least one denoising step (the pipelines' rule)."""
+    strength = _as_finite(value, name="strength", minimum=0.0, maximum=1.0)
+    if strength * num_inference_steps < 1:
+        raise ValueError(
+            f"`strength` {strength} with `num_inference_steps` {num_inference_steps} leaves no denoising step "
+            f"({num_inference_steps} x {strength} < 1). Use `strength` >= {1 / num_inference_steps:.4g} or more steps."
+        )
+    return strength
+
+
+def image_and_mask_from_editor(value: dict | None) -> tuple:
+    """The uploaded image (RGB) and the painted mask ("L", white where any layer is painted) of a `gr.ImageEditor`
+    value: a dict of PIL images `background`, `layers` (RGBA, transparent where nothing is painted) and
+    `composite`. Either is None when missing: no image uploaded, or no layer sent.
+    """
+    import PIL.Image
+    import PIL.ImageChops
+
+    if not value or value.get("background") is None:
+        return None, None
+    background = value["background"].convert("RGBA")
+    image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", background.size, "white"), background).convert("RGB")
+    layers = [layer for layer in value.get("layers") or [] if layer is not None]
+    if not layers:
+        return image, None
+    mask = PIL.Image.new("L", image.size, 0)
+    for index, layer in enumerate(layers):
+        if layer.size != image.size:
+            raise ValueError(
+                f"`mask_image` layer {index} is {layer.width}x{layer.height} but `image` is "
+                f"{image.width}x{image.height} (width x height); paint the layers on the image, at its size."
+            )
+        painted = layer.convert("RGBA").getchannel("A").point(lambda alpha: 255 if alpha > 0 else 0)
+        mask = PIL.ImageChops.lighter(mask, painted)
+    return image, mask
+
+
+def fit_size(image_size: tuple[int, int], rules: SizeRules) -> tuple[int, int]:
+    """(width, height) for an uploaded image of `image_size`: its own size, scaled down (keeping its aspect ratio)
+    to at most the model's native area (`rules.default` squared), each side snapped to a size the model accepts."""
+    width, height = image_size
+    scale = min(1.0, rules.default / math.sqrt(width * height))
+    return rules.snap(width * scale), rules.snap(height * scale)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One checked request of the demo, in the types the pipeline takes."""
@@ -121,21 +203,72 @@ class GenerationRequest:
     height: int
     guidance_scale: float
     num_inference_steps: int
+    task: str = "text-to-image"  # one of `TASKS`
+    image: object = None  # image tasks: a PIL image of any size (the pipeline resizes it to width x height)
+    mask_image: object = None  # inpainting: a PIL image of the image's size; white repaints
+    strength: float | None = None  # image tasks: the share of the denoising schedule that runs
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps that run: all for text to image, the last `strength` share of them for the image tasks."""
+        if self.strength is None:
+            return self.num_inference_steps
+        # As diffusers' `get_timesteps`, float for float: 10 steps at 0.8 run 8 (10 * (1 - 0.8) would skip only 1)
+        init_timestep = min(self.num_inference_steps * self.strength, self.num_inference_steps)
+        return self.num_inference_steps - int(max(self.num_inference_steps - init_timestep, 0))
+
+
+def demo_pipelines(pipeline) -> dict:
+    """The pipeline of each task the demo serves, by `TASKS` name, all sharing `pipeline`'s compiled models.
+
+    For an `OVStableDiffusion3Pipeline` (or one of its image pipelines): text to image, and image to image and
+    inpainting built with `from_pipe` (nothing compiles again; the VAE encoder is loaded once if `pipeline` lacks
+    it). For another pipeline (diffusers'), or a folder without `vae_encoder/`, text to image only, with a warning.
+    """
+    from sd3_helper import (
+        OVStableDiffusion3Img2ImgPipeline,
+        OVStableDiffusion3InpaintPipeline,
+        OVStableDiffusion3Pipeline,
+    )
+
+    if not isinstance(pipeline, OVStableDiffusion3Pipeline):
+        return {"text-to-image": pipeline}
+    text_to_image = pipeline
+    if isinstance(pipeline, OVStableDiffusion3Img2ImgPipeline):  # its call needs an image
+        text_to_image = OVStableDiffusion3Pipeline.from_pipe(pipeline)
+    try:
+        image_to_image = OVStableDiffusion3Img2ImgPipeline.from_pipe(pipeline)
+        inpainting = OVStableDiffusion3InpaintPipeline.from_pipe(image_to_image)  # shares its VAE encoder
+    except (OSError, ValueError) as error:  # no `vae_encoder/` in the folder, a transformer inpainting cannot use
+        logger.warning("The demo offers text to image only: %s", error)
+        return {"text-to-image": text_to_image}
+    return {"text-to-image": text_to_image, "image-to-image": image_to_image, "inpainting": inpainting}
 
 
 class GenerationRunner:
-    """Runs a pipeline for the demo: checks the request, one generation at a time, progress, and stop.
+    """Runs the demo's pipelines: checks the request, one generation at a time, progress, and stop.
 
-    Plain Python (no Gradio), so it can be tested and reused without a UI.
+    `pipeline` serves text to image; `image_to_image` and `inpainting` (optional) are pipelines that share its
+    compiled models (see `demo_pipelines`), so one lock serves all three. Plain Python (no Gradio), so it can be
+    tested and reused without a UI.
     """
 
-    def __init__(self, pipeline, *, max_inference_steps: int = MAX_INFERENCE_STEPS):
+    def __init__(
+        self, pipeline, *, image_to_image=None, inpainting=None, max_inference_steps: int = MAX_INFERENCE_STEPS
+    ):
         self.pipeline = pipeline
+        candidates = {"text-to-image": pipeline, "image-to-image": image_to_image, "inpainting": inpainting}
+        self.pipelines = {task: pipe for task, pipe in candidates.items() if pipe is not None}
         self.size_rules = size_rules_of(pipeline)
         self.max_inference_steps = max_inference_steps
         self.lock = threading.Lock()  # the compiled models hold one infer request each: never run two calls at once
         self._stop = threading.Event()
         self._owner: str | None = None  # who started the running generation (a Gradio session)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this runner serves, in `TASKS` order."""
+        return tuple(self.pipelines)
 
     def check(
         self,
@@ -148,12 +281,19 @@ class GenerationRunner:
         height: int,
         guidance_scale: float,
         num_inference_steps: int,
+        task: str = "text-to-image",
+        image=None,
+        mask_image=None,
+        strength: float | None = None,
     ) -> GenerationRequest:
         """The request with every field checked; a ValueError or TypeError names the first bad field.
 
         The texts' lengths are checked first, so an over-long paste is refused before any other work. The seed
-        may be left empty (None) when `randomize_seed` is set; a random one is drawn then.
+        may be left empty (None) when `randomize_seed` is set; a random one is drawn then. Image to image needs
+        `image` (a PIL image) and `strength`; inpainting also `mask_image` (the image's size, something painted).
         """
+        if task not in self.pipelines:
+            raise ValueError(f"`task` has to be one of {self.tasks} but is {task!r:.80}.")
         prompt = _check_text(prompt, name="prompt")
         negative_prompt = _check_text(negative_prompt, name="negative_prompt")
         if not prompt.strip():
@@ -164,23 +304,36 @@ class GenerationRunner:
             seed = _as_int(seed, name="seed", minimum=0, maximum=MAX_SEED)
         width, height = _as_whole(width, name="width"), _as_whole(height, name="height")
         self.size_rules.check(height=height, width=width)  # names both sides and the nearest accepted ones
+        guidance_scale = _as_finite(guidance_scale, name="guidance_scale", minimum=0.0, maximum=MAX_GUIDANCE_SCALE)
+        num_inference_steps = _as_int(
+            num_inference_steps, name="num_inference_steps", minimum=1, maximum=self.max_inference_steps
+        )
+        if task != "text-to-image":
+            verb = "restyle" if task == "image-to-image" else "repaint"
+            image = _check_image(image, name="image", missing=f"upload the image to {verb}")
+            strength = _check_strength(strength, num_inference_steps=num_inference_steps)
+        if task == "inpainting":
+            mask_image = _check_mask(mask_image, image=image)
         return GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
             seed=random.randint(0, MAX_SEED) if randomize_seed else seed,
             width=width,
             height=height,
-            guidance_scale=_as_finite(guidance_scale, name="guidance_scale", minimum=0.0, maximum=MAX_GUIDANCE_SCALE),
-            num_inference_steps=_as_int(
-                num_inference_steps, name="num_inference_steps", minimum=1, maximum=self.max_inference_steps
-            ),
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            task=task,
+            image=image if task != "text-to-image" else None,
+            mask_image=mask_image if task == "inpainting" else None,
+            strength=strength if task != "text-to-image" else None,
         )
 
     def generate(self, *, on_step: Callable[[int, int], None] | None = None, owner: str | None = None, **fields):
         """Generate one image; return `(image, seed used)`. `fields` are the request's fields, the keyword
         arguments of `check`; bad input raises a ValueError or TypeError at once.
 
-        `on_step(done, total)` is called after every denoising step. Waits while another generation runs.
+        `on_step(done, total)` is called after every denoising step (`total` counts the steps that run: fewer
+        than `num_inference_steps` at a strength below 1). Waits while another generation runs.
         """
         import torch
 
@@ -188,22 +341,29 @@ class GenerationRunner:
 
         def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
             if on_step is not None:
-                on_step(step + 1, request.num_inference_steps)
+                on_step(step + 1, request.denoising_steps)
             if self._stop.is_set():
                 pipe._interrupt = True
             return callback_kwargs
 
+        arguments = dict(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            width=request.width,
+            height=request.height,
+            guidance_scale=request.guidance_scale,
+            num_inference_steps=request.num_inference_steps,
+        )
+        if request.task != "text-to-image":
+            arguments.update(image=request.image, strength=request.strength)
+        if request.task == "inpainting":
+            arguments.update(mask_image=request.mask_image)
         with self.lock:
             self._stop.clear()
             self._owner = owner
             try:
-                image = self.pipeline(
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt or None,
-                    width=request.width,
-                    height=request.height,
-                    guidance_scale=request.guidance_scale,
-                    num_inference_steps=request.num_inference_steps,
+                image = self.pipelines[request.task](
+                    **arguments,
                     generator=torch.Generator().manual_seed(request.seed),
                     callback_on_step_end=on_step_end,
                 ).images[0]
@@ -217,6 +377,11 @@ class GenerationRunner:
             self._stop.set()
 
 
+TAB_LABELS = {"text-to-image": "Text to image", "image-to-image": "Image to image", "inpainting": "Inpainting"}
+API_NAMES = {"text-to-image": "generate", "image-to-image": "image_to_image", "inpainting": "inpaint"}
+ELEM_ID_PREFIXES = {"text-to-image": "", "image-to-image": "image-to-image-", "inpainting": "inpainting-"}
+
+
 def make_demo(
     pipeline,
     *,
@@ -228,20 +393,71 @@ def make_demo(
     guidance_scale: float = GENERATION_DEFAULTS.guidance_scale,
     max_inference_steps: int = MAX_INFERENCE_STEPS,
 ):
-    """Build (without launching) a `gr.Blocks` text-to-image demo for an SD3 pipeline.
+    """Build (without launching) a `gr.Blocks` demo for an SD3 pipeline, with tabs "Text to image", "Image to
+    image" and "Inpainting" (text to image only for a pipeline that is not ours; see `demo_pipelines`).
 
-    `examples` are prompts to offer (default: `EXAMPLE_PROMPTS`). `height`, `width` (default: the model's
-    native size), `num_inference_steps` and `guidance_scale` are the initial values of the controls. The size
-    sliders step by the model's size multiple and stop at its largest size. The event is served as the API
-    endpoint `/generate` (inputs: prompt, negative prompt, seed, randomize seed, width, height, guidance
-    scale, steps; outputs: image, seed used). Its inputs reach `GenerationRunner.check` as sent (Gradio's own
-    conversion is off), so a bad value from an API client gets the same named error as one from the page.
+    The tabs share one set of compiled models (`from_pipe`) and one queue: one generation at a time, whichever
+    tab asks. `examples` are prompts to offer (default: `EXAMPLE_PROMPTS`). `height`, `width` (default: the
+    model's native size), `num_inference_steps` and `guidance_scale` are the initial values of each tab's
+    controls. The size sliders step by the model's size multiple and stop at its largest size.
+
+    On the image tabs the image is resized to the width and height of the sliders, as diffusers does. Uploading
+    an image sets those sliders to the image's own size scaled down to the model's native area and snapped to
+    sizes it accepts (`fit_size`): the result keeps the image's aspect ratio, and the user sees the size and
+    can change it before pressing Run. Strength starts at 0.6 for image to image (diffusers' default) and at
+    `INPAINTING_STRENGTH` (0.85; 1.0 for a 33-channel inpainting transformer) for inpainting.
+
+    API endpoints (outputs: image, seed used; Stop: `/stop`):
+    - `/generate`: prompt, negative prompt, seed, randomize seed, width, height, guidance scale, steps.
+    - `/image_to_image`: image, then `/generate`'s inputs, then strength.
+    - `/inpaint`: a `gr.ImageEditor` value `{"background": image, "layers": [painted layers], "composite": ...}`
+      (the layers' painted, non-transparent pixels are the area to repaint), then `/generate`'s inputs, then
+      strength.
+    Their inputs reach `GenerationRunner.check` as sent (Gradio's own conversion is off), so a bad value from an
+    API client gets the same named error as one from the page.
     """
     import gradio as gr
 
-    runner = GenerationRunner(pipeline, max_inference_steps=max_inference_steps)
+    pipelines = demo_pipelines(pipeline)
+    runner = GenerationRunner(
+        pipelines["text-to-image"],
+        image_to_image=pipelines.get("image-to-image"),
+        inpainting=pipelines.get("inpainting"),
+        max_inference_steps=max_inference_steps,
+    )
     rules = runner.size_rules
     examples = list(EXAMPLE_PROMPTS if examples is None else examples)
+    inputs: dict[str, gr.components.Component] = {}  # the image fields, by task: their payloads are read in `run`
+
+    def read_payload(task: str, payload, *, name: str):
+        """A file field's payload as Gradio's own preprocessing gives it (the events have `preprocess=False`). The
+        page sends the image editor's images ahead and only their id with the event; the component finds them."""
+        if payload is None:
+            return None
+        component = inputs[task]
+        try:
+            return component.preprocess(component.data_model.model_validate(payload))
+        except (OSError, ValueError) as error:  # not an image file
+            raise ValueError(f"`{name}` could not be read as an image ({type(error).__name__}).") from error
+
+    def run(task: str, request: gr.Request, progress: gr.Progress, **fields):
+        def on_step(done: int, total: int) -> None:
+            progress((done, total), desc="Denoising", unit="steps")
+
+        try:
+            if task == "image-to-image":
+                fields["image"] = read_payload(task, fields["image"], name="image")
+            elif task == "inpainting":
+                editor_value = read_payload(task, fields["image"], name="image_and_mask")
+                fields["image"], fields["mask_image"] = image_and_mask_from_editor(editor_value)
+            return runner.generate(
+                task=task, on_step=on_step, owner=request.session_hash if request else None, **fields
+            )
+        except (ValueError, TypeError) as error:
+            raise gr.Error(str(error), title="Invalid input", print_exception=False) from error
+        except Exception as error:  # an OpenVINO or memory error: say what failed instead of a bare "Error"
+            logger.exception("Generation failed")
+            raise gr.Error(f"Generation failed ({type(error).__name__}: {error}). See the server log.") from error
 
     def generate(
         prompt: str,
@@ -255,33 +471,90 @@ def make_demo(
         request: gr.Request,
         progress=gr.Progress(),
     ):
-        def on_step(done: int, total: int) -> None:
-            progress((done, total), desc="Denoising", unit="steps")
+        return run(
+            "text-to-image",
+            request,
+            progress,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            randomize_seed=randomize_seed,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+        )
 
-        try:
-            return runner.generate(
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                seed=seed,
-                randomize_seed=randomize_seed,
-                width=width,
-                height=height,
-                guidance_scale=guidance_scale,
-                num_inference_steps=num_inference_steps,
-                on_step=on_step,
-                owner=request.session_hash if request else None,
-            )
-        except (ValueError, TypeError) as error:
-            raise gr.Error(str(error), title="Invalid input", print_exception=False) from error
-        except Exception as error:  # an OpenVINO or memory error: say what failed instead of a bare "Error"
-            logger.exception("Generation failed")
-            raise gr.Error(f"Generation failed ({type(error).__name__}: {error}). See the server log.") from error
+    def image_to_image(
+        image: dict | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        randomize_seed: bool,
+        width: float,
+        height: float,
+        guidance_scale: float,
+        num_inference_steps: float,
+        strength: float,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
+        return run(
+            "image-to-image",
+            request,
+            progress,
+            image=image,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            randomize_seed=randomize_seed,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+        )
+
+    def inpaint(
+        image_and_mask: dict | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        randomize_seed: bool,
+        width: float,
+        height: float,
+        guidance_scale: float,
+        num_inference_steps: float,
+        strength: float,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
+        return run(
+            "inpainting",
+            request,
+            progress,
+            image=image_and_mask,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            randomize_seed=randomize_seed,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+        )
 
     def stop(request: gr.Request) -> None:
         runner.stop(owner=request.session_hash if request else None)
 
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {title}")
+    def fit_sliders(value):
+        """The size sliders for an uploaded image (a PIL image, or an image editor's value)."""
+        image = value.get("background") if isinstance(value, dict) else value
+        return (gr.skip(), gr.skip()) if image is None else fit_size(image.size, rules)
+
+    def prompt_row(task: str):
+        prefix = ELEM_ID_PREFIXES[task]
         with gr.Row(equal_height=True):
             prompt = gr.Textbox(
                 label="Prompt",
@@ -289,11 +562,19 @@ def make_demo(
                 max_lines=1,
                 max_length=MAX_PROMPT_CHARS,  # the page stops typing there; `GenerationRunner.check` refuses API calls
                 scale=5,
-                elem_id="prompt",
+                elem_id=f"{prefix}prompt",
             )
-            run = gr.Button("Run", variant="primary", scale=0, min_width=100, elem_id="run")
-            stop_button = gr.Button("Stop", variant="stop", scale=0, min_width=100, elem_id="stop")
-        result = gr.Image(label="Result", type="pil", format="png", interactive=False, elem_id="result")
+            run_button = gr.Button("Run", variant="primary", scale=0, min_width=100, elem_id=f"{prefix}run")
+            stop_button = gr.Button("Stop", variant="stop", scale=0, min_width=100, elem_id=f"{prefix}stop")
+        return prompt, run_button, stop_button
+
+    def result_image(task: str):
+        prefix = ELEM_ID_PREFIXES[task]
+        return gr.Image(label="Result", type="pil", format="png", interactive=False, elem_id=f"{prefix}result")
+
+    def advanced_settings(task: str) -> list:
+        """negative prompt, seed, randomize seed, width, height, guidance, steps: the inputs after the prompt."""
+        prefix = ELEM_ID_PREFIXES[task]
         with gr.Accordion("Advanced settings", open=False):
             negative_prompt = gr.Textbox(
                 label="Negative prompt",
@@ -306,8 +587,12 @@ def make_demo(
                 randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
             with gr.Row():
                 slider = dict(minimum=rules.multiple, maximum=rules.maximum, step=rules.multiple)
-                width_slider = gr.Slider(label="Width", value=rules.snap(width or rules.default), **slider)
-                height_slider = gr.Slider(label="Height", value=rules.snap(height or rules.default), **slider)
+                width_slider = gr.Slider(
+                    label="Width", value=rules.snap(width or rules.default), elem_id=f"{prefix}width", **slider
+                )
+                height_slider = gr.Slider(
+                    label="Height", value=rules.snap(height or rules.default), elem_id=f"{prefix}height", **slider
+                )
             with gr.Row():
                 guidance = gr.Slider(
                     label="Guidance scale", minimum=0.0, maximum=MAX_GUIDANCE_SCALE, step=0.1, value=guidance_scale
@@ -315,21 +600,107 @@ def make_demo(
                 steps = gr.Slider(
                     label="Inference steps", minimum=1, maximum=max_inference_steps, step=1, value=num_inference_steps
                 )
-        used_seed = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="seed-used")
-        gr.Examples(examples=[[example] for example in examples], inputs=[prompt], label="Example prompts")
+        return [negative_prompt, seed, randomize_seed, width_slider, height_slider, guidance, steps]
 
-        event = gr.on(
-            triggers=[run.click, prompt.submit],
-            fn=generate,
-            inputs=[prompt, negative_prompt, seed, randomize_seed, width_slider, height_slider, guidance, steps],
-            outputs=[result, used_seed],
-            api_name="generate",
-            preprocess=False,  # Gradio's conversion fails on `width="abc"` with a bare "Error"; the runner names it
-            concurrency_limit=1,  # one generation at a time; the queue answers the others in turn
+    def strength_slider(value: float):
+        return gr.Slider(
+            label="Strength",
+            info="How much to change: 1 repaints from noise, 0.3 keeps most of the image",
+            minimum=0.0,
+            maximum=1.0,
+            step=0.05,
+            value=value,
         )
-        stop_button.click(fn=stop, inputs=None, outputs=None, cancels=[event], queue=False, api_name="stop")
-    return demo
 
+    def used_seed_box(task: str):
+        prefix = ELEM_ID_PREFIXES[task]
+        return gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{prefix}seed-used")
+
+    several_tabs = len(runner.tasks) > 1
+    events, stop_buttons = [], []
+    generation = dict(
+        preprocess=False,  # Gradio's conversion fails on `width="abc"` with a bare "Error"; the runner names it
+        concurrency_limit=1,  # one generation at a time, whichever tab; the queue answers the others in turn
+        concurrency_id="generation",
+    )
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {title}")
+        with gr.Tabs() if several_tabs else contextlib.nullcontext():
+            with gr.Tab(TAB_LABELS["text-to-image"], id="text-to-image") if several_tabs else contextlib.nullcontext():
+                prompt, run_button, stop_button = prompt_row("text-to-image")
+                result = result_image("text-to-image")
+                settings = advanced_settings("text-to-image")
+                used_seed = used_seed_box("text-to-image")
+                gr.Examples(examples=[[example] for example in examples], inputs=[prompt], label="Example prompts")
+                events.append(
+                    gr.on(
+                        triggers=[run_button.click, prompt.submit],
+                        fn=generate,
+                        inputs=[prompt, *settings],
+                        outputs=[result, used_seed],
+                        api_name=API_NAMES["text-to-image"],
+                        **generation,
+                    )
+                )
+                stop_buttons.append(stop_button)
+
+            for task, fn in (("image-to-image", image_to_image), ("inpainting", inpaint)):
+                if task not in runner.tasks:
+                    continue
+                with gr.Tab(TAB_LABELS[task], id=task):
+                    prompt, run_button, stop_button = prompt_row(task)
+                    with gr.Row(equal_height=True):
+                        if task == "image-to-image":
+                            inputs[task] = gr.Image(
+                                label="Image",
+                                type="pil",
+                                sources=["upload", "clipboard"],
+                                elem_id=f"{ELEM_ID_PREFIXES[task]}image",
+                            )
+                        else:
+                            inputs[task] = gr.ImageEditor(
+                                label="Image: paint the area to repaint",
+                                type="pil",
+                                image_mode="RGBA",  # the layers keep their alpha: painted pixels are the mask
+                                sources=["upload", "clipboard"],
+                                brush=gr.Brush(colors=[("#ffffff", 0.7)], color_mode="fixed"),  # white repaints
+                                layers=False,
+                                transforms=(),  # a crop would have to crop the mask too
+                                elem_id=f"{ELEM_ID_PREFIXES[task]}image",
+                            )
+                        result = result_image(task)
+                    strength = strength_slider(
+                        pipelines[task].default_strength
+                        if task == "image-to-image"
+                        else 1.0 if getattr(pipelines[task], "concatenates_mask", False) else INPAINTING_STRENGTH
+                    )
+                    settings = advanced_settings(task)
+                    used_seed = used_seed_box(task)
+                    width_slider, height_slider = settings[3], settings[4]
+                    inputs[task].upload(
+                        fn=fit_sliders,
+                        inputs=inputs[task],
+                        outputs=[width_slider, height_slider],
+                        queue=False,
+                        api_name=False,
+                        show_progress="hidden",
+                    )
+                    events.append(
+                        gr.on(
+                            triggers=[run_button.click, prompt.submit],
+                            fn=fn,
+                            inputs=[inputs[task], prompt, *settings, strength],
+                            outputs=[result, used_seed],
+                            api_name=API_NAMES[task],
+                            **generation,
+                        )
+                    )
+                    stop_buttons.append(stop_button)
+
+        for index, button in enumerate(stop_buttons):  # each Stop ends this session's generation, whichever tab
+            api_name = "stop" if index == 0 else False  # one `/stop` endpoint serves every tab
+            button.click(fn=stop, inputs=None, outputs=None, cancels=events, queue=False, api_name=api_name)
+    return demo
 
 # ----------------------------------------------------------------------------------------------------------
 # Command line

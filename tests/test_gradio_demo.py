@@ -21,9 +21,13 @@ if str(REPO_ROOT) not in sys.path:  # the helpers live beside the notebook, not 
     sys.path.insert(0, str(REPO_ROOT))
 
 from gradio_helper import (  # noqa: E402
+    INPAINTING_STRENGTH,
     MAX_PROMPT_CHARS,
     MAX_SEED,
     GenerationRunner,
+    demo_pipelines,
+    fit_size,
+    image_and_mask_from_editor,
     make_demo,
     size_rules_of,
 )
@@ -69,6 +73,36 @@ def generate_args(
 
 def load_pixels(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+PICTURE_SIZE = (96, 80)  # (width, height): another size and aspect than WIDTH x HEIGHT, so the resize shows
+PAINTED_BOX = (30, 20, 62, 52)  # (left, top, right, bottom) of the stroke on the picture
+PHOTO_SIZE, PHOTO_FIT = (320, 240), (72, 56)  # an upload, and the sliders it sets on the tiny model (`fit_size`)
+
+
+def picture(size: tuple[int, int] = PICTURE_SIZE) -> Image.Image:
+    """An RGB test picture: an orange disc on navy."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", size, "navy")
+    ImageDraw.Draw(image).ellipse((size[0] // 4, size[1] // 8, 3 * size[0] // 4, 7 * size[1] // 8), fill="orange")
+    return image
+
+
+def painted_layer(size: tuple[int, int] = PICTURE_SIZE, box: tuple = PAINTED_BOX) -> Image.Image:
+    """An image editor layer: transparent, with `box` painted by the demo's brush (white at 70 % opacity)."""
+    from PIL import ImageDraw
+
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    ImageDraw.Draw(layer).rectangle(box, fill=(255, 255, 255, 178))
+    return layer
+
+
+def box_mask(size: tuple[int, int] = PICTURE_SIZE, box: tuple = PAINTED_BOX) -> Image.Image:
+    """A black-and-white mask: `box` white (repaint)."""
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box=(box[0], box[1], box[2] + 1, box[3] + 1))
+    return mask
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -253,6 +287,177 @@ def test_runner_runs_one_generation_at_a_time():
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda seed: runner.generate(**request, seed=seed), range(8)))
     assert fake.calls == 8 and not fake.overlapped
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Image to image and inpainting, without a server
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_pipes(pipeline) -> dict:
+    return demo_pipelines(pipeline)
+
+
+def test_demo_pipelines_share_the_compiled_models(pipeline, demo_pipes):
+    assert list(demo_pipes) == ["text-to-image", "image-to-image", "inpainting"]
+    assert demo_pipes["text-to-image"] is pipeline
+    for task in ("image-to-image", "inpainting"):
+        shared = demo_pipes[task].submodels
+        assert all(shared[name] is submodel for name, submodel in pipeline.submodels.items()), task
+    # the VAE encoder the text pipeline lacks is loaded once, for both image pipelines
+    assert "vae_encoder" not in pipeline.submodels
+    assert demo_pipes["inpainting"].submodels["vae_encoder"] is demo_pipes["image-to-image"].submodels["vae_encoder"]
+
+
+def test_an_image_pipeline_given_to_the_demo_serves_every_tab(demo_pipes):
+    from sd3_helper import OVStableDiffusion3InpaintPipeline
+
+    given = demo_pipes["inpainting"]
+    pipes = demo_pipelines(given)
+    assert type(pipes["text-to-image"]) is OVStableDiffusion3Pipeline  # its call needs no image
+    assert isinstance(pipes["inpainting"], OVStableDiffusion3InpaintPipeline)
+    for pipe in pipes.values():
+        assert all(pipe.submodels[name] is submodel for name, submodel in given.submodels.items())
+
+
+def test_a_folder_without_the_vae_encoder_gets_text_to_image_only(tiny_ov_model, tmp_path):
+    model_dir = tmp_path / "no-encoder"
+    shutil.copytree(tiny_ov_model, model_dir, ignore=shutil.ignore_patterns("vae_encoder"))
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir)
+    assert list(demo_pipelines(pipe)) == ["text-to-image"]
+
+
+def test_demo_has_a_tab_and_an_endpoint_per_task(pipeline):
+    import gradio as gr
+
+    demo = make_demo(pipeline)
+    blocks = list(demo.blocks.values())
+    tabs = [block.label for block in blocks if isinstance(block, gr.Tab)]
+    assert tabs == ["Text to image", "Image to image", "Inpainting"]
+    api_names = {dependency.api_name for dependency in demo.fns.values()}
+    assert {"generate", "image_to_image", "inpaint", "stop"} <= api_names
+    strengths = [block.value for block in blocks if isinstance(block, gr.Slider) and block.label == "Strength"]
+    assert strengths == [0.6, INPAINTING_STRENGTH]  # diffusers' default; see INPAINTING_STRENGTH for 0.85
+    (editor,) = [block for block in blocks if isinstance(block, gr.ImageEditor)]
+    assert (editor.type, editor.image_mode) == ("pil", "RGBA")  # the layers keep their alpha: what is painted
+
+
+def test_a_pipeline_of_another_kind_gets_text_to_image_only():
+    import gradio as gr
+
+    demo = make_demo(NeverCalled())  # not ours (diffusers', say): no image pipelines to build with `from_pipe`
+    assert not any(isinstance(block, (gr.Tab, gr.ImageEditor)) for block in demo.blocks.values())
+    api_names = {dependency.api_name for dependency in demo.fns.values()}
+    assert {"generate", "stop"} <= api_names and not {"image_to_image", "inpaint"} & api_names
+
+
+def test_an_upload_sets_the_size_to_the_image_s_within_the_native_area(pipeline):
+    rules = FAKE_SIZE_RULES  # multiples of 8 up to 64, native 32
+    assert fit_size((16, 24), rules) == (16, 24)  # small enough: kept, never enlarged
+    assert fit_size((17, 23), rules) == (16, 24)  # snapped to multiples of 8
+    assert fit_size((4000, 3000), rules) == (40, 24)  # 37 x 28 pixels: the native area, same aspect, snapped
+    assert fit_size((6400, 100), rules) == (64, 8)  # a side never beyond the maximum nor below one multiple
+    assert fit_size(PHOTO_SIZE, size_rules_of(pipeline)) == PHOTO_FIT  # what the browser test expects
+
+
+def test_the_painted_layers_become_the_mask():
+    second_box = (70, 60, 90, 75)
+    image, mask = image_and_mask_from_editor(
+        {
+            "background": picture().convert("RGBA"),
+            "layers": [painted_layer(), painted_layer(box=second_box)],
+            "composite": None,
+        }
+    )
+    assert image.mode == "RGB" and image.size == PICTURE_SIZE
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(picture()))
+    expected = np.maximum(np.asarray(box_mask()), np.asarray(box_mask(box=second_box)))
+    assert mask.mode == "L"
+    np.testing.assert_array_equal(np.asarray(mask), expected)  # white where any layer is painted, else black
+
+
+def test_the_editor_value_may_lack_the_image_or_the_mask():
+    assert image_and_mask_from_editor(None) == (None, None)
+    no_image = {"background": None, "layers": [painted_layer()], "composite": None}
+    assert image_and_mask_from_editor(no_image) == (None, None)
+    image, mask = image_and_mask_from_editor({"background": picture(), "layers": [], "composite": None})
+    assert image.size == PICTURE_SIZE and mask is None
+    transparent = Image.new("RGBA", PICTURE_SIZE, (0, 0, 0, 0))
+    image, mask = image_and_mask_from_editor({"background": transparent, "layers": [transparent], "composite": None})
+    assert image.getcolors() == [(96 * 80, (255, 255, 255))]  # transparency shows as white, as on the page
+    assert mask.getbbox() is None  # nothing painted: the runner says so
+
+
+def test_a_layer_of_another_size_than_the_image_is_refused():
+    value = {"background": picture(), "layers": [painted_layer(size=(40, 40))], "composite": None}
+    with pytest.raises(ValueError, match="`mask_image` layer 0 is 40x40 but `image` is 96x80"):
+        image_and_mask_from_editor(value)
+
+
+@pytest.mark.parametrize("task", ["image-to-image", "inpainting"])
+@pytest.mark.parametrize("num_inference_steps, strength, steps_run", [(4, 0.5, 2), (10, 0.8, 8), (3, 1.0, 3)])
+def test_runner_image_tasks_give_the_asked_size_and_report_the_steps_that_run(
+    demo_pipes, task, num_inference_steps, strength, steps_run
+):
+    runner = GenerationRunner(
+        demo_pipes["text-to-image"], image_to_image=demo_pipes["image-to-image"], inpainting=demo_pipes["inpainting"]
+    )
+    steps = []
+    image, seed = runner.generate(
+        task=task,
+        image=picture(),
+        mask_image=box_mask() if task == "inpainting" else None,
+        strength=strength,
+        prompt="a cat",
+        seed=3,
+        width=WIDTH,
+        height=HEIGHT,
+        guidance_scale=5.0,
+        num_inference_steps=num_inference_steps,
+        on_step=lambda done, total: steps.append((done, total)),
+    )
+    # the pipeline's own schedule, float for float: 10 steps at 0.8 skip int(10 - 8.0) = 2, not int(1.9999999999999996)
+    assert steps == [(done, steps_run) for done in range(1, steps_run + 1)]
+    assert seed == 3 and image.size == (WIDTH, HEIGHT)
+
+
+IMAGE_BAD_INPUTS = [  # (task, change to a good request, exception type, fragment of its message)
+    ("image-to-image", {"image": None}, ValueError, "`image` is missing: upload the image to restyle"),
+    ("inpainting", {"image": None}, ValueError, "`image` is missing: upload the image to repaint"),
+    ("image-to-image", {"image": "cat.png"}, TypeError, "`image` has to be a PIL image but is str: 'cat.png'"),
+    ("image-to-image", {"strength": 1.5}, ValueError, "`strength` has to be between 0.0 and 1.0 but is 1.5"),
+    ("inpainting", {"strength": 1.5}, ValueError, "`strength` has to be between 0.0 and 1.0 but is 1.5"),
+    ("image-to-image", {"strength": -0.1}, ValueError, "`strength` has to be between 0.0 and 1.0 but is -0.1"),
+    ("image-to-image", {"strength": float("nan")}, ValueError, "`strength` has to be a finite number between 0.0 and"),
+    ("image-to-image", {"strength": "0.5"}, TypeError, "`strength` has to be a number but is str: '0.5'"),
+    ("image-to-image", {"strength": None}, TypeError, "`strength` has to be a number but is NoneType"),
+    ("image-to-image", {"strength": 0.2}, ValueError, "leaves no denoising step (4 x 0.2 < 1). Use `strength` >= 0.25"),
+    ("inpainting", {"mask_image": None}, ValueError, "`mask_image` is missing: paint the area to repaint"),
+    ("inpainting", {"mask_image": Image.new("L", PICTURE_SIZE, 0)}, ValueError, "nothing is painted. Please paint"),
+    ("inpainting", {"mask_image": Image.new("L", PICTURE_SIZE, 100)}, ValueError, "nothing is painted"),  # < 128
+    ("inpainting", {"mask_image": box_mask(size=(40, 40))}, ValueError, "`mask_image` is 40x40 but `image` is 96x80"),
+    ("upscaling", {}, ValueError, "`task` has to be one of ('text-to-image', 'image-to-image', 'inpainting')"),
+    ("inpainting", {"prompt": ""}, ValueError, "prompt is empty"),  # and every check of the text tab
+    ("image-to-image", {"width": 50}, ValueError, "divisible by 8"),
+]
+
+
+@pytest.mark.parametrize("task, change, error_type, message", IMAGE_BAD_INPUTS, ids=lambda value: repr(value)[:40])
+def test_runner_rejects_bad_image_input_with_a_readable_message(task, change, error_type, message):
+    runner = GenerationRunner(NeverCalled(), image_to_image=NeverCalled(), inpainting=NeverCalled())
+    request = dict(prompt="a cat", seed=1, width=16, height=16, guidance_scale=1.0, num_inference_steps=4)
+    request.update(image=picture(), strength=0.5, mask_image=box_mask())
+    with pytest.raises(error_type) as error:
+        runner.generate(task=task, **{**request, **change})
+    assert message in str(error.value)
+
+
+def test_runner_without_image_pipelines_refuses_the_image_tasks():
+    runner = GenerationRunner(NeverCalled())
+    assert runner.tasks == ("text-to-image",)
+    with pytest.raises(ValueError, match=r"`task` has to be one of \('text-to-image',\) but is 'inpainting'"):
+        runner.generate(task="inpainting", prompt="a cat", width=8, height=8, guidance_scale=1.0, num_inference_steps=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -461,6 +666,127 @@ def test_stop_ends_the_running_generation_early(client):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The image tabs' endpoints, served
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory) -> SimpleNamespace:
+    """The test picture, a painted layer, an unpainted one, and a larger photo, as PNG files."""
+    folder = tmp_path_factory.mktemp("images")
+    images = dict(
+        picture=picture(),
+        layer=painted_layer(),
+        unpainted=Image.new("RGBA", PICTURE_SIZE, (0, 0, 0, 0)),
+        photo=picture(PHOTO_SIZE),
+    )
+    for name, image in images.items():
+        image.save(folder / f"{name}.png")
+    (folder / "text.png").write_text("not an image")
+    return SimpleNamespace(**{name: folder / f"{name}.png" for name in [*images, "text"]})
+
+
+def image_input(api_name: str, files: SimpleNamespace, *, image: str | None = "picture", layer: str | None = "layer"):
+    """The first input of an image endpoint: the file `image` (None: none), or for `/inpaint` an image editor value
+    whose background is `image` and whose one layer is `layer` (None: no layer)."""
+    from gradio_client import handle_file
+
+    background = None if image is None else handle_file(str(getattr(files, image)))
+    if api_name == "/image_to_image":
+        return background
+    layers = [] if layer is None else [handle_file(str(getattr(files, layer)))]
+    return {"background": background, "layers": layers, "composite": None}
+
+
+def endpoint_args(api_name: str, files: SimpleNamespace, *, seed: int) -> tuple:
+    """The inputs of a good request to any tab's endpoint (strength 0.75 on the image tabs)."""
+    if api_name == "/generate":
+        return generate_args(seed=seed)
+    return (image_input(api_name, files), *generate_args(seed=seed), 0.75)
+
+
+IMAGE_ENDPOINTS = ["/image_to_image", "/inpaint"]
+
+
+@pytest.mark.parametrize("api_name", IMAGE_ENDPOINTS)
+def test_image_tab_gives_the_asked_size_and_the_same_image_for_the_same_seed(client, image_files, api_name):
+    first, second, other = (
+        client.predict(*endpoint_args(api_name, image_files, seed=seed), api_name=api_name) for seed in (11, 11, 12)
+    )
+    assert (first[1], second[1], other[1]) == (11, 11, 12)
+    assert {Image.open(path).size for path in (first[0], second[0], other[0])} == {(WIDTH, HEIGHT)}  # 96x80 resized
+    np.testing.assert_array_equal(load_pixels(first[0]), load_pixels(second[0]))
+    assert not np.array_equal(load_pixels(first[0]), load_pixels(other[0])), "a different seed should differ"
+
+
+@pytest.mark.parametrize(
+    "api_name, image, layer, strength, message",
+    [
+        ("/image_to_image", None, None, 0.6, "`image` is missing: upload the image to restyle"),
+        ("/image_to_image", "text", None, 0.6, "`image` could not be read as an image (UnidentifiedImageError)"),
+        ("/image_to_image", "picture", None, 1.5, "`strength` has to be between 0.0 and 1.0 but is 1.5"),
+        ("/image_to_image", "picture", None, 0.2, "leaves no denoising step (2 x 0.2 < 1). Use `strength` >= 0.5"),
+        ("/inpaint", None, "layer", 0.85, "`image` is missing: upload the image to repaint"),
+        ("/inpaint", "picture", "unpainted", 0.85, "`mask_image` is empty: nothing is painted. Please paint the area"),
+        ("/inpaint", "picture", None, 0.85, "`mask_image` is missing: paint the area to repaint with the brush"),
+        ("/inpaint", "picture", "text", 0.85, "`image_and_mask` could not be read as an image"),
+        ("/inpaint", "picture", "layer", 1.5, "`strength` has to be between 0.0 and 1.0 but is 1.5"),
+    ],
+    ids=[
+        "no-image", "not-an-image", "strength-1.5", "no-step-left",
+        "no-image", "nothing-painted", "no-layer", "layer-not-an-image", "strength-1.5",
+    ],
+)  # fmt: skip
+def test_bad_image_input_is_a_readable_error(client, image_files, api_name, image, layer, strength, message):
+    from gradio_client.exceptions import AppError
+
+    first = image_input(api_name, image_files, image=image, layer=layer)
+    with pytest.raises(AppError) as error:
+        client.predict(first, *generate_args(), strength, api_name=api_name)
+    assert message in str(error.value) and "Traceback" not in str(error.value)
+
+
+def test_progress_counts_the_steps_that_run_at_the_strength(client, image_files):
+    job = client.submit(
+        image_input("/image_to_image", image_files),
+        *generate_args(width=192, height=192, steps=12),
+        0.5,
+        api_name="/image_to_image",
+    )
+    job.result(timeout=60)
+    progress = drain_progress(job)
+    assert {(unit.length, unit.unit, unit.desc) for unit in progress} == {(6, "steps", "Denoising")}
+
+
+def test_stop_ends_a_running_image_generation_early(client, image_files):
+    job = client.submit(
+        image_input("/inpaint", image_files), *generate_args(width=192, height=192, steps=50), 1.0, api_name="/inpaint"
+    )
+    deadline = time.monotonic() + 60
+    while not job.status().progress_data and time.monotonic() < deadline:  # wait for the first step
+        time.sleep(0.02)
+    client.predict(api_name="/stop")  # one Stop endpoint for every tab
+    job.result(timeout=60)
+    assert max(unit.index for unit in drain_progress(job)) < 50, "the generation ran all its steps despite Stop"
+    image_path, _ = client.predict(*endpoint_args("/image_to_image", image_files, seed=1), api_name="/image_to_image")
+    assert Image.open(image_path).size == (WIDTH, HEIGHT)  # the next one runs
+
+
+def test_requests_of_every_tab_are_queued_one_at_a_time_and_all_answered(server, client, image_files, tmp_path):
+    from gradio_client import Client
+
+    requests = [  # (api_name, inputs): the tabs share the compiled models' infer requests
+        (api_name, endpoint_args(api_name, image_files, seed=seed))
+        for api_name, seed in (("/generate", 41), ("/image_to_image", 42), ("/inpaint", 43), ("/image_to_image", 44))
+    ]
+    expected = [load_pixels(client.predict(*inputs, api_name=api_name)[0]) for api_name, inputs in requests]
+    users = [Client(server[0], verbose=False, download_files=tmp_path) for _ in requests]  # four browser sessions
+    jobs = [user.submit(*inputs, api_name=api_name) for user, (api_name, inputs) in zip(users, requests)]
+    for job, pixels in zip(jobs, expected, strict=True):
+        np.testing.assert_array_equal(load_pixels(job.result(timeout=120)[0]), pixels)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # In a real browser
 # ----------------------------------------------------------------------------------------------------------
 
@@ -489,13 +815,13 @@ def browser():
     driver.quit()
 
 
-def wait_for_image(driver, *, previous_src: str | None = None, timeout: float = 90):
-    """The result image once it shows (a new one when `previous_src` is given)."""
+def wait_for_image(driver, *, previous_src: str | None = None, timeout: float = 90, result_id: str = "result"):
+    """The result image (of the element `result_id`) once it shows (a new one when `previous_src` is given)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def new_image(driver):
-        images = driver.find_elements(By.CSS_SELECTOR, "#result img")
+        images = driver.find_elements(By.CSS_SELECTOR, f"#{result_id} img")
         shown = [image for image in images if image.get_attribute("src") and image.get_attribute("src") != previous_src]
         return shown[0] if shown and driver.execute_script("return arguments[0].complete", shown[0]) else None
 
@@ -520,8 +846,85 @@ def test_browser_types_a_prompt_clicks_run_and_sees_the_image(server, browser):
     assert size == [64, 64]  # the sliders' default: the tiny model's native size
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS_DIR / "gradio-demo.png"))
+    assert browser.save_screenshot(str(ARTIFACTS_DIR / "gradio-demo-text-to-image.png"))  # the first tab
 
     prompt.send_keys(Keys.ENTER)  # Enter in the prompt runs too
     wait_for_image(browser, previous_src=image.get_attribute("src"))
     seed_used = browser.find_element(By.CSS_SELECTOR, "#seed-used input")
     assert seed_used.get_attribute("value").isdigit()
+
+
+def open_tab(driver, label: str, *, prefix: str):
+    """Click the tab button `label`; return the tab's prompt field once it can be typed in."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tab = (By.XPATH, f"//button[@role='tab' and normalize-space()='{label}']")
+    WebDriverWait(driver, 60).until(expected_conditions.element_to_be_clickable(tab)).click()  # once the page is built
+    prompt = (By.CSS_SELECTOR, f"#{prefix}prompt textarea, #{prefix}prompt input")
+    return WebDriverWait(driver, 30).until(expected_conditions.element_to_be_clickable(prompt))
+
+
+def upload_and_wait_for_the_size(driver, path: Path, *, prefix: str) -> None:
+    """Upload `path` into the tab's image field, open its advanced settings, and wait until the upload has set the
+    width and height sliders to the image's fitted size."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.CSS_SELECTOR, f"#{prefix}image input[type=file]").send_keys(str(path))
+    accordions = driver.find_elements(By.XPATH, "//*[contains(@class, 'label-wrap')][contains(., 'Advanced settings')]")
+    [element for element in accordions if element.is_displayed()][0].click()  # the open tab's
+
+    def size(driver):
+        values = [driver.find_element(By.CSS_SELECTOR, f"#{prefix}{side} input[type=number]").get_attribute("value")
+                  for side in ("width", "height")]  # fmt: skip
+        return values if values == [str(side) for side in PHOTO_FIT] else None
+
+    WebDriverWait(driver, 30).until(size)
+
+
+def test_browser_image_to_image_tab(server, browser, image_files):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server[0])
+    prompt = open_tab(browser, "Image to image", prefix="image-to-image-")
+    upload_and_wait_for_the_size(browser, image_files.photo, prefix="image-to-image-")  # 320x240 -> 72x56
+    prompt.send_keys("a watercolor painting")
+    browser.find_element(By.ID, "image-to-image-run").click()
+    image = wait_for_image(browser, result_id="image-to-image-result")
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
+    assert size == list(PHOTO_FIT)
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS_DIR / "gradio-demo-image-to-image.png"))
+
+
+def test_browser_inpainting_tab_paints_the_mask_with_the_brush(server, browser, image_files):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server[0])
+    prompt = open_tab(browser, "Inpainting", prefix="inpainting-")
+    upload_and_wait_for_the_size(browser, image_files.photo, prefix="inpainting-")
+    prompt.send_keys("a red apple")
+    run = browser.find_element(By.ID, "inpainting-run")
+    run.click()  # nothing painted yet
+    toast = (By.CSS_SELECTOR, "[data-testid='toast-text']")
+    texts = lambda driver: " ".join(element.text for element in driver.find_elements(*toast))  # noqa: E731
+    WebDriverWait(browser, 30).until(lambda driver: "nothing is painted" in texts(driver))
+    for close in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close']"):
+        close.click()
+    WebDriverWait(browser, 30).until(lambda driver: not driver.find_elements(*toast))
+
+    canvases = browser.find_elements(By.CSS_SELECTOR, "#inpainting-image canvas")
+    canvas = [element for element in canvases if element.is_displayed()][0]
+    stroke = ActionChains(browser).move_to_element_with_offset(canvas, -40, -20).click_and_hold()  # the brush is on
+    stroke.move_by_offset(30, 0).move_by_offset(30, 10).move_by_offset(20, 20).release().perform()
+    run.click()
+    image = wait_for_image(browser, result_id="inpainting-result")
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
+    assert size == list(PHOTO_FIT)
+    assert not browser.find_elements(*toast), "the painted stroke should make a mask"
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS_DIR / "gradio-demo-inpainting.png"))
