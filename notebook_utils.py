@@ -67,15 +67,53 @@ def device_widget(*, default: str = "CPU", description: str = "Device:"):
 
 
 def resolve_model_id(model_id: str | Path, *, models_dir: Path) -> str | Path:
-    """The checkpoint to load: `model_id` itself, or for "tiny" the offline tiny checkpoint (built once)."""
-    if str(model_id) != TINY_MODEL_ID:
-        return model_id
-    from sd3_helper import make_tiny_sd3
+    """The checkpoint to load: a preset's hub id for a preset key ("sd3.5-medium"), the offline tiny stand-in
+    (built once) for "tiny" or "tiny-<preset key>", else `model_id` itself (a hub id or a local folder)."""
+    from sd3_helper import get_preset, make_tiny_sd3, preset_for
 
-    tiny_dir = Path(models_dir) / "sd3-tiny"
+    model_id = str(model_id)
+    if not model_id.startswith(TINY_MODEL_ID):
+        preset = preset_for(model_id)
+        return preset.hub_id if preset is not None else model_id
+    family = get_preset(model_id.removeprefix(f"{TINY_MODEL_ID}-")).tiny_family if model_id != TINY_MODEL_ID else "sd3"
+    tiny_dir = Path(models_dir) / ("sd3-tiny" if model_id == TINY_MODEL_ID else f"sd3-{model_id}")
     if not (tiny_dir / "model_index.json").is_file():
-        make_tiny_sd3(tiny_dir)
+        make_tiny_sd3(tiny_dir, family=family)
     return tiny_dir
+
+
+def generation_settings(model_id: str, *, num_inference_steps: int | None, guidance_scale: float | None, skip_guidance_layers) -> dict:
+    """Steps, guidance and skip-layer guidance for `model_id`: each given value, else its preset's (else the
+    SD3 Medium defaults). Skip layers the model does not have, or with guidance off, are dropped."""
+    from sd3_helper import get_preset, preset_for
+
+    preset = preset_for(str(model_id)) or get_preset("sd3-medium")
+    guidance = preset.guidance_scale if guidance_scale is None else guidance_scale
+    layers = preset.skip_guidance_layers if skip_guidance_layers is None else skip_guidance_layers
+    return dict(
+        num_inference_steps=preset.num_inference_steps if num_inference_steps is None else num_inference_steps,
+        guidance_scale=guidance,
+        skip_guidance_layers=list(layers) if layers and guidance > 1 else None,
+    )
+
+
+def time_presets(pipe, *, presets: list, prompt: str, height: int, width: int, seed: int) -> str:
+    """A Markdown table of the time for one image with each preset's steps and guidance on `pipe`."""
+    import torch
+
+    rows = ["| settings | steps | guidance | time per image |", "| --- | ---: | ---: | ---: |"]
+    for preset in presets:
+        start = time.perf_counter()
+        pipe(
+            prompt,
+            height=height,
+            width=width,
+            num_inference_steps=preset.num_inference_steps,
+            guidance_scale=preset.guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        rows.append(f"| {preset.name} | {preset.num_inference_steps} | {preset.guidance_scale} | {time.perf_counter() - start:.2f} s |")
+    return "\n".join(rows)
 
 
 def ov_model_dir(checkpoint: str | Path, *, models_dir: Path, weight_format: str, load_t5: bool) -> Path:

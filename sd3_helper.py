@@ -10,6 +10,7 @@ The one place to import the project's API from:
 
 The modules behind it, each importing only those above it in this list:
 
+    sd3_presets       the SD3 / SD3.5 checkpoints and their recommended settings (imports nothing)
     sd3_layout        the converted folder: file names, weight formats, safe writes, size rules, defaults
     sd3_runtime       OpenVINO submodels, step caching, OVStableDiffusion3Pipeline, make_genai_pipeline
     sd3_image_pipelines  image-to-image and inpainting on the runtime's steps
@@ -37,6 +38,7 @@ from sd3_layout import (
     staged_dir,
 )
 from sd3_image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
+from sd3_presets import MODEL_PRESETS, ModelPreset, get_preset, preset_for, presets_table
 from sd3_quantization import convert_sd3_hybrid, psnr, quantize_sd3
 from sd3_runtime import OVStableDiffusion3Pipeline, OVSubmodel, SD3PipelineOutput, TaylorSeerConfig, make_genai_pipeline
 from sd3_tiny_model import make_tiny_sd3, train_clip_tokenizer
@@ -54,6 +56,11 @@ __all__ = [
     "TaylorSeerConfig",
     "make_genai_pipeline",
     "WEIGHT_FORMATS",
+    "MODEL_PRESETS",
+    "ModelPreset",
+    "get_preset",
+    "preset_for",
+    "presets_table",
     "GENERATION_DEFAULTS",
     "GenerationDefaults",
     "SizeRules",

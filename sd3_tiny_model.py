@@ -22,7 +22,7 @@ LATENT_CHANNELS = 4  # the tiny VAE's latent channels by default (SD3's has 16)
 # SD3.5 Medium 24 blocks with qk-norm, the first 13 with dual attention; SD3.5 Large 38 blocks with qk-norm).
 TINY_FAMILIES = {
     "sd3": dict(num_layers=2),
-    "sd3.5-medium": dict(num_layers=4, qk_norm="rms_norm", dual_attention_layers=(0, 1)),
+    "sd3.5-medium": dict(num_layers=10, qk_norm="rms_norm", dual_attention_layers=(0, 1, 2, 3, 4, 5)),  # 10: layers 7-9 exist
     "sd3.5-large": dict(num_layers=3, qk_norm="rms_norm"),
 }
 # A small built-in corpus the tokenizers are trained on; it only needs to cover common prompt words.

@@ -10,6 +10,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top. A module may import only modules before it in this list (functions' lazy imports included).
 LAYERS = [
+    "sd3_presets",
     "sd3_layout",
     "sd3_submodels",
     "sd3_runtime",

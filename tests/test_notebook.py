@@ -20,7 +20,7 @@ from notebook_utils import ov_model_dir  # noqa: E402
 NOTEBOOK = REPO_ROOT / "stable-diffusion-v3.ipynb"
 ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 KNOBS = {"model_id", "load_t5", "weight_format", "device", "height", "width", "num_inference_steps"}
-KNOBS |= {"guidance_scale", "seed", "prompt", "launch_demo", "image_to_image"}
+KNOBS |= {"guidance_scale", "seed", "prompt", "launch_demo", "image_to_image", "skip_guidance_layers"}
 WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show
 TEST_PARAMETERS = {
     "model_id": "tiny",
@@ -64,9 +64,16 @@ def test_first_code_cell_is_tagged_parameters_and_holds_every_knob():
 
 
 def test_parameter_defaults_serve_the_real_model_and_sd3_model_id_switches_it():
+    from notebook_utils import generation_settings, resolve_model_id
+
     defaults = run_parameters_cell(environ={})
-    assert defaults["model_id"] == "stabilityai/stable-diffusion-3-medium-diffusers"
-    assert (defaults["height"], defaults["width"], defaults["num_inference_steps"]) == (512, 512, 28)
+    assert defaults["model_id"] == "sd3-medium"
+    assert resolve_model_id(defaults["model_id"], models_dir=Path("models")) == "stabilityai/stable-diffusion-3-medium-diffusers"
+    assert (defaults["height"], defaults["width"], defaults["num_inference_steps"]) == (512, 512, None)
+    requested = {name: defaults[name] for name in ("num_inference_steps", "guidance_scale", "skip_guidance_layers")}
+    assert generation_settings(defaults["model_id"], **requested) == dict(num_inference_steps=28, guidance_scale=7.0, skip_guidance_layers=None)
+    assert generation_settings("sd3.5-medium", **requested) == dict(num_inference_steps=40, guidance_scale=4.5, skip_guidance_layers=[7, 8, 9])
+    assert generation_settings("sd3.5-large-turbo", **{**requested, "num_inference_steps": 6})["num_inference_steps"] == 6
     assert run_parameters_cell(environ={"SD3_MODEL_ID": "/models/my-sd3"})["model_id"] == "/models/my-sd3"
 
 
@@ -128,6 +135,32 @@ def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed
     source = np.asarray(Image.open(executed["output_dir"] / "image.png"))
     left_cell = np.asarray(repainted)[:HEIGHT, (repainted.width // 3 - WIDTH) // 2 :][:, :WIDTH]
     np.testing.assert_array_equal(left_cell, source)  # the first cell is the generated image itself
+
+
+PRESET_RUN = dict(height=32, width=32, compare_formats=False, compare_genai=False, image_to_image=False, launch_demo=False)
+
+
+@pytest.mark.parametrize("preset", ["sd3.5-medium", "sd3.5-large", "sd3.5-large-turbo"])
+def test_each_preset_runs_headless_on_its_tiny_stand_in(preset, tmp_path_factory):
+    """`SD3_MODEL_ID=tiny-<preset>`: the preset's steps, guidance and skip-layer guidance fill the parameters."""
+    import papermill
+
+    executed_path = tmp_path_factory.mktemp("presets") / f"{preset}.ipynb"
+    output_dir = executed_path.parent / "outputs"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SD3_MODEL_ID", f"tiny-{preset}")
+        papermill.execute_notebook(
+            str(NOTEBOOK), str(executed_path), kernel_name="python3", progress_bar=False, execution_timeout=600, cwd=str(REPO_ROOT),
+            parameters={**PRESET_RUN, "models_dir": str(tmp_path_factory.getbasetemp() / "models"), "output_dir": str(output_dir)},
+        )  # fmt: skip
+    notebook = nbformat.read(executed_path, as_version=4)
+    printed = "".join(output.get("text", "") for cell in code_cells(notebook) for output in cell.outputs if output.output_type == "stream")
+    expected = {"sd3.5-medium": "steps: 40, guidance: 4.5, skip-layer guidance: [7, 8, 9]", "sd3.5-large": "steps: 28, guidance: 3.5, skip-layer guidance: None"}
+    expected["sd3.5-large-turbo"] = "steps: 4, guidance: 0.0, skip-layer guidance: None"
+    assert expected[preset] in printed
+    assert Image.open(output_dir / "image.png").size == (32, 32)
+    markdown = [output.data["text/markdown"] for cell in code_cells(notebook) for output in cell.outputs if "text/markdown" in output.get("data", {})]
+    assert any("SD3.5 Large Turbo | 4 | 0.0" in text for text in markdown) == (preset == "sd3.5-large-turbo"), "the turbo timing table"
 
 
 def test_demo_cell_launches_the_demo_inline(executed):

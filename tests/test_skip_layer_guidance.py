@@ -29,7 +29,7 @@ def images(pipe, **kwargs) -> np.ndarray:
 
 
 SLG_CASES = {
-    "default-window-layer-1": dict(skip_guidance_layers=[1], skip_layer_guidance_start=0.01, skip_layer_guidance_stop=0.5),
+    "recommended-layers-7-8-9": dict(skip_guidance_layers=[7, 8, 9], skip_layer_guidance_start=0.01, skip_layer_guidance_stop=0.5),
     "layers-2-3-wide-window-scale-3.5": dict(skip_guidance_layers=[2, 3], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=0.9, skip_layer_guidance_scale=3.5),
 }
 
@@ -73,7 +73,7 @@ def test_optimum_intel_and_genai_load_the_folder_and_match(sd35):
 
 
 BAD_SLG = {
-    "layer-out-of-range": (dict(skip_guidance_layers=[4]), ValueError, "`skip_guidance_layers` [4] has indices outside 0..3: this transformer has 4 blocks"),
+    "layer-out-of-range": (dict(skip_guidance_layers=[10]), ValueError, "`skip_guidance_layers` [10] has indices outside 0..9: this transformer has 10 blocks"),
     "layers-not-a-list": (dict(skip_guidance_layers=7), TypeError, "`skip_guidance_layers` has to be a non-empty list of block indices"),
     "start-after-stop": (dict(skip_guidance_layers=[1], skip_layer_guidance_start=0.5, skip_layer_guidance_stop=0.2), ValueError, "0 <= start < stop <= 1"),
     "stop-above-1": (dict(skip_guidance_layers=[1], skip_layer_guidance_stop=1.5), ValueError, "but are 0.01 and 1.5"),
