@@ -12,8 +12,11 @@ The modules behind it, each importing only those above it in this list:
 
     sd3_presets       the SD3 / SD3.5 checkpoints and their recommended settings (imports nothing)
     sd3_layout        the converted folder: file names, weight formats, safe writes, size rules, defaults
-    sd3_runtime       OpenVINO submodels, step caching, OVStableDiffusion3Pipeline, make_genai_pipeline
+    sd3_submodels     OpenVINO submodels of a folder, devices, the folder's tokenizers and scheduler
+    sd3_steps         what changes a step: TaylorSeer step caching, skip-layer guidance
+    sd3_runtime       OVStableDiffusion3Pipeline: the denoising steps as short methods
     sd3_image_pipelines  image-to-image and inpainting on the runtime's steps
+    sd3_genai         the same folder in openvino.genai's pipelines
     sd3_conversion    checkpoint -> OpenVINO IR (torch.export + NNCF weight compression)
     sd3_quantization  int8-hybrid: calibration and quantization (uses the runtime and conversion)
     sd3_tiny_model    a tiny random-weight SD3 checkpoint built offline (uses the layout)
@@ -40,7 +43,10 @@ from sd3_layout import (
 from sd3_image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
 from sd3_presets import MODEL_PRESETS, ModelPreset, get_preset, preset_for, presets_table
 from sd3_quantization import convert_sd3_hybrid, psnr, quantize_sd3
-from sd3_runtime import OVStableDiffusion3Pipeline, OVSubmodel, SD3PipelineOutput, TaylorSeerConfig, make_genai_pipeline
+from sd3_genai import make_genai_pipeline
+from sd3_runtime import OVStableDiffusion3Pipeline, SD3PipelineOutput
+from sd3_steps import SkipLayerGuidance, TaylorSeerConfig
+from sd3_submodels import OVSubmodel
 from sd3_tiny_model import make_tiny_sd3, train_clip_tokenizer
 
 __all__ = [
@@ -54,6 +60,7 @@ __all__ = [
     "OVSubmodel",
     "SD3PipelineOutput",
     "TaylorSeerConfig",
+    "SkipLayerGuidance",
     "make_genai_pipeline",
     "WEIGHT_FORMATS",
     "MODEL_PRESETS",

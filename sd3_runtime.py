@@ -1,11 +1,11 @@
-"""The OpenVINO runtime: step caching and the SD3 text-to-image pipeline on the submodels of `sd3_submodels`.
+"""The OpenVINO runtime: the SD3 text-to-image pipeline on the submodels of `sd3_submodels`.
 
 `OVStableDiffusion3Pipeline.__call__` follows diffusers' `StableDiffusion3Pipeline.__call__` (same argument
 names, same scheduler, same image processor, same random latents), so the same seed gives the same image. Every
 model constant is read from the `config.json` files saved beside the IRs. `generate` reads as diffusers'
 numbered steps; each step is a short method that image-to-image and inpainting pipelines can reuse.
 
-Imports the layout and `sd3_submodels`. `make_genai_pipeline` gives the same folder in openvino.genai.
+Imports the layout, `sd3_submodels` and `sd3_steps` (step caching, skip-layer guidance).
 """
 
 import logging
@@ -21,18 +21,15 @@ import torch
 
 from sd3_layout import (
     BLOCK_MASK,
-    CONFIG_JSON,
     GENERATION_DEFAULTS,
-    OV_TOKENIZER_XML,
     PIPELINE_SUBMODELS,
     TOKENIZERS,
     SizeRules,
     check_sd3_index,
     has_component,
-    incomplete_model_error,
-    read_json,
     read_model_index,
 )
+from sd3_steps import SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig
 from sd3_submodels import (
     OVSubmodel,
     check_devices,
@@ -45,78 +42,6 @@ from sd3_submodels import (
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 logger = logging.getLogger(__name__)
-
-# ----------------------------------------------------------------------------------------------------------
-# Step caching
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaylorSeerConfig:
-    """Step caching ("TaylorSeer lite"), with the fields and defaults of openvino.genai's `TaylorSeerCacheConfig`.
-
-    Steps before `disable_cache_before_step` and from `disable_cache_after_step` on (negative: counted from the
-    end) run the transformer. In between, one step in `cache_interval` runs it and the others predict its output
-    from the last two computed ones by a first-order Taylor expansion in the step index, skipping the transformer
-    (with the defaults, 14 of 28 steps). The image differs a little from the uncached one; off by default.
-    """
-
-    cache_interval: int = 3
-    disable_cache_before_step: int = 6
-    disable_cache_after_step: int = -2
-
-    def __post_init__(self):
-        if not isinstance(self.cache_interval, int) or self.cache_interval < 2:
-            raise ValueError(f"`cache_interval` has to be an int >= 2 but is {self.cache_interval!r}.")
-        if not isinstance(self.disable_cache_before_step, int) or self.disable_cache_before_step < 0:
-            raise ValueError(f"`disable_cache_before_step` has to be an int >= 0 but is {self.disable_cache_before_step!r}.")
-        if not isinstance(self.disable_cache_after_step, int):
-            raise ValueError(f"`disable_cache_after_step` has to be an int but is {self.disable_cache_after_step!r}.")
-
-
-class TaylorSeerCache:
-    """The transformer outputs of the last computed step and their derivative per step, for `TaylorSeerConfig`."""
-
-    def __init__(self, config: TaylorSeerConfig, *, num_steps: int):
-        self.config = config
-        after = config.disable_cache_after_step
-        self.last_cached_step = (num_steps + after if after < 0 else after) - 1
-        self.value = self.derivative = self.step = None
-
-    def computes(self, step: int) -> bool:
-        """True when `step` runs the transformer, False when its output is predicted."""
-        first = self.config.disable_cache_before_step
-        if self.value is None or not first <= step <= self.last_cached_step:
-            return True
-        return (step - first) % self.config.cache_interval == self.config.cache_interval - 1
-
-    def update(self, step: int, value: torch.Tensor) -> None:
-        """Record the transformer's output of a computed step."""
-        if self.value is not None:
-            self.derivative = (value - self.value) / (step - self.step)
-        self.value, self.step = value, step
-
-    def predict(self, step: int) -> torch.Tensor:
-        """The transformer's output at `step`, extrapolated from the last two computed steps."""
-        return self.value if self.derivative is None else self.value + self.derivative * (step - self.step)
-
-
-@dataclass(frozen=True)
-class SkipLayerGuidance:
-    """diffusers' skip-layer guidance: on the steps strictly between `start` and `stop` (fractions of the steps),
-    one more transformer pass on the positive prompt with the blocks `layers` skipped, and the guided flow moves
-    away from it by `scale` x (conditional - skipped). Stability recommends layers 7, 8, 9 for SD3.5 Medium."""
-
-    layers: tuple[int, ...]
-    scale: float = 2.8
-    start: float = 0.01
-    stop: float = 0.2
-
-    def active(self, step: int, *, num_steps: int) -> bool:
-        """True when `step` (0-based, of `num_steps`) runs the extra pass, as diffusers decides it."""
-        return num_steps * self.start < step < num_steps * self.stop
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------
@@ -837,17 +762,11 @@ class OVStableDiffusion3Pipeline:
         skip_layer_guidance_start: float = 0.01,
         image_inputs=None,
     ) -> SD3PipelineOutput | tuple:
-        """Generate images from text. Arguments mean what they mean in diffusers' `StableDiffusion3Pipeline`.
-
-        Guidance (a second, negative batch through the transformer) runs only when `guidance_scale > 1`.
-        `callback_on_step_end(pipe, step, timestep, callback_kwargs)` is called after every step with the
-        tensors named in `callback_on_step_end_tensor_inputs`; it may return replacements for them, and may set
-        `pipe._interrupt = True` to stop. `taylorseer=TaylorSeerConfig()` skips the transformer on about half of
-        the steps (openvino.genai's default step caching); None (the default) runs it on every step.
-        `skip_guidance_layers` (e.g. [7, 8, 9] for SD3.5 Medium) turns on skip-layer guidance with diffusers'
-        meaning and defaults (see `SkipLayerGuidance`); it needs guidance (`guidance_scale > 1`). Calls from
-        several threads run one after another. Returns `SD3PipelineOutput(images=...)`, or `(images,)` when
-        `return_dict=False`. `image_inputs` is set by the image-to-image and inpainting pipelines.
+        """Generate images from text; arguments mean what they mean in diffusers' `StableDiffusion3Pipeline`
+        (skip-layer guidance included, see `SkipLayerGuidance`). Guidance runs only when `guidance_scale > 1`.
+        `callback_on_step_end(pipe, step, timestep, callback_kwargs)` may return replacements for the tensors and
+        set `pipe._interrupt = True` to stop. `taylorseer=TaylorSeerConfig()` turns on openvino.genai's default
+        step cache. Thread-safe: calls run one at a time. `image_inputs` is set by the image pipelines.
         """
         height = self.size_rules.default if height is None else height
         width = self.size_rules.default if width is None else width
@@ -915,44 +834,3 @@ class OVStableDiffusion3Pipeline:
             images = latents if output_type == "latent" else self.decode_latents(latents, output_type=output_type)
             images = images if output_type == "latent" else self.finish_images(images, image_inputs=image_inputs)
         return SD3PipelineOutput(images=images) if return_dict else (images,)
-
-# ----------------------------------------------------------------------------------------------------------
-# The same folder in openvino.genai's C++ pipeline
-# ----------------------------------------------------------------------------------------------------------
-
-
-GENAI_TASKS = {"text-to-image": "Text2ImagePipeline", "image-to-image": "Image2ImagePipeline", "inpainting": "InpaintingPipeline"}
-
-
-def make_genai_pipeline(model_dir: str | Path, *, task: str = "text-to-image", device: str = "CPU", ov_config: dict | None = None):
-    """The openvino.genai pipeline for `task` ("text-to-image": `Text2ImagePipeline`, "image-to-image":
-    `Image2ImagePipeline`, "inpainting": `InpaintingPipeline`) on a folder written by `convert_sd3`, with this
-    project's defaults.
-
-    The defaults (`GENERATION_DEFAULTS` and the model's native size) match `OVStableDiffusion3Pipeline.__call__`,
-    so `pipe.generate(prompt, generator=openvino_genai.TorchGenerator(seed))` and
-    `OVStableDiffusion3Pipeline(prompt, generator=torch.Generator().manual_seed(seed))` make the same image
-    (within 1/255 with T5; without T5 genai's text conditioning differs from diffusers, see README).
-    """
-    import openvino_genai
-
-    if task not in GENAI_TASKS:
-        raise ValueError(f"`task` must be one of {list(GENAI_TASKS)} but is {task!r}.")
-    model_dir = Path(model_dir)
-    model_index = read_model_index(model_dir)
-    for name in TOKENIZERS:
-        tokenizer_xml = model_dir / name / OV_TOKENIZER_XML
-        if has_component(model_index, name) and not tokenizer_xml.is_file():
-            raise FileNotFoundError(incomplete_model_error(tokenizer_xml, model_dir, "is missing (openvino.genai needs it)"))
-    rules = SizeRules.from_configs(
-        transformer_config=read_json(model_dir / "transformer" / CONFIG_JSON, model_dir=model_dir),
-        vae_config=read_json(model_dir / "vae_decoder" / CONFIG_JSON, model_dir=model_dir),
-    )
-    pipe = getattr(openvino_genai, GENAI_TASKS[task])(model_dir, device, **(ov_config or {}))
-    config = pipe.get_generation_config()
-    config.num_inference_steps = GENERATION_DEFAULTS.num_inference_steps
-    config.guidance_scale = GENERATION_DEFAULTS.guidance_scale
-    config.max_sequence_length = GENERATION_DEFAULTS.max_sequence_length
-    config.height = config.width = rules.default
-    pipe.set_generation_config(config)
-    return pipe

@@ -12,9 +12,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     "sd3_presets",
     "sd3_layout",
+    "sd3_steps",
     "sd3_submodels",
     "sd3_runtime",
     "sd3_image_pipelines",
+    "sd3_genai",
     "sd3_conversion",
     "sd3_quantization",
     "sd3_tiny_model",
