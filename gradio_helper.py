@@ -380,6 +380,387 @@ class GenerationRunner:
 TAB_LABELS = {"text-to-image": "Text to image", "image-to-image": "Image to image", "inpainting": "Inpainting"}
 API_NAMES = {"text-to-image": "generate", "image-to-image": "image_to_image", "inpainting": "inpaint"}
 ELEM_ID_PREFIXES = {"text-to-image": "", "image-to-image": "image-to-image-", "inpainting": "inpainting-"}
+GENERATION_EVENT = dict(  # the options of every tab's Run event
+    preprocess=False,  # Gradio's conversion fails on `width="abc"` with a bare "Error"; the runner names it
+    concurrency_limit=1,  # one generation at a time, whichever tab; the queue answers the others in turn
+    concurrency_id="generation",
+)
+
+
+@dataclass(frozen=True)
+class ControlDefaults:
+    """The initial values and limits of every tab's settings (`make_demo`'s arguments)."""
+
+    rules: SizeRules  # the size sliders step by the model's size multiple and stop at its largest size
+    width: int  # a size the model accepts
+    height: int
+    guidance_scale: float
+    num_inference_steps: int
+    max_inference_steps: int  # the steps slider's end
+
+
+def _session_of(request) -> str | None:
+    """The Gradio session that sent `request` (None for a call without one)."""
+    return request.session_hash if request else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the demo's events do
+# ----------------------------------------------------------------------------------------------------------
+
+
+class DemoHandlers:
+    """What the demo's events do, between Gradio and a `GenerationRunner`: read the image fields, report the
+    progress, turn bad input into a readable `gr.Error`, stop a generation, and fit the size sliders to an upload.
+
+    `image_fields` holds each image tab's image component, by task (`_image_tab` fills it): the Run events have
+    `preprocess=False`, so `run` asks the component itself to read what the page sent.
+    """
+
+    def __init__(self, runner: GenerationRunner):
+        self.runner = runner
+        self.image_fields: dict = {}
+
+    def read_payload(self, task: str, payload, *, name: str):
+        """A file field's payload as Gradio's own preprocessing gives it (the events have `preprocess=False`). The
+        page sends the image editor's images ahead and only their id with the event; the component finds them."""
+        if payload is None:
+            return None
+        component = self.image_fields[task]
+        try:
+            return component.preprocess(component.data_model.model_validate(payload))
+        except (OSError, ValueError) as error:  # not an image file
+            raise ValueError(f"`{name}` could not be read as an image ({type(error).__name__}).") from error
+
+    def run(self, task: str, request, progress, **fields):
+        """Generate for `task` with the event's `fields`; return `(image, seed used)`, or raise a `gr.Error`."""
+        import gradio as gr
+
+        try:
+            if task == "image-to-image":
+                fields["image"] = self.read_payload(task, fields["image"], name="image")
+            elif task == "inpainting":
+                editor_value = self.read_payload(task, fields["image"], name="image_and_mask")
+                fields["image"], fields["mask_image"] = image_and_mask_from_editor(editor_value)
+            return self.runner.generate(
+                task=task,
+                on_step=lambda done, total: progress((done, total), desc="Denoising", unit="steps"),
+                owner=_session_of(request),
+                **fields,
+            )
+        except (ValueError, TypeError) as error:
+            raise gr.Error(str(error), title="Invalid input", print_exception=False) from error
+        except Exception as error:  # an OpenVINO or memory error: say what failed instead of a bare "Error"
+            logger.exception("Generation failed")
+            raise gr.Error(f"Generation failed ({type(error).__name__}: {error}). See the server log.") from error
+
+    def stop(self, request) -> None:
+        """Stop the generation that `request`'s session started, after its current step."""
+        self.runner.stop(owner=_session_of(request))
+
+    def fit_sliders(self, value):
+        """The size sliders for an uploaded image (a PIL image, or an image editor's value)."""
+        import gradio as gr
+
+        image = value.get("background") if isinstance(value, dict) else value
+        return (gr.skip(), gr.skip()) if image is None else fit_size(image.size, self.runner.size_rules)
+
+
+# The endpoints. Gradio reads an endpoint's API from its signature: the parameters before `request` are the API's
+# inputs, in order and by name; it fills in `request: gr.Request` and `progress=gr.Progress()` itself. Both need
+# gradio when the function is defined, and this module imports gradio only when a demo is built, so the endpoints
+# are defined in these two functions and pass everything on to `DemoHandlers`.
+
+
+def _text_to_image_endpoints(handlers: DemoHandlers) -> dict:
+    """`/generate` (text to image) and `/stop`, by task ("stop" for Stop)."""
+    import gradio as gr
+
+    def generate(
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        randomize_seed: bool,
+        width: float,
+        height: float,
+        guidance_scale: float,
+        num_inference_steps: float,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
+        return handlers.run(
+            "text-to-image",
+            request,
+            progress,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            randomize_seed=randomize_seed,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+        )
+
+    def stop(request: gr.Request) -> None:
+        handlers.stop(request)
+
+    return {"text-to-image": generate, "stop": stop}
+
+
+def _image_endpoints(handlers: DemoHandlers) -> dict:
+    """`/image_to_image` and `/inpaint`, by task: an image (an image editor's value for inpainting), then
+    `/generate`'s inputs, then strength."""
+    import gradio as gr
+
+    def image_to_image(
+        image: dict | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        randomize_seed: bool,
+        width: float,
+        height: float,
+        guidance_scale: float,
+        num_inference_steps: float,
+        strength: float,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
+        return handlers.run(
+            "image-to-image",
+            request,
+            progress,
+            image=image,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            randomize_seed=randomize_seed,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+        )
+
+    def inpaint(
+        image_and_mask: dict | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        randomize_seed: bool,
+        width: float,
+        height: float,
+        guidance_scale: float,
+        num_inference_steps: float,
+        strength: float,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
+        return handlers.run(
+            "inpainting",
+            request,
+            progress,
+            image=image_and_mask,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            randomize_seed=randomize_seed,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+        )
+
+    return {"image-to-image": image_to_image, "inpainting": inpaint}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The parts of a tab (each builds its components where it is called: in the caller's `gr.Blocks` context)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _prompt_row(task: str) -> tuple:
+    """The prompt, Run and Stop, in one row."""
+    import gradio as gr
+
+    prefix = ELEM_ID_PREFIXES[task]
+    with gr.Row(equal_height=True):
+        prompt = gr.Textbox(
+            label="Prompt",
+            placeholder="Describe the image, then press Enter",
+            max_lines=1,
+            max_length=MAX_PROMPT_CHARS,  # the page stops typing there; `GenerationRunner.check` refuses API calls
+            scale=5,
+            elem_id=f"{prefix}prompt",
+        )
+        run_button = gr.Button("Run", variant="primary", scale=0, min_width=100, elem_id=f"{prefix}run")
+        stop_button = gr.Button("Stop", variant="stop", scale=0, min_width=100, elem_id=f"{prefix}stop")
+    return prompt, run_button, stop_button
+
+
+def _result_image(task: str):
+    import gradio as gr
+
+    prefix = ELEM_ID_PREFIXES[task]
+    return gr.Image(label="Result", type="pil", format="png", interactive=False, elem_id=f"{prefix}result")
+
+
+def _used_seed_box(task: str):
+    import gradio as gr
+
+    prefix = ELEM_ID_PREFIXES[task]
+    return gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{prefix}seed-used")
+
+
+def _advanced_settings(task: str, defaults: ControlDefaults) -> list:
+    """negative prompt, seed, randomize seed, width, height, guidance, steps: the inputs after the prompt."""
+    import gradio as gr
+
+    prefix, rules = ELEM_ID_PREFIXES[task], defaults.rules
+    with gr.Accordion("Advanced settings", open=False):
+        negative_prompt = gr.Textbox(
+            label="Negative prompt",
+            placeholder="What the image should not show",
+            max_lines=1,
+            max_length=MAX_PROMPT_CHARS,
+        )
+        with gr.Row():
+            seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+            randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
+        with gr.Row():
+            slider = dict(minimum=rules.multiple, maximum=rules.maximum, step=rules.multiple)
+            width = gr.Slider(label="Width", value=defaults.width, elem_id=f"{prefix}width", **slider)
+            height = gr.Slider(label="Height", value=defaults.height, elem_id=f"{prefix}height", **slider)
+        with gr.Row():
+            guidance = gr.Slider(
+                label="Guidance scale", minimum=0.0, maximum=MAX_GUIDANCE_SCALE, step=0.1, value=defaults.guidance_scale
+            )
+            steps = gr.Slider(
+                label="Inference steps",
+                minimum=1,
+                maximum=defaults.max_inference_steps,
+                step=1,
+                value=defaults.num_inference_steps,
+            )
+    return [negative_prompt, seed, randomize_seed, width, height, guidance, steps]
+
+
+def _image_field(task: str):
+    """The image to restyle (image to image), or the image editor to paint the mask on (inpainting)."""
+    import gradio as gr
+
+    elem_id = f"{ELEM_ID_PREFIXES[task]}image"
+    if task == "image-to-image":
+        return gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], elem_id=elem_id)
+    return gr.ImageEditor(
+        label="Image: paint the area to repaint",
+        type="pil",
+        image_mode="RGBA",  # the layers keep their alpha: painted pixels are the mask
+        sources=["upload", "clipboard"],
+        brush=gr.Brush(colors=[("#ffffff", 0.7)], color_mode="fixed"),  # white repaints
+        layers=False,
+        transforms=(),  # a crop would have to crop the mask too
+        elem_id=elem_id,
+    )
+
+
+def _initial_strength(task: str, pipeline) -> float:
+    """Strength's initial value: the image to image pipeline's default (0.6, as diffusers), `INPAINTING_STRENGTH`
+    for inpainting, 1.0 for an inpainting transformer that sees the masked image in every step (33 channels)."""
+    if task == "image-to-image":
+        return pipeline.default_strength
+    return 1.0 if getattr(pipeline, "concatenates_mask", False) else INPAINTING_STRENGTH
+
+
+def _strength_slider(value: float):
+    import gradio as gr
+
+    return gr.Slider(
+        label="Strength",
+        info="How much to change: 1 repaints from noise, 0.3 keeps most of the image",
+        minimum=0.0,
+        maximum=1.0,
+        step=0.05,
+        value=value,
+    )
+
+
+def _on_run(task: str, fn: Callable, *, prompt, run_button, inputs: list, outputs: list):
+    """Run `fn` on Run or Enter in the prompt, in the queue that every tab shares; returns the event."""
+    import gradio as gr
+
+    return gr.on(
+        triggers=[run_button.click, prompt.submit],
+        fn=fn,
+        inputs=inputs,
+        outputs=outputs,
+        api_name=API_NAMES[task],
+        **GENERATION_EVENT,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tabs and the demo
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _text_to_image_tab(generate: Callable, *, examples: list[str], defaults: ControlDefaults) -> tuple:
+    """The text to image controls and their Run event; returns (the event, the Stop button)."""
+    import gradio as gr
+
+    task = "text-to-image"
+    prompt, run_button, stop_button = _prompt_row(task)
+    result = _result_image(task)
+    settings = _advanced_settings(task, defaults)
+    used_seed = _used_seed_box(task)
+    gr.Examples(examples=[[example] for example in examples], inputs=[prompt], label="Example prompts")
+    event = _on_run(
+        task, generate, prompt=prompt, run_button=run_button, inputs=[prompt, *settings], outputs=[result, used_seed]
+    )
+    return event, stop_button
+
+
+def _image_tab(
+    task: str, fn: Callable, *, handlers: DemoHandlers, strength: float, defaults: ControlDefaults
+) -> tuple:
+    """An image tab's controls (image to image, inpainting), its Run event, and an upload that fits the size
+    sliders to the image; returns (the Run event, the Stop button)."""
+    import gradio as gr
+
+    prompt, run_button, stop_button = _prompt_row(task)
+    with gr.Row(equal_height=True):
+        image = handlers.image_fields[task] = _image_field(task)
+        result = _result_image(task)
+    strength_slider = _strength_slider(strength)
+    settings = _advanced_settings(task, defaults)
+    used_seed = _used_seed_box(task)
+    width_slider, height_slider = settings[3], settings[4]
+    image.upload(
+        fn=handlers.fit_sliders,
+        inputs=image,
+        outputs=[width_slider, height_slider],
+        queue=False,
+        api_name=False,
+        show_progress="hidden",
+    )
+    event = _on_run(
+        task,
+        fn,
+        prompt=prompt,
+        run_button=run_button,
+        inputs=[image, prompt, *settings, strength_slider],
+        outputs=[result, used_seed],
+    )
+    return event, stop_button
+
+
+def _connect_stop_buttons(buttons: list, *, stop: Callable, events: list) -> None:
+    """Each Stop ends this session's generation, whichever tab; one `/stop` endpoint serves every tab."""
+    for index, button in enumerate(buttons):
+        api_name = "stop" if index == 0 else False
+        button.click(fn=stop, inputs=None, outputs=None, cancels=events, queue=False, api_name=api_name)
 
 
 def make_demo(
@@ -418,6 +799,7 @@ def make_demo(
     """
     import gradio as gr
 
+    # 1. The pipeline of each task, all sharing one set of compiled models, and the runner that checks and runs them
     pipelines = demo_pipelines(pipeline)
     runner = GenerationRunner(
         pipelines["text-to-image"],
@@ -425,282 +807,37 @@ def make_demo(
         inpainting=pipelines.get("inpainting"),
         max_inference_steps=max_inference_steps,
     )
+    # 2. The controls' initial values, and the functions that the events call
     rules = runner.size_rules
-    examples = list(EXAMPLE_PROMPTS if examples is None else examples)
-    inputs: dict[str, gr.components.Component] = {}  # the image fields, by task: their payloads are read in `run`
-
-    def read_payload(task: str, payload, *, name: str):
-        """A file field's payload as Gradio's own preprocessing gives it (the events have `preprocess=False`). The
-        page sends the image editor's images ahead and only their id with the event; the component finds them."""
-        if payload is None:
-            return None
-        component = inputs[task]
-        try:
-            return component.preprocess(component.data_model.model_validate(payload))
-        except (OSError, ValueError) as error:  # not an image file
-            raise ValueError(f"`{name}` could not be read as an image ({type(error).__name__}).") from error
-
-    def run(task: str, request: gr.Request, progress: gr.Progress, **fields):
-        def on_step(done: int, total: int) -> None:
-            progress((done, total), desc="Denoising", unit="steps")
-
-        try:
-            if task == "image-to-image":
-                fields["image"] = read_payload(task, fields["image"], name="image")
-            elif task == "inpainting":
-                editor_value = read_payload(task, fields["image"], name="image_and_mask")
-                fields["image"], fields["mask_image"] = image_and_mask_from_editor(editor_value)
-            return runner.generate(
-                task=task, on_step=on_step, owner=request.session_hash if request else None, **fields
-            )
-        except (ValueError, TypeError) as error:
-            raise gr.Error(str(error), title="Invalid input", print_exception=False) from error
-        except Exception as error:  # an OpenVINO or memory error: say what failed instead of a bare "Error"
-            logger.exception("Generation failed")
-            raise gr.Error(f"Generation failed ({type(error).__name__}: {error}). See the server log.") from error
-
-    def generate(
-        prompt: str,
-        negative_prompt: str,
-        seed: float,
-        randomize_seed: bool,
-        width: float,
-        height: float,
-        guidance_scale: float,
-        num_inference_steps: float,
-        request: gr.Request,
-        progress=gr.Progress(),
-    ):
-        return run(
-            "text-to-image",
-            request,
-            progress,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            randomize_seed=randomize_seed,
-            width=width,
-            height=height,
-            guidance_scale=guidance_scale,
-            num_inference_steps=num_inference_steps,
-        )
-
-    def image_to_image(
-        image: dict | None,
-        prompt: str,
-        negative_prompt: str,
-        seed: float,
-        randomize_seed: bool,
-        width: float,
-        height: float,
-        guidance_scale: float,
-        num_inference_steps: float,
-        strength: float,
-        request: gr.Request,
-        progress=gr.Progress(),
-    ):
-        return run(
-            "image-to-image",
-            request,
-            progress,
-            image=image,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            randomize_seed=randomize_seed,
-            width=width,
-            height=height,
-            guidance_scale=guidance_scale,
-            num_inference_steps=num_inference_steps,
-            strength=strength,
-        )
-
-    def inpaint(
-        image_and_mask: dict | None,
-        prompt: str,
-        negative_prompt: str,
-        seed: float,
-        randomize_seed: bool,
-        width: float,
-        height: float,
-        guidance_scale: float,
-        num_inference_steps: float,
-        strength: float,
-        request: gr.Request,
-        progress=gr.Progress(),
-    ):
-        return run(
-            "inpainting",
-            request,
-            progress,
-            image=image_and_mask,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            randomize_seed=randomize_seed,
-            width=width,
-            height=height,
-            guidance_scale=guidance_scale,
-            num_inference_steps=num_inference_steps,
-            strength=strength,
-        )
-
-    def stop(request: gr.Request) -> None:
-        runner.stop(owner=request.session_hash if request else None)
-
-    def fit_sliders(value):
-        """The size sliders for an uploaded image (a PIL image, or an image editor's value)."""
-        image = value.get("background") if isinstance(value, dict) else value
-        return (gr.skip(), gr.skip()) if image is None else fit_size(image.size, rules)
-
-    def prompt_row(task: str):
-        prefix = ELEM_ID_PREFIXES[task]
-        with gr.Row(equal_height=True):
-            prompt = gr.Textbox(
-                label="Prompt",
-                placeholder="Describe the image, then press Enter",
-                max_lines=1,
-                max_length=MAX_PROMPT_CHARS,  # the page stops typing there; `GenerationRunner.check` refuses API calls
-                scale=5,
-                elem_id=f"{prefix}prompt",
-            )
-            run_button = gr.Button("Run", variant="primary", scale=0, min_width=100, elem_id=f"{prefix}run")
-            stop_button = gr.Button("Stop", variant="stop", scale=0, min_width=100, elem_id=f"{prefix}stop")
-        return prompt, run_button, stop_button
-
-    def result_image(task: str):
-        prefix = ELEM_ID_PREFIXES[task]
-        return gr.Image(label="Result", type="pil", format="png", interactive=False, elem_id=f"{prefix}result")
-
-    def advanced_settings(task: str) -> list:
-        """negative prompt, seed, randomize seed, width, height, guidance, steps: the inputs after the prompt."""
-        prefix = ELEM_ID_PREFIXES[task]
-        with gr.Accordion("Advanced settings", open=False):
-            negative_prompt = gr.Textbox(
-                label="Negative prompt",
-                placeholder="What the image should not show",
-                max_lines=1,
-                max_length=MAX_PROMPT_CHARS,
-            )
-            with gr.Row():
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
-            with gr.Row():
-                slider = dict(minimum=rules.multiple, maximum=rules.maximum, step=rules.multiple)
-                width_slider = gr.Slider(
-                    label="Width", value=rules.snap(width or rules.default), elem_id=f"{prefix}width", **slider
-                )
-                height_slider = gr.Slider(
-                    label="Height", value=rules.snap(height or rules.default), elem_id=f"{prefix}height", **slider
-                )
-            with gr.Row():
-                guidance = gr.Slider(
-                    label="Guidance scale", minimum=0.0, maximum=MAX_GUIDANCE_SCALE, step=0.1, value=guidance_scale
-                )
-                steps = gr.Slider(
-                    label="Inference steps", minimum=1, maximum=max_inference_steps, step=1, value=num_inference_steps
-                )
-        return [negative_prompt, seed, randomize_seed, width_slider, height_slider, guidance, steps]
-
-    def strength_slider(value: float):
-        return gr.Slider(
-            label="Strength",
-            info="How much to change: 1 repaints from noise, 0.3 keeps most of the image",
-            minimum=0.0,
-            maximum=1.0,
-            step=0.05,
-            value=value,
-        )
-
-    def used_seed_box(task: str):
-        prefix = ELEM_ID_PREFIXES[task]
-        return gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{prefix}seed-used")
-
-    several_tabs = len(runner.tasks) > 1
-    events, stop_buttons = [], []
-    generation = dict(
-        preprocess=False,  # Gradio's conversion fails on `width="abc"` with a bare "Error"; the runner names it
-        concurrency_limit=1,  # one generation at a time, whichever tab; the queue answers the others in turn
-        concurrency_id="generation",
+    defaults = ControlDefaults(
+        rules=rules,
+        width=rules.snap(width or rules.default),
+        height=rules.snap(height or rules.default),
+        guidance_scale=guidance_scale,
+        num_inference_steps=num_inference_steps,
+        max_inference_steps=max_inference_steps,
     )
+    examples = list(EXAMPLE_PROMPTS if examples is None else examples)
+    handlers = DemoHandlers(runner)
+    endpoints = {**_text_to_image_endpoints(handlers), **_image_endpoints(handlers)}
+    # 3. A tab per task (no tabs for text to image alone), each with its Run event and its Stop button
+    several_tabs = len(runner.tasks) > 1
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}")
         with gr.Tabs() if several_tabs else contextlib.nullcontext():
             with gr.Tab(TAB_LABELS["text-to-image"], id="text-to-image") if several_tabs else contextlib.nullcontext():
-                prompt, run_button, stop_button = prompt_row("text-to-image")
-                result = result_image("text-to-image")
-                settings = advanced_settings("text-to-image")
-                used_seed = used_seed_box("text-to-image")
-                gr.Examples(examples=[[example] for example in examples], inputs=[prompt], label="Example prompts")
-                events.append(
-                    gr.on(
-                        triggers=[run_button.click, prompt.submit],
-                        fn=generate,
-                        inputs=[prompt, *settings],
-                        outputs=[result, used_seed],
-                        api_name=API_NAMES["text-to-image"],
-                        **generation,
-                    )
-                )
-                stop_buttons.append(stop_button)
-
-            for task, fn in (("image-to-image", image_to_image), ("inpainting", inpaint)):
-                if task not in runner.tasks:
-                    continue
+                tabs = [_text_to_image_tab(endpoints["text-to-image"], examples=examples, defaults=defaults)]
+            for task in [task for task in runner.tasks if task != "text-to-image"]:
                 with gr.Tab(TAB_LABELS[task], id=task):
-                    prompt, run_button, stop_button = prompt_row(task)
-                    with gr.Row(equal_height=True):
-                        if task == "image-to-image":
-                            inputs[task] = gr.Image(
-                                label="Image",
-                                type="pil",
-                                sources=["upload", "clipboard"],
-                                elem_id=f"{ELEM_ID_PREFIXES[task]}image",
-                            )
-                        else:
-                            inputs[task] = gr.ImageEditor(
-                                label="Image: paint the area to repaint",
-                                type="pil",
-                                image_mode="RGBA",  # the layers keep their alpha: painted pixels are the mask
-                                sources=["upload", "clipboard"],
-                                brush=gr.Brush(colors=[("#ffffff", 0.7)], color_mode="fixed"),  # white repaints
-                                layers=False,
-                                transforms=(),  # a crop would have to crop the mask too
-                                elem_id=f"{ELEM_ID_PREFIXES[task]}image",
-                            )
-                        result = result_image(task)
-                    strength = strength_slider(
-                        pipelines[task].default_strength
-                        if task == "image-to-image"
-                        else 1.0 if getattr(pipelines[task], "concatenates_mask", False) else INPAINTING_STRENGTH
+                    strength = _initial_strength(task, pipelines[task])
+                    tabs.append(
+                        _image_tab(task, endpoints[task], handlers=handlers, strength=strength, defaults=defaults)
                     )
-                    settings = advanced_settings(task)
-                    used_seed = used_seed_box(task)
-                    width_slider, height_slider = settings[3], settings[4]
-                    inputs[task].upload(
-                        fn=fit_sliders,
-                        inputs=inputs[task],
-                        outputs=[width_slider, height_slider],
-                        queue=False,
-                        api_name=False,
-                        show_progress="hidden",
-                    )
-                    events.append(
-                        gr.on(
-                            triggers=[run_button.click, prompt.submit],
-                            fn=fn,
-                            inputs=[inputs[task], prompt, *settings, strength],
-                            outputs=[result, used_seed],
-                            api_name=API_NAMES[task],
-                            **generation,
-                        )
-                    )
-                    stop_buttons.append(stop_button)
-
-        for index, button in enumerate(stop_buttons):  # each Stop ends this session's generation, whichever tab
-            api_name = "stop" if index == 0 else False  # one `/stop` endpoint serves every tab
-            button.click(fn=stop, inputs=None, outputs=None, cancels=events, queue=False, api_name=api_name)
+        # 4. Every Stop button stops this session's generation, whichever tab started it
+        events, stop_buttons = ([*column] for column in zip(*tabs))
+        _connect_stop_buttons(stop_buttons, stop=endpoints["stop"], events=events)
     return demo
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Command line
