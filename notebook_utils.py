@@ -148,6 +148,9 @@ def format_bytes(size: int) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
+INT8_VAE_LABEL = "int8-hybrid + int8 VAE"  # the comparison's entry for `quantize_vae=True`
+
+
 @dataclass
 class FormatResult:
     """One weight format in the comparison."""
@@ -176,9 +179,12 @@ def compare_weight_formats(
     num_inference_steps: int,
     guidance_scale: float,
     seed: int,
+    quantize_vae: bool = False,
 ) -> list[FormatResult]:
     """Convert `checkpoint` in each weight format (skipped when done before), then time one image with each.
 
+    With `quantize_vae`, one more entry, `INT8_VAE_LABEL`: int8-hybrid with the VAE in int8 too
+    (`convert_sd3(..., weight_format="int8-hybrid", quantize_vae=True)`).
     Pipelines are loaded one at a time and freed before the next, so memory holds one model at once. Every
     format gets the same prompt and seed, so the images differ only by the compression.
     """
@@ -186,12 +192,14 @@ def compare_weight_formats(
 
     import torch
 
-    from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3, folder_size
+    from sd3_helper import HYBRID_WEIGHT_FORMAT, OVStableDiffusion3Pipeline, convert_sd3, folder_size
 
+    variants = [(weight_format, False) for weight_format in weight_formats] + ([(HYBRID_WEIGHT_FORMAT, True)] if quantize_vae else [])
     results = []
-    for weight_format in weight_formats:
-        model_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format=weight_format, load_t5=load_t5)
-        convert_sd3(checkpoint, model_dir, load_t5=load_t5, weight_format=weight_format)
+    for weight_format, int8_vae in variants:
+        folder_format = f"{weight_format}-int8-vae" if int8_vae else weight_format
+        model_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format=folder_format, load_t5=load_t5)
+        convert_sd3(checkpoint, model_dir, load_t5=load_t5, weight_format=weight_format, quantize_vae=int8_vae)
         pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device)
         pipe.set_progress_bar_config(disable=True)
         generate = dict(prompt=prompt, height=height, width=width, guidance_scale=guidance_scale)
@@ -203,7 +211,7 @@ def compare_weight_formats(
         latency = time.perf_counter() - start
         results.append(
             FormatResult(
-                weight_format=weight_format,
+                weight_format=INT8_VAE_LABEL if int8_vae else weight_format,
                 model_dir=model_dir,
                 size_bytes=folder_size(model_dir),
                 latency_s=latency,

@@ -27,6 +27,20 @@ writes the same layout with weight format "int8-hybrid":
 - The text encoders and the VAE get int8 weight-only compression (`sd3_conversion.compress_weights(...,
   weight_format="int8")`): their cost is a small share of a generation, and quantizing their activations
   costs accuracy (the original tutorial's finding), while int8 weights halve their size.
+- `quantize_vae=True` quantizes the VAE decoder and encoder too (`quantize_vae_model`, off by default). The
+  decoder is calibrated on what the pipeline feeds it: the final latents of `vae_num_samples` whole generations
+  on the calibration prompts (same settings and seed scheme as the transformer's); the encoder on the pixels of
+  those decoded images plus as many `synthetic_images` (gradients, shapes, noise textures), as no photos can be
+  downloaded. Kept out, by graph structure (`vae_layer_groups`), by measurement on the SD3-Medium-shaped VAE
+  (random weights; PSNR against the fp16 decoder, both in f32, held-out latents; `benchmarks/bench_vae.py`):
+    * the inputs of the GroupNorms and of the residual Adds, which NNCF's default rules quantize (its transformer
+      rules leave them alone too): quantizing them costs 4.3 dB (33.97 -> 38.25 dB at 256x256), for no speed;
+    * the first and last convolutions and the mid-block attention (+0.24 dB together: cheap, kept as the
+      transformer's patch embedding and output projection are);
+    * the convolutions at the latents' resolution (mid-block and first up block: +1.1 dB, no measurable time)
+      and at the image's (+0.6 dB, +13 % decode time); the middle resolutions stay int8. Chosen: 40.1 dB at
+      256x256, 39.8 dB at 512x512, under the 40 dB aimed at, hence off by default.
+  See README for the measured PSNR of every variant and the decode speed-up.
 
 The output is written like `convert_sd3` writes: each submodel with `sd3_layout.staged_dir`,
 `model_index.json` last, finished submodels skipped on the next call unless `overwrite=True`.
@@ -39,7 +53,10 @@ import gc
 import hashlib
 import random
 import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -96,6 +113,12 @@ DEFAULT_NUM_SAMPLES = 200  # transformer calls recorded, as in the original open
 CALIBRATION_MAX_SIDE = 512  # pixels; the tutorial calibrates at 512x512: 1/4 of the activations of 1024x1024
 # Layer groups kept out of quantization (see the module docstring and `transformer_ignored_scope`).
 TRANSFORMER_IGNORED_LAYERS = ("patch_embedding", "conditioning", "output_projection")
+VAE_SUBMODELS = ("vae_decoder", "vae_encoder")  # quantized with `quantize_vae=True`, int8 weights otherwise
+DEFAULT_VAE_NUM_SAMPLES = 8  # whole generations whose final latents calibrate the decoder (+ as many synthetic images for the encoder)
+# Layer groups of the VAE kept out of quantization (see `vae_layer_groups`; chosen by measurement, see above).
+VAE_IGNORED_LAYERS = (
+    "first_convolution", "last_convolution", "attention", "normalization", "residual_add", "lowest_resolution", "full_resolution"
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,6 +170,36 @@ class RecordingSubmodel:
         return self.submodel(**inputs)
 
 
+def calibration_calls(prompts: list[str], *, seed: int, count: int) -> Iterator[tuple[str, str, torch.Generator]]:
+    """(prompt, negative prompt, generator) of the first `count` calibration images: prompts in an order shuffled
+    by `seed`, a negative prompt drawn from `NEGATIVE_PROMPTS`, latents seeded by `seed` and the position."""
+    rng = random.Random(seed)
+    order = rng.sample(range(len(prompts)), k=len(prompts))
+    for position in range(count):
+        yield prompts[order[position % len(order)]], rng.choice(NEGATIVE_PROMPTS), torch.Generator().manual_seed(seed * 1_000_003 + position)
+
+
+def calibration_size(pipe, *, height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width) of calibration images: the given ones, else the model's native size, at most
+    `CALIBRATION_MAX_SIDE` pixels."""
+    default = min(pipe.size_rules.default, CALIBRATION_MAX_SIDE)
+    return height or default, width or default
+
+
+@contextmanager
+def recording(pipe, name: str, *, max_calls: int) -> Iterator[RecordingSubmodel]:
+    """Wrap `pipe.<name>` in a `RecordingSubmodel` and turn the progress bar off for the block; restore both."""
+    recorder = RecordingSubmodel(getattr(pipe, name), max_calls=max_calls)
+    progress_config = pipe.progress_bar_config
+    setattr(pipe, name, recorder)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        yield recorder
+    finally:
+        setattr(pipe, name, recorder.submodel)
+        pipe.set_progress_bar_config(**progress_config)
+
+
 def collect_calibration_data(
     pipe,
     *,
@@ -161,8 +214,7 @@ def collect_calibration_data(
     """Run `pipe` (an `OVStableDiffusion3Pipeline`) on `prompts` and return the inputs of its first
     `num_samples` transformer calls, one dict of named arrays per call.
 
-    Prompts are taken in an order shuffled by `seed`, each with a negative prompt drawn from
-    `NEGATIVE_PROMPTS` and latents from a generator seeded by `seed` and the prompt's position, so the same
+    Prompts, negative prompts and latents come from `calibration_calls(prompts, seed=seed, ...)`, so the same
     arguments always give the same data. Images are not decoded, and the last image stops as soon as
     `num_samples` calls are recorded. `height` and `width` default to the model's native size, at most
     `CALIBRATION_MAX_SIDE` pixels. `pipe.transformer` is restored afterwards.
@@ -171,15 +223,7 @@ def collect_calibration_data(
 
     if num_samples < 1:
         raise ValueError(f"`num_samples` has to be a positive integer but is {num_samples!r}.")
-    height = height or min(pipe.size_rules.default, CALIBRATION_MAX_SIDE)
-    width = width or min(pipe.size_rules.default, CALIBRATION_MAX_SIDE)
-    rng = random.Random(seed)
-    order = rng.sample(range(len(prompts)), k=len(prompts))
-
-    recorder = RecordingSubmodel(pipe.transformer, max_calls=num_samples)
-    progress_config = pipe.progress_bar_config
-    pipe.transformer = recorder
-    pipe.set_progress_bar_config(disable=True)
+    height, width = calibration_size(pipe, height=height, width=width)
 
     def stop_when_full(running_pipe, step, timestep, callback_kwargs):
         progress.update(len(recorder.recorded) - progress.n)
@@ -187,25 +231,25 @@ def collect_calibration_data(
         return callback_kwargs
 
     progress = tqdm(total=num_samples, desc="Collecting calibration data", unit="sample")
-    try:
-        for position in range(num_samples):  # at least one sample per image, so this many images suffice
-            if recorder.full:
-                break
-            pipe(
-                prompts[order[position % len(order)]],
-                negative_prompt=rng.choice(NEGATIVE_PROMPTS),
-                height=height,
-                width=width,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                generator=torch.Generator().manual_seed(seed * 1_000_003 + position),
-                output_type="latent",
-                callback_on_step_end=stop_when_full,
-            )
-    finally:
-        progress.close()
-        pipe.transformer = recorder.submodel
-        pipe.set_progress_bar_config(**progress_config)
+    with recording(pipe, "transformer", max_calls=num_samples) as recorder:
+        try:
+            # at least one sample per image, so this many images suffice
+            for prompt, negative_prompt, generator in calibration_calls(prompts, seed=seed, count=num_samples):
+                if recorder.full:
+                    break
+                pipe(
+                    prompt,
+                    negative_prompt=negative_prompt,
+                    height=height,
+                    width=width,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    generator=generator,
+                    output_type="latent",
+                    callback_on_step_end=stop_when_full,
+                )
+        finally:
+            progress.close()
     return recorder.recorded
 
 
@@ -244,21 +288,40 @@ def layer_groups(ov_model) -> dict[str, list[str]]:
 
 def _has_constant_weight(op) -> bool:
     """True when the MatMul's second input is a Constant, possibly through decompression (Convert, ...)."""
-    node = op.input_value(1).get_node()
+    return _is_constant(op.input_value(1))
+
+
+def _is_constant(output) -> bool:
+    """True when `output` comes from a Constant, possibly through decompression (Convert, Reshape, ...)."""
+    node = output.get_node()
     while node.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose") and node.get_input_size():
         node = node.input_value(0).get_node()
     return node.get_type_name() == "Constant"
 
 
-def transformer_ignored_scope(ov_model, *, groups: tuple[str, ...] = TRANSFORMER_IGNORED_LAYERS):
-    """An `nncf.IgnoredScope` naming the transformer layers of `groups` (see `layer_groups`)."""
+def ignored_scope(by_group: dict[str, list[str]], *, groups: tuple[str, ...]):
+    """An `nncf.IgnoredScope` naming the layers of `groups`, from a `{group: layer names}` dict."""
     import nncf
 
-    by_group = layer_groups(ov_model)
     unknown = set(groups) - set(by_group)
     if unknown:
         raise ValueError(f"`groups` has unknown layer groups {sorted(unknown)}; choose from {sorted(by_group)}.")
     return nncf.IgnoredScope(names=[name for group in groups for name in by_group[group]])
+
+
+def transformer_ignored_scope(ov_model, *, groups: tuple[str, ...] = TRANSFORMER_IGNORED_LAYERS):
+    """An `nncf.IgnoredScope` naming the transformer layers of `groups` (see `layer_groups`)."""
+    return ignored_scope(layer_groups(ov_model), groups=groups)
+
+
+def compress_kept_out_weights(quantized_model):
+    """int8 weight-only compression of the layers `nncf.quantize` kept out (the quantized ones hold int8 weights
+    already), and the remaining large f32 constants stored in f16."""
+    import nncf
+
+    with quiet_nncf():
+        compressed = nncf.compress_weights(quantized_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    return store_large_constants_in_fp16(compressed)
 
 
 def quantize_transformer(
@@ -288,8 +351,7 @@ def quantize_transformer(
             ignored_scope=transformer_ignored_scope(ov_model, groups=ignored_layers),
             advanced_parameters=advanced,
         )
-        # The quantized layers already hold int8 weights; this compresses the weights of the kept-out ones.
-        return nncf.compress_weights(quantized, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    return compress_kept_out_weights(quantized)
 
 
 def psnr(image, reference) -> float:
@@ -299,6 +361,168 @@ def psnr(image, reference) -> float:
         image, reference = image / 255.0, reference / 255.0
     mse = float(np.mean((image - reference) ** 2))
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quantizing the VAE (`quantize_vae=True`)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def synthetic_images(*, count: int, height: int, width: int, seed: int = 0) -> list:
+    """`count` PIL images made offline from `seed`: a two-colour gradient, a few filled ellipses and rectangles,
+    and noise at three scales (a texture), softened by a slight blur. With images the pipeline decodes, they
+    stand in for the photos image-to-image is given, which cannot be downloaded here."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:1 : height * 1j, 0:1 : width * 1j]
+    images = []
+    for _ in range(count):
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * x + np.sin(angle) * y
+        ramp = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)  # (H, W) in [0, 1]
+        start, end = rng.uniform(0, 255, size=(2, 3))
+        image = Image.fromarray((start + (end - start) * ramp[..., None]).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.integers(2, 7)):
+            box = [*sorted(rng.uniform(0, width, 2)), *sorted(rng.uniform(0, height, 2))]
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape((box[0], box[2], box[1], box[3]), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        pixels = np.asarray(image, dtype=np.float32)
+        for scale, amplitude in ((32, 24.0), (8, 12.0), (1, 6.0)):  # coarse blotches to fine grain
+            noise = rng.normal(size=(max(height // scale, 1), max(width // scale, 1), 3)).astype(np.float32)
+            channels = [np.asarray(Image.fromarray(channel).resize((width, height), Image.BICUBIC)) for channel in noise.transpose(2, 0, 1)]
+            pixels += amplitude * np.stack(channels, axis=-1)
+        images.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius=0.7)))
+    return images
+
+
+def collect_vae_calibration_data(
+    pipe,
+    *,
+    prompts: list[str],
+    num_samples: int,
+    seed: int = 0,
+    num_inference_steps: int = CALIBRATION_STEPS,
+    guidance_scale: float = CALIBRATION_GUIDANCE_SCALE,
+    height: int | None = None,
+    width: int | None = None,
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Calibration inputs of the VAE: `{"vae_decoder": [...], "vae_encoder": [...]}`, one dict of named arrays
+    per sample.
+
+    The decoder's: what `pipe` feeds it at the end of `num_samples` whole generations (the images of
+    `calibration_calls(prompts, seed=seed, ...)`, at `height` x `width`, default as `collect_calibration_data`).
+    The encoder's: the pixels of those decoded images and of as many `synthetic_images`, preprocessed as the
+    image-to-image pipeline does. `pipe.vae_decoder` is restored afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    if num_samples < 1:
+        raise ValueError(f"`num_samples` has to be a positive integer but is {num_samples!r}.")
+    height, width = calibration_size(pipe, height=height, width=width)
+    images = []
+    with recording(pipe, "vae_decoder", max_calls=num_samples) as recorder:
+        calls = calibration_calls(prompts, seed=seed, count=num_samples)
+        for prompt, negative_prompt, generator in tqdm(calls, total=num_samples, desc="Collecting VAE calibration data", unit="image"):
+            output = pipe(
+                prompt,
+                negative_prompt=negative_prompt,
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+            )
+            images += output.images
+    images += synthetic_images(count=num_samples, height=height, width=width, seed=seed)
+    encoder_inputs = [{"sample": pipe.image_processor.preprocess(image, height=height, width=width).to(torch.float32).numpy()} for image in images]
+    return {"vae_decoder": recorder.recorded, "vae_encoder": encoder_inputs}
+
+
+def vae_layer_groups(ov_model) -> dict[str, list[str]]:
+    """Names of a VAE decoder's or encoder's layers, by role, found from the graph's structure.
+
+    Convolutions: `first_convolution` reads the model's input (latents or pixels); `last_convolution` makes its
+    output (the image, or the latent distribution); `resampling` follow an upsampling (decoder) or are strided
+    (encoder); `shortcut` are the 1x1 ones of residual branches that change the width. The others, each after a
+    GroupNorm + SiLU, by resolution: `lowest_resolution` (the latents': the mid-block and the block next to it),
+    `full_resolution` (the image's) and `residual` (in between). Other layers: `attention` (the mid-block's
+    MatMuls and attention op), `normalization` (the GroupNorms) and `residual_add` (the Adds that join a residual
+    branch to the stream, not the bias Adds); NNCF's default rules quantize the inputs of these last two.
+    """
+    ops = ov_model.get_ordered_ops()
+    convolutions = [op for op in ops if op.get_type_name() == "Convolution"]
+    groups = {
+        "attention": [op for op in ops if op.get_type_name() in ("MatMul", "ScaledDotProductAttention", "Softmax")],
+        "normalization": [op for op in ops if op.get_type_name() in ("GroupNormalization", "MVN")],
+        "residual_add": [op for op in ops if op.get_type_name() == "Add" and not any(_is_constant(source) for source in op.input_values())],
+    }
+    groups |= {name: [] for name in ("first_convolution", "last_convolution", "resampling", "shortcut", "lowest_resolution", "full_resolution", "residual")}
+    resamplings = _resamplings_before(ops)
+    deepest = max(resamplings.values())
+    upsamples = any(op.get_type_name() == "Interpolate" for op in ops)  # a decoder: the resolution grows
+    for op in convolutions:
+        if op.input_value(0).get_node().get_type_name() == "Parameter":
+            group = "first_convolution"
+        elif op is convolutions[-1]:
+            group = "last_convolution"
+        elif _resamples(op) or op.input_value(0).get_node().get_type_name() == "Interpolate":
+            group = "resampling"
+        elif all(side == 1 for side in op.input_value(1).get_shape()[2:]):
+            group = "shortcut"
+        elif resamplings[op] == (0 if upsamples else deepest):
+            group = "lowest_resolution"
+        elif resamplings[op] == (deepest if upsamples else 0):
+            group = "full_resolution"
+        else:
+            group = "residual"
+        groups[group].append(op)
+    return {name: [op.get_friendly_name() for op in members] for name, members in groups.items()}
+
+
+def _resamples(op) -> bool:
+    """True for an upsampling (Interpolate) or a strided Convolution."""
+    return op.get_type_name() == "Interpolate" or (op.get_type_name() == "Convolution" and max(op.get_attributes()["strides"]) > 1)
+
+
+def _resamplings_before(ordered_ops) -> dict:
+    """op -> the number of resamplings on the longest path from the model's input to it (its output included)."""
+    counts = {}
+    for op in ordered_ops:
+        before = max((counts[source.get_node()] for source in op.input_values()), default=0)
+        counts[op] = before + _resamples(op)
+    return counts
+
+
+@dataclass(frozen=True)
+class VaeQuantization:
+    """How `quantize_vae_model` quantizes a VAE decoder or encoder; the defaults are the variant chosen by
+    measurement (see the module docstring and `benchmarks/bench_vae.py`)."""
+
+    ignored_layers: tuple[str, ...] = VAE_IGNORED_LAYERS  # groups of `vae_layer_groups` kept in 16 bits (int8 weights)
+    preset: str = "mixed"  # NNCF preset: "mixed" (asymmetric activations) or "performance" (symmetric)
+    transformer_rules: bool = False  # model_type=TRANSFORMER: SmoothQuant on the MatMuls, attention inputs quantized
+    bias_correction: bool = True  # NNCF's fast bias correction
+
+
+def quantize_vae_model(ov_model, calibration_data: list[dict[str, np.ndarray]], *, settings: VaeQuantization = VaeQuantization()):
+    """NNCF post-training int8 quantization of a VAE decoder's or encoder's weights and activations as
+    `settings` says; the kept-out layers get int8 weight-only compression."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    with quiet_nncf():
+        quantized = nncf.quantize(
+            ov_model,
+            nncf.Dataset(calibration_data),
+            preset=nncf.QuantizationPreset(settings.preset),
+            model_type=nncf.ModelType.TRANSFORMER if settings.transformer_rules else None,
+            subset_size=len(calibration_data),
+            ignored_scope=ignored_scope(vae_layer_groups(ov_model), groups=settings.ignored_layers),
+            advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=not settings.bias_correction),
+        )
+    return compress_kept_out_weights(quantized)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -332,18 +556,23 @@ def _save_submodel(ov_model, *, model_dir: Path, output_dir: Path, name: str) ->
         shutil.copy2(model_dir / name / CONFIG_JSON, staging / CONFIG_JSON)
 
 
+def _calibration_data(collect, model_dir: Path, *, calibration: dict, device: str, ov_config: dict | None, **overrides):
+    """`collect(pipe, **calibration, **overrides)` with the fp16 pipeline of `model_dir`, freed afterwards."""
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device, ov_config=ov_config, compile=False)
+    pipe.set_progress_bar_config(disable=True)
+    data = collect(pipe, **{**calibration, **overrides})
+    del pipe  # frees the compiled models before NNCF compiles its own
+    gc.collect()
+    return data
+
+
 def _quantized_transformer(model_dir: Path, *, calibration: dict, device: str, ov_config: dict | None):
     """Collect calibration data with the fp16 pipeline of `model_dir`, then quantize its transformer."""
     import openvino as ov
 
-    pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device, ov_config=ov_config, compile=False)
-    pipe.set_progress_bar_config(disable=True)
-    calibration_data = collect_calibration_data(pipe, **calibration)
-    del pipe  # frees the compiled models before NNCF compiles its own
-    gc.collect()
+    calibration_data = _calibration_data(collect_calibration_data, model_dir, calibration=calibration, device=device, ov_config=ov_config)
     ov_model = ov.Core().read_model(model_dir / "transformer" / OV_MODEL_XML)
-    quantized = quantize_transformer(ov_model, calibration_data)
-    return store_large_constants_in_fp16(quantized)
+    return quantize_transformer(ov_model, calibration_data)
 
 
 def quantize_sd3(
@@ -357,6 +586,8 @@ def quantize_sd3(
     guidance_scale: float = CALIBRATION_GUIDANCE_SCALE,
     height: int | None = None,
     width: int | None = None,
+    quantize_vae: bool = False,
+    vae_num_samples: int = DEFAULT_VAE_NUM_SAMPLES,
     device: str = "CPU",
     ov_config: dict | None = None,
     overwrite: bool = False,
@@ -368,6 +599,8 @@ def quantize_sd3(
     shipped `prompts/calibration_prompts.txt`) with `num_inference_steps` steps and `guidance_scale`, at
     `height` x `width` (default: the native size, at most 512 pixels), on `device` with OpenVINO properties
     `ov_config`; `seed` fixes the prompts, negative prompts and latents. The other submodels get int8 weights.
+    With `quantize_vae=True` the VAE decoder and encoder are quantized too (`quantize_vae_model`), calibrated on
+    `vae_num_samples` whole generations of the same settings (see `collect_vae_calibration_data`).
     See the module docstring for the choices.
 
     The folder is written atomically (staging folders, `model_index.json` last), in the layout `convert_sd3`
@@ -388,7 +621,9 @@ def quantize_sd3(
         height=height,
         width=width,
     )
-    record = hybrid_record(read_conversion_record(model_dir) or {"source": {"folder_fingerprint": checkpoint_fingerprint(model_dir)}}, calibration=calibration)
+    vae_calibration = vae_calibration_settings(quantize_vae=quantize_vae, num_samples=vae_num_samples)
+    source_record = read_conversion_record(model_dir) or {"source": {"folder_fingerprint": checkpoint_fingerprint(model_dir)}}
+    record = hybrid_record(source_record, calibration=calibration, vae_calibration=vae_calibration)
     finished = set() if overwrite else {name for name in submodels if is_converted(output_dir / name)}
     refuse_other_weight_format(output_dir, sorted(finished), weight_format=HYBRID_WEIGHT_FORMAT)
     if not overwrite:
@@ -397,7 +632,16 @@ def quantize_sd3(
         remove_stale_staging(output_dir)
         (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
         write_conversion_record(output_dir, record)
-        _quantize_submodels(model_dir, output_dir, submodels=submodels, finished=finished, calibration=calibration, device=device, ov_config=ov_config)
+        _quantize_submodels(
+            model_dir,
+            output_dir,
+            submodels=submodels,
+            finished=finished,
+            calibration=calibration,
+            vae_calibration=vae_calibration,
+            device=device,
+            ov_config=ov_config,
+        )
         for name in COPIED_COMPONENTS:
             if (model_dir / name).is_dir() and (overwrite or not (output_dir / name).is_dir()):
                 with staged_dir(output_dir / name) as staging:
@@ -429,22 +673,45 @@ def calibration_settings(
     )
 
 
-def hybrid_record(source_record: dict, *, calibration: dict) -> dict:
+def vae_calibration_settings(*, quantize_vae: bool, num_samples: int = DEFAULT_VAE_NUM_SAMPLES) -> dict | None:
+    """What a folder records about its int8 VAE (None without `quantize_vae`): the calibration images and the
+    layers kept out. Raises a ValueError naming `vae_num_samples` if it is not a positive integer."""
+    if not quantize_vae:
+        return None
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"`vae_num_samples` has to be a positive integer but is {num_samples!r}.")
+    return {"num_samples": num_samples, "synthetic_images": num_samples, "ignored_layers": list(VaeQuantization().ignored_layers)}
+
+
+def hybrid_record(source_record: dict, *, calibration: dict, vae_calibration: dict | None = None) -> dict:
     """The conversion record of an int8-hybrid folder: the fp16 folder's source, its options with weight_format
-    int8-hybrid, and the calibration settings (the prompts as a digest)."""
+    int8-hybrid, and the calibration settings (the prompts as a digest); with an int8 VAE, `quantize_vae: true`
+    and `vae_calibration` (see `vae_calibration_settings`)."""
     prompts_digest = hashlib.sha256("\n".join(calibration["prompts"]).encode()).hexdigest()
     settings = {key: value for key, value in calibration.items() if key != "prompts"} | {"prompts_sha256": prompts_digest}
     options = {**source_record.get("options", {}), "weight_format": HYBRID_WEIGHT_FORMAT, "calibration": settings}
+    if vae_calibration is not None:  # absent otherwise, so folders written before the option keep their record
+        options |= {"quantize_vae": True, "vae_calibration": vae_calibration}
     return {"source": source_record.get("source", {}), "options": options}
 
 
 def _quantize_submodels(
-    model_dir: Path, output_dir: Path, *, submodels: list[str], finished: set, calibration: dict, device: str, ov_config: dict | None
+    model_dir: Path,
+    output_dir: Path,
+    *,
+    submodels: list[str],
+    finished: set,
+    calibration: dict,
+    vae_calibration: dict | None,
+    device: str,
+    ov_config: dict | None,
 ) -> None:
-    """Quantize the transformer and compress the other submodels' weights, those not in `finished`."""
+    """Quantize the transformer (and with `vae_calibration` the VAE), compress the other submodels' weights,
+    those not in `finished`."""
     import openvino as ov
     from tqdm.auto import tqdm
 
+    vae_data = {}  # collected once, when the first VAE submodel needs it
     progress = tqdm(submodels, desc="Quantizing SD3 (int8-hybrid)", unit="submodel")
     for name in progress:
         progress.set_postfix_str(name)
@@ -453,6 +720,16 @@ def _quantize_submodels(
             continue
         if name == "transformer":
             ov_model = _quantized_transformer(model_dir, calibration=calibration, device=device, ov_config=ov_config)
+        elif vae_calibration is not None and name in VAE_SUBMODELS:
+            vae_data = vae_data or _calibration_data(
+                collect_vae_calibration_data,
+                model_dir,
+                calibration=calibration,
+                device=device,
+                ov_config=ov_config,
+                num_samples=vae_calibration["num_samples"],
+            )
+            ov_model = quantize_vae_model(ov.Core().read_model(model_dir / name / OV_MODEL_XML), vae_data[name])
         else:
             ov_model = ov.Core().read_model(model_dir / name / OV_MODEL_XML)
             ov_model = compress_weights(ov_model, submodel=name, weight_format="int8")
@@ -461,22 +738,24 @@ def _quantize_submodels(
         gc.collect()
 
 
-def convert_sd3_hybrid(checkpoint: str | Path, output_dir: str | Path, *, load_t5: bool = True, overwrite: bool = False) -> Path:
+def convert_sd3_hybrid(
+    checkpoint: str | Path, output_dir: str | Path, *, load_t5: bool = True, quantize_vae: bool = False, overwrite: bool = False
+) -> Path:
     """int8-hybrid straight from a checkpoint: an fp16 conversion kept aside (resumable), then `quantize_sd3`
-    with its defaults. A finished folder of the same source and options is kept; one of another is refused
-    unless `overwrite=True`. Returns `output_dir`."""
+    with its defaults (and `quantize_vae`). A finished folder of the same source and options is kept; one of
+    another is refused unless `overwrite=True`. Returns `output_dir`."""
     output_dir = Path(output_dir)
     check_output_outside_source(checkpoint, output_dir)
     if (output_dir / MODEL_INDEX).is_file() and not overwrite:
         model_index, revision = load_model_index_and_revision(checkpoint)
         has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
         source = conversion_record(checkpoint, revision=revision, options={"weight_format": "fp16", "load_t5": has_t5})
-        calibration = calibration_settings()
-        refuse_other_conversion(output_dir, hybrid_record(source, calibration=calibration))
+        record = hybrid_record(source, calibration=calibration_settings(), vae_calibration=vae_calibration_settings(quantize_vae=quantize_vae))
+        refuse_other_conversion(output_dir, record)
         return output_dir  # quantize_sd3 writes model_index.json last: the folder is complete
     fp16_source = output_dir / ".fp16-source"
     with removed_on_failure(output_dir):
         convert_to_openvino(checkpoint, fp16_source, load_t5=load_t5, weight_format="fp16", overwrite=overwrite)
-    quantize_sd3(fp16_source, output_dir, overwrite=overwrite)
+    quantize_sd3(fp16_source, output_dir, quantize_vae=quantize_vae, overwrite=overwrite)
     shutil.rmtree(fp16_source)
     return output_dir

@@ -13,7 +13,6 @@ machine speed, which drifts on a shared VM). Expected: image-to-image ~ strength
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's modules
 
 from bench_checkpoint import build_checkpoint  # noqa: E402
-from bench_report import machine_description  # noqa: E402
+from bench_report import machine_description, write_results  # noqa: E402
 
 PROMPT = "a photo of a cat sitting on a wooden table, highly detailed"
 SEED = 42
@@ -174,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     stem = f"bench_image_to_image_{'quick' if args.quick else f'{args.layers}-layers'}"
     stem += "" if args.max_sequence_length == 256 else f"-{args.max_sequence_length}-tokens"
-    output = args.output or Path(__file__).resolve().parent / "results" / f"{stem}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    output.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(results, stem=stem, output=args.output, markdown=markdown(results))
     return 0
 
 

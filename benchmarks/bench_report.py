@@ -89,6 +89,17 @@ def machine_description() -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def write_results(results: dict, *, stem: str, output: Path | None, markdown: str) -> None:
+    """Save `results` as `results/<stem>.json` (or `output`) and `markdown` beside it as `.md`, and print it."""
+    import json
+
+    output = output or Path(__file__).resolve().parent / "results" / f"{stem}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    output.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 

@@ -71,3 +71,12 @@ def ov_pipeline(converted):
         return pipelines[key]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def int8_vae_folder(converted, tmp_path_factory) -> Path:
+    """The tiny model in int8-hybrid with `quantize_vae=True` (few calibration samples: a fast test fixture)."""
+    from sd3_quantization import quantize_sd3
+
+    output_dir = tmp_path_factory.mktemp("int8-vae") / "tiny-sd3-int8-hybrid-int8-vae"
+    return quantize_sd3(converted("fp16"), output_dir, num_samples=8, num_inference_steps=4, quantize_vae=True, vae_num_samples=2)
