@@ -16,6 +16,7 @@ import gc
 import hashlib
 import importlib
 import logging
+import math
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,6 +121,87 @@ def conversion_record(checkpoint: str | Path, *, revision: str | None, options: 
     else:
         source = {"hub_id": str(checkpoint), "revision": revision}
     return {"source": source, "options": options}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LoRA adapters fused at conversion
+# ----------------------------------------------------------------------------------------------------------
+
+LORA_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")  # what diffusers' SD3 LoRA loader fills
+
+
+def read_lora_state_dict(source: str | Path) -> tuple[dict, dict | None]:
+    """A LoRA's state dict (peft key names) and its metadata, read by diffusers' `lora_state_dict`, which
+    normalises the formats it knows. Raises a ValueError naming `source` when it is no LoRA for SD3."""
+    from diffusers import StableDiffusion3Pipeline
+
+    try:
+        state_dict, metadata = StableDiffusion3Pipeline.lora_state_dict(str(source), return_lora_metadata=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ValueError(f"LoRA {str(source)!r} could not be read ({reason}). Pass a diffusers/peft LoRA `.safetensors` file or its folder.") from error
+    if not state_dict or not all("lora" in key for key in state_dict):
+        raise ValueError(f"{str(source)!r} is not a LoRA: its tensor names must all contain 'lora' (found e.g. {next(iter(state_dict), None)!r}).")
+    prefixes = sorted({key.split(".")[0] for key in state_dict})
+    if not set(prefixes) & set(LORA_COMPONENTS):
+        raise ValueError(
+            f"LoRA {str(source)!r} has no weights for SD3: its tensors start with {prefixes[:5]}, none with {list(LORA_COMPONENTS)}. "
+            "Is it a LoRA for another model?"
+        )
+    return state_dict, metadata
+
+
+def check_lora(lora: list[tuple[str | Path, float]] | None) -> list[tuple[str, float]]:
+    """`lora` as `[(source, scale), ...]` with finite float scales (negative scales are valid, as in diffusers)."""
+    checked = []
+    for entry in lora or []:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
+            raise TypeError(f"`lora` has to be a list of (path, scale) pairs but holds {entry!r}.")
+        source, scale = entry
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"The scale of LoRA {str(source)!r} in `lora` has to be a finite number but is {scale!r}.")
+        checked.append((str(source), float(scale)))
+    return checked
+
+
+def lora_options(lora: list[tuple[str, float]]) -> list[dict]:
+    """What a conversion record says of its fused LoRAs: source, content digest (local files) and scale."""
+    options = []
+    for source, scale in lora:
+        path = Path(source)
+        path = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+        options.append({"source": source, "sha256": _file_digest(path) if path.is_file() else None, "scale": scale})
+    return options
+
+
+def fuse_loras(module: torch.nn.Module, *, component: str, lora: list[tuple[str, float]]) -> None:
+    """Fuse each `(source, scale)` LoRA of `lora` that has weights for `component` into `module`'s weights, as
+    diffusers' `load_lora_weights` + `set_adapters` + `fuse_lora` do, and remove the LoRA layers again."""
+    from diffusers import StableDiffusion3Pipeline
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names = []
+    for index, (source, scale) in enumerate(lora):
+        state_dict, metadata = read_lora_state_dict(source)
+        if not any(key.startswith(f"{component}.") for key in state_dict):
+            continue
+        name = f"lora_{index}"
+        if component == "transformer":
+            StableDiffusion3Pipeline.load_lora_into_transformer(state_dict, transformer=module, adapter_name=name, metadata=metadata)
+        else:
+            StableDiffusion3Pipeline.load_lora_into_text_encoder(
+                state_dict, network_alphas=None, text_encoder=module, prefix=component, adapter_name=name, metadata=metadata
+            )
+        for layer in module.modules():
+            if isinstance(layer, BaseTunerLayer) and name in layer.scaling:
+                layer.scaling[name] *= scale  # diffusers' adapter weight
+        names.append(name)
+    if names:
+        for layer in module.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.merge(adapter_names=[name for name in names if name in layer.scaling])
+        recurse_remove_peft_layers(module)
 
 
 def load_sd3_pipeline(checkpoint: str | Path, *, load_t5: bool = True, torch_dtype: torch.dtype | None = None):
@@ -261,6 +343,7 @@ class ExportSpec:
     source: torch.nn.Module  # the diffusers / transformers model, whose config is saved beside the IR
     runtime_options: dict[str, str] | None = None
     states: dict[str, np.ndarray] | None = None  # inputs that become OpenVINO states, with their initial values
+    module_names: dict[int, str] | None = None  # id(module) -> its path in `source`, when wrapping renamed it
 
 
 def _clip_spec(model) -> ExportSpec:
@@ -344,7 +427,10 @@ def _transformer_spec(model) -> ExportSpec:
         BLOCK_MASK: [config.num_layers],
     }
     states = {BLOCK_MASK: np.ones(config.num_layers, dtype=np.float32)}
-    return ExportSpec(TransformerExport(model), example_input, input_shapes, ["out_sample"], source=model, states=states)
+    module_names = module_paths(model)  # before `GatedBlock` adds `.block` to the blocks' paths
+    return ExportSpec(
+        TransformerExport(model), example_input, input_shapes, ["out_sample"], source=model, states=states, module_names=module_names
+    )
 
 
 def _vae_decoder_spec(vae) -> ExportSpec:
@@ -529,6 +615,7 @@ def _export_submodel(spec: ExportSpec, *, submodel: str, weight_format: str, out
     with torch.no_grad():
         program = torch.export.export(spec.module, args=(), kwargs=spec.example_input, dynamic_shapes=dynamic_shapes)
         ov_model = ov.convert_model(program)
+    name_linear_layers(ov_model, program, module=spec.module, module_names=spec.module_names or module_paths(spec.source))
     for ov_input, (name, shape) in zip(ov_model.inputs, spec.input_shapes.items()):
         ov_input.get_tensor().set_names({name})
     ov_model.reshape({name: ov.PartialShape(shape) for name, shape in spec.input_shapes.items()})
@@ -544,6 +631,37 @@ def _export_submodel(spec: ExportSpec, *, submodel: str, weight_format: str, out
     with staged_dir(output_dir / submodel) as staging:
         ov.save_model(ov_model, staging / OV_MODEL_XML, compress_to_fp16=weight_format != "fp32")
         _save_config(spec.source, staging)
+
+
+def module_paths(model: torch.nn.Module) -> dict[int, str]:
+    """`id(submodule) -> its dotted path in model` ("transformer_blocks.0.attn.to_q")."""
+    return {id(submodule): name for name, submodule in model.named_modules()}
+
+
+def linear_node_name(module_path: str) -> str:
+    """The IR name of an `nn.Linear`'s MatMul: optimum-intel's, which openvino.genai's LoRA matching reads."""
+    return f"__module.{module_path}/aten::linear/MatMul"
+
+
+def name_linear_layers(ov_model, program, *, module: torch.nn.Module, module_names: dict[int, str]) -> None:
+    """Name each `nn.Linear`'s MatMul in `ov_model` by its module path (`linear_node_name`).
+
+    `torch.export` names ops after graph nodes (`linear_3/aten.linear.default/MatMul`); the module that ran each
+    linear is in the node's `nn_module_stack`, as a path in the traced wrapper `module`, which `module_names`
+    maps back to the path in the diffusers / transformers model (where LoRA adapters name their layers).
+    """
+    paths = {}
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op == "call_function" and node.target is torch.ops.aten.linear.default and stack:
+            wrapper_path = list(stack.values())[-1][0]
+            name = module_names.get(id(module.get_submodule(wrapper_path)))
+            if name:
+                paths[node.name] = name
+    for op in ov_model.get_ops():
+        graph_node = op.get_friendly_name().split("/")[0]
+        if op.get_type_name() == "MatMul" and graph_node in paths:
+            op.set_friendly_name(linear_node_name(paths[graph_node]))
 
 
 def parameter_to_state(ov_model, *, name: str, initial: np.ndarray):
@@ -590,11 +708,15 @@ def check_weight_format(weight_format: str) -> None:
         raise ValueError(f"`weight_format` must be one of {list(WEIGHT_FORMATS)} but is {weight_format!r}.")
 
 
-def _convert_submodel(checkpoint: str | Path, item: SubmodelExport, *, model_index: dict, weight_format: str, output_dir: Path) -> None:
-    """Load one component in 16 bits (f32 for fp32), export it to `output_dir / item.name`, free it."""
+def _convert_submodel(
+    checkpoint: str | Path, item: SubmodelExport, *, model_index: dict, weight_format: str, output_dir: Path, lora: list[tuple[str, float]]
+) -> None:
+    """Load one component in 16 bits (f32 for fp32), fuse the LoRAs into it, export it to `output_dir / item.name`, free it."""
     # fp32 output needs f32 weights; every other format stores at most 16 bits, so load them in 16 bits.
     torch_dtype = torch.float32 if weight_format == "fp32" else torch.float16
     module = _load_component(checkpoint, model_index=model_index, name=item.component, torch_dtype=torch_dtype)
+    if lora and item.component in LORA_COMPONENTS:
+        fuse_loras(module, component=item.component, lora=lora)
     if item.name == "transformer":
         factor_position_embedding(module)  # before the upcast, so the factors stay 16-bit too
     module = compute_in_float32(module.eval()) if torch_dtype != torch.float32 else module.eval()
@@ -619,9 +741,13 @@ def convert_to_openvino(
     *,
     load_t5: bool = True,
     weight_format: str = "fp16",
+    lora: list[tuple[str | Path, float]] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Convert an SD3 checkpoint to OpenVINO IR with `weight_format` fp32, fp16, int8 or int4; return `output_dir`.
+
+    `lora` (`[(path, scale), ...]`) are fused into the transformer and CLIP text encoders at their scales first
+    (see `fuse_loras`); the conversion record names them, so another LoRA or scale is another conversion.
 
     The work behind `sd3_helper.convert_sd3` for every format but int8-hybrid (see there). Refused before anything
     is written: an `output_dir` that is the source folder, inside it or around it, and (unless `overwrite=True`)
@@ -637,7 +763,11 @@ def convert_to_openvino(
     check_output_outside_source(checkpoint, output_dir)
     model_index, revision = load_model_index_and_revision(checkpoint)
     has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
-    record = conversion_record(checkpoint, revision=revision, options={"weight_format": weight_format, "load_t5": has_t5})
+    lora = check_lora(lora)
+    for source, _ in lora:
+        read_lora_state_dict(source)  # a bad LoRA fails before anything is written
+    options = {"weight_format": weight_format, "load_t5": has_t5, **({"lora": lora_options(lora)} if lora else {})}
+    record = conversion_record(checkpoint, revision=revision, options=options)
     exports = [item for item in SUBMODEL_EXPORTS if has_t5 or item.name != "text_encoder_3"]
     finished = set() if overwrite else {item.name for item in exports if is_converted(output_dir / item.name)}
     refuse_other_weight_format(output_dir, sorted(finished), weight_format=weight_format)
@@ -647,7 +777,9 @@ def convert_to_openvino(
         remove_stale_staging(output_dir)
         (output_dir / MODEL_INDEX).unlink(missing_ok=True)  # the folder is incomplete until the end
         write_conversion_record(output_dir, record)
-        _convert_submodels(checkpoint, exports, model_index=model_index, weight_format=weight_format, output_dir=output_dir, finished=finished)
+        _convert_submodels(
+            checkpoint, exports, model_index=model_index, weight_format=weight_format, output_dir=output_dir, finished=finished, lora=lora
+        )
         _copy_components(checkpoint, model_index=model_index, has_t5=has_t5, output_dir=output_dir, overwrite=overwrite)
     if not has_t5:
         model_index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
@@ -656,7 +788,14 @@ def convert_to_openvino(
 
 
 def _convert_submodels(
-    checkpoint: str | Path, exports: list[SubmodelExport], *, model_index: dict, weight_format: str, output_dir: Path, finished: set
+    checkpoint: str | Path,
+    exports: list[SubmodelExport],
+    *,
+    model_index: dict,
+    weight_format: str,
+    output_dir: Path,
+    finished: set,
+    lora: list[tuple[str, float]],
 ) -> None:
     """Convert the submodels of `exports` not in `finished`, with one progress bar over them."""
     from tqdm.auto import tqdm
@@ -667,4 +806,4 @@ def _convert_submodels(
         if item.name in finished:
             tqdm.write(f"{item.name}: already converted, skipped")
             continue
-        _convert_submodel(checkpoint, item, model_index=model_index, weight_format=weight_format, output_dir=output_dir)
+        _convert_submodel(checkpoint, item, model_index=model_index, weight_format=weight_format, output_dir=output_dir, lora=lora)

@@ -17,10 +17,42 @@ from sd3_layout import (
     read_model_index,
 )
 
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file diffusers' `save_lora_weights` writes in a folder
 GENAI_TASKS = {"text-to-image": "Text2ImagePipeline", "image-to-image": "Image2ImagePipeline", "inpainting": "InpaintingPipeline"}
 
 
-def make_genai_pipeline(model_dir: str | Path, *, task: str = "text-to-image", device: str = "CPU", ov_config: dict | None = None):
+def lora_file(path: str | Path) -> Path:
+    """The `.safetensors` file of a LoRA given as that file or as the folder diffusers saved it in."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA file {str(path)!r} not found. Pass a `.safetensors` LoRA file or a folder holding {LORA_WEIGHT_NAME}.")
+    return path
+
+
+def genai_adapter_config(adapters: list[tuple[str | Path, float]]):
+    """An `openvino_genai.AdapterConfig` holding each `(LoRA path, alpha)` of `adapters`."""
+    import math
+
+    import openvino_genai
+
+    config = openvino_genai.AdapterConfig()
+    for path, alpha in adapters:
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"The alpha of LoRA {str(path)!r} in `adapters` has to be a finite number but is {alpha!r}.")
+        config.add(openvino_genai.Adapter(str(lora_file(path))), float(alpha))
+    return config
+
+
+def make_genai_pipeline(
+    model_dir: str | Path,
+    *,
+    task: str = "text-to-image",
+    device: str = "CPU",
+    ov_config: dict | None = None,
+    adapters: list[tuple[str | Path, float]] | None = None,
+):
     """The openvino.genai pipeline for `task` ("text-to-image": `Text2ImagePipeline`, "image-to-image":
     `Image2ImagePipeline`, "inpainting": `InpaintingPipeline`) on a folder written by `convert_sd3`, with this
     project's defaults.
@@ -29,6 +61,10 @@ def make_genai_pipeline(model_dir: str | Path, *, task: str = "text-to-image", d
     so `pipe.generate(prompt, generator=openvino_genai.TorchGenerator(seed))` and
     `OVStableDiffusion3Pipeline(prompt, generator=torch.Generator().manual_seed(seed))` make the same image
     (within 1/255 with T5; without T5 genai's text conditioning differs from diffusers, see README).
+
+    `adapters` (`[(lora_path, alpha), ...]`, diffusers' `.safetensors` files or the folders holding them) are
+    active in every `generate`; `generate(..., adapters=genai_adapter_config([...]))` switches them. genai finds
+    the transformer's layers by the module paths in our IR's node names (`__module.transformer_blocks.0...`).
     """
     import openvino_genai
 
@@ -44,7 +80,10 @@ def make_genai_pipeline(model_dir: str | Path, *, task: str = "text-to-image", d
         transformer_config=read_json(model_dir / "transformer" / CONFIG_JSON, model_dir=model_dir),
         vae_config=read_json(model_dir / "vae_decoder" / CONFIG_JSON, model_dir=model_dir),
     )
-    pipe = getattr(openvino_genai, GENAI_TASKS[task])(model_dir, device, **(ov_config or {}))
+    properties = dict(ov_config or {})
+    if adapters:
+        properties["adapters"] = genai_adapter_config(adapters)
+    pipe = getattr(openvino_genai, GENAI_TASKS[task])(model_dir, device, **properties)
     config = pipe.get_generation_config()
     config.num_inference_steps = GENERATION_DEFAULTS.num_inference_steps
     config.guidance_scale = GENERATION_DEFAULTS.guidance_scale

@@ -43,14 +43,15 @@ from sd3_layout import (
 from sd3_image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
 from sd3_presets import MODEL_PRESETS, ModelPreset, get_preset, preset_for, presets_table
 from sd3_quantization import convert_sd3_hybrid, psnr, quantize_sd3
-from sd3_genai import make_genai_pipeline
+from sd3_genai import genai_adapter_config, make_genai_pipeline
 from sd3_runtime import OVStableDiffusion3Pipeline, SD3PipelineOutput
 from sd3_steps import SkipLayerGuidance, TaylorSeerConfig
 from sd3_submodels import OVSubmodel
-from sd3_tiny_model import make_tiny_sd3, train_clip_tokenizer
+from sd3_tiny_model import make_tiny_lora, make_tiny_sd3, train_clip_tokenizer
 
 __all__ = [
     "make_tiny_sd3",
+    "make_tiny_lora",
     "load_sd3_pipeline",
     "convert_sd3",
     "quantize_sd3",
@@ -62,6 +63,7 @@ __all__ = [
     "TaylorSeerConfig",
     "SkipLayerGuidance",
     "make_genai_pipeline",
+    "genai_adapter_config",
     "WEIGHT_FORMATS",
     "MODEL_PRESETS",
     "ModelPreset",
@@ -85,6 +87,7 @@ def convert_sd3(
     load_t5: bool = True,
     weight_format: str = "fp16",
     quantize_vae: bool = False,
+    lora: list[tuple[str | Path, float]] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Convert an SD3 checkpoint to OpenVINO IR in the optimum-intel / openvino.genai layout; return `output_dir`.
@@ -96,24 +99,38 @@ def convert_sd3(
     Without `load_t5`, T5-XXL is neither loaded nor converted, and the pipeline runs without it.
     `quantize_vae=True` (int8-hybrid only) quantizes the VAE decoder's and encoder's activations too (see
     `sd3_quantization.quantize_vae_model`): a faster decode, at a quality measured in README.
+    `lora` (`[(lora_path_or_hub_id, scale), ...]`) fuses LoRA adapters at their scales into the transformer and
+    the CLIP text encoders before conversion (the original tutorial's "Flash SD3" recipe); the folder's
+    `openvino_conversion.json` records them.
 
     Submodels are loaded in 16 bits (f32 for `fp32`), converted one at a time and freed before the next.
     Finished submodels are skipped unless `overwrite=True`; `model_index.json` is written last, so a folder
     that has it is complete.
     """
     if weight_format == HYBRID_WEIGHT_FORMAT:
-        return convert_sd3_hybrid(checkpoint, output_dir, load_t5=load_t5, quantize_vae=quantize_vae, overwrite=overwrite)
+        return convert_sd3_hybrid(checkpoint, output_dir, load_t5=load_t5, quantize_vae=quantize_vae, lora=lora, overwrite=overwrite)
     if quantize_vae:
         raise ValueError(
             f"`quantize_vae=True` needs `weight_format='{HYBRID_WEIGHT_FORMAT}'` (the VAE is calibrated with the "
             f"transformer) but `weight_format` is {weight_format!r}. Pass weight_format='{HYBRID_WEIGHT_FORMAT}', or leave `quantize_vae` off."
         )
-    return convert_to_openvino(checkpoint, output_dir, load_t5=load_t5, weight_format=weight_format, overwrite=overwrite)
+    return convert_to_openvino(checkpoint, output_dir, load_t5=load_t5, weight_format=weight_format, lora=lora, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------
+
+
+def lora_argument(text: str) -> tuple[str, float]:
+    """`PATH[:SCALE]` from the command line as `(path, scale)`; the scale defaults to 1.0."""
+    path, separator, scale = text.rpartition(":")
+    if not separator or not path:
+        return text, 1.0
+    try:
+        return path, float(scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lora {text!r}: SCALE after the last ':' has to be a number, e.g. my_lora.safetensors:0.8") from None
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -131,6 +148,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     convert.add_argument("--no-t5", action="store_true", help="skip the T5-XXL text encoder (saves ~9.5 GB of RAM)")
     convert.add_argument("--overwrite", action="store_true", help="convert again even if already converted")
     convert.add_argument("--quantize-vae", action="store_true", help="with --weight-format int8-hybrid: the VAE in int8 too (faster decode)")
+    convert.add_argument(
+        "--lora", action="append", type=lora_argument, default=[], metavar="PATH[:SCALE]", help="fuse a LoRA at SCALE (default 1.0); repeatable"
+    )
 
     generate = commands.add_parser("generate", help="generate an image with a converted model")
     generate.add_argument("model_dir", type=Path)
@@ -229,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny-model":
             print(make_tiny_sd3(args.output_dir, seed=args.seed))
         elif args.command == "convert":
-            options = dict(load_t5=not args.no_t5, weight_format=args.weight_format, quantize_vae=args.quantize_vae, overwrite=args.overwrite)
+            options = dict(load_t5=not args.no_t5, weight_format=args.weight_format, quantize_vae=args.quantize_vae, lora=args.lora)
+            options["overwrite"] = args.overwrite
             print(convert_sd3(args.checkpoint, args.output_dir, **options))
         else:
             print(_generate(args))

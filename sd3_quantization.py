@@ -63,11 +63,13 @@ import torch
 
 from sd3_conversion import (
     SUBMODEL_EXPORTS,
+    check_lora,
     checkpoint_fingerprint,
     compress_weights,
     conversion_record,
     convert_to_openvino,
     load_model_index_and_revision,
+    lora_options,
     quiet_nncf,
     store_large_constants_in_fp16,
 )
@@ -436,7 +438,7 @@ def collect_vae_calibration_data(
             )
             images += output.images
     images += synthetic_images(count=num_samples, height=height, width=width, seed=seed)
-    encoder_inputs = [{"sample": pipe.image_processor.preprocess(image, height=height, width=width).to(torch.float32).numpy()} for image in images]
+    encoder_inputs = [{"sample": pipe.image_processor.preprocess(image, height=height, width=width)} for image in images]  # float32 numpy
     return {"vae_decoder": recorder.recorded, "vae_encoder": encoder_inputs}
 
 
@@ -739,7 +741,13 @@ def _quantize_submodels(
 
 
 def convert_sd3_hybrid(
-    checkpoint: str | Path, output_dir: str | Path, *, load_t5: bool = True, quantize_vae: bool = False, overwrite: bool = False
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    *,
+    load_t5: bool = True,
+    quantize_vae: bool = False,
+    lora: list[tuple[str | Path, float]] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """int8-hybrid straight from a checkpoint: an fp16 conversion kept aside (resumable), then `quantize_sd3`
     with its defaults (and `quantize_vae`). A finished folder of the same source and options is kept; one of
@@ -749,13 +757,15 @@ def convert_sd3_hybrid(
     if (output_dir / MODEL_INDEX).is_file() and not overwrite:
         model_index, revision = load_model_index_and_revision(checkpoint)
         has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
-        source = conversion_record(checkpoint, revision=revision, options={"weight_format": "fp16", "load_t5": has_t5})
+        lora = check_lora(lora)
+        options = {"weight_format": "fp16", "load_t5": has_t5, **({"lora": lora_options(lora)} if lora else {})}
+        source = conversion_record(checkpoint, revision=revision, options=options)
         record = hybrid_record(source, calibration=calibration_settings(), vae_calibration=vae_calibration_settings(quantize_vae=quantize_vae))
         refuse_other_conversion(output_dir, record)
         return output_dir  # quantize_sd3 writes model_index.json last: the folder is complete
     fp16_source = output_dir / ".fp16-source"
     with removed_on_failure(output_dir):
-        convert_to_openvino(checkpoint, fp16_source, load_t5=load_t5, weight_format="fp16", overwrite=overwrite)
+        convert_to_openvino(checkpoint, fp16_source, load_t5=load_t5, weight_format="fp16", lora=lora, overwrite=overwrite)
     quantize_sd3(fp16_source, output_dir, quantize_vae=quantize_vae, overwrite=overwrite)
     shutil.rmtree(fp16_source)
     return output_dir

@@ -217,3 +217,36 @@ def make_tiny_sd3(
     with staged_dir(output_dir) as staging, quiet_progress_bars():
         pipe.save_pretrained(staging)
     return output_dir
+
+
+TINY_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0")  # the usual SD3 transformer LoRA
+
+
+def make_tiny_lora(
+    checkpoint: str | Path, output_dir: str | Path, *, seed: int = 0, rank: int = 4, alpha: float | None = None, targets: tuple[str, ...] = TINY_LORA_TARGETS
+) -> Path:
+    """Write a random LoRA for the transformer of the checkpoint at `checkpoint` to `output_dir` and return the
+    folder (diffusers' `pytorch_lora_weights.safetensors`, peft format with its `lora_alpha` in the metadata).
+    `alpha` defaults to `rank` (scaling 1): openvino.genai reads no peft metadata and scales by its own alpha only.
+
+    Made with peft on the real transformer, with random (not zero) `lora_B`, so the LoRA changes the image; the
+    same `seed` gives the same LoRA. Stands in for a downloaded adapter in the tests and the tiny notebook run.
+    """
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = SD3Transformer2DModel.from_pretrained(str(checkpoint), subfolder="transformer")
+    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets), init_lora_weights=False)
+    torch.manual_seed(seed)
+    transformer.add_adapter(config)
+    for name, parameter in transformer.named_parameters():
+        if "lora_B" in name:  # peft's random init of B is tiny; make the effect visible on a tiny model
+            torch.nn.init.normal_(parameter, std=0.5)
+    with staged_dir(Path(output_dir)) as staging:
+        StableDiffusion3Pipeline.save_lora_weights(
+            staging,
+            transformer_lora_layers=get_peft_model_state_dict(transformer),
+            transformer_lora_adapter_metadata=config.to_dict(),
+        )
+    return Path(output_dir)
