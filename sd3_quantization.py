@@ -438,7 +438,7 @@ def collect_vae_calibration_data(
             )
             images += output.images
     images += synthetic_images(count=num_samples, height=height, width=width, seed=seed)
-    encoder_inputs = [{"sample": pipe.image_processor.preprocess(image, height=height, width=width)} for image in images]  # float32 numpy
+    encoder_inputs = [{"sample": np.asarray(pipe.image_processor.preprocess(image, height=height, width=width), dtype=np.float32)} for image in images]  # float32 numpy
     return {"vae_decoder": recorder.recorded, "vae_encoder": encoder_inputs}
 
 
