@@ -12,8 +12,11 @@ The modules behind it, each importing only those above it in this list:
 
     sd3_presets       the SD3 / SD3.5 checkpoints and their recommended settings (imports nothing)
     sd3_layout        the converted folder: file names, weight formats, safe writes, size rules, defaults
-    sd3_submodels     OpenVINO submodels of a folder, devices, the folder's tokenizers and scheduler
     sd3_steps         what changes a step: TaylorSeer step caching, skip-layer guidance
+    sd3_noise, sd3_scheduler, sd3_image_processing, sd3_arrays, sd3_vae_tiling, sd3_tokenizers
+                      the runtime's torch-free parts: torch's CPU randn, diffusers' flow-match scheduler and image
+                      processor in numpy, numpy-or-torch arguments, tiled VAE, tokenizers without transformers
+    sd3_submodels     OpenVINO submodels of a folder, devices, the folder's tokenizers and scheduler
     sd3_runtime       OVStableDiffusion3Pipeline: the denoising steps as short methods
     sd3_image_pipelines  image-to-image and inpainting on the runtime's steps
     sd3_genai         the same folder in openvino.genai's pipelines
@@ -221,8 +224,6 @@ def _image_arguments(args: argparse.Namespace) -> dict:
 
 
 def _generate(args: argparse.Namespace) -> Path:
-    import torch
-
     check_image_path(args.output)
     image_arguments = _image_arguments(args)
     pipe_class = OVStableDiffusion3InpaintPipeline if args.mask else OVStableDiffusion3Img2ImgPipeline if args.image else OVStableDiffusion3Pipeline
@@ -235,7 +236,7 @@ def _generate(args: argparse.Namespace) -> Path:
         guidance_scale=args.guidance,
         height=args.height,
         width=args.width,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=args.seed,  # torch.Generator().manual_seed(seed)'s noise, without importing torch
         taylorseer=TaylorSeerConfig() if args.step_cache else None,
     ).images[0]
     image.save(args.output)

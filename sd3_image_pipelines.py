@@ -2,7 +2,7 @@
 
 `OVStableDiffusion3Img2ImgPipeline` and `OVStableDiffusion3InpaintPipeline` follow diffusers'
 `StableDiffusion3Img2ImgPipeline` and `StableDiffusion3InpaintPipeline` (0.39): the same pre- and post-processing
-(`VaeImageProcessor`), the same VAE sampling and noise (the generator is used in the same order), the same
+(`sd3_image_processing.ImageProcessor`, diffusers' `VaeImageProcessor` in numpy), the same VAE sampling and noise (the generator is used in the same order), the same
 strength schedule. They are the text-to-image pipeline of `sd3_runtime` with its steps reused: the subclasses only
 add what starts the latents (the encoded image), and for inpainting what conditions every step (the mask).
 
@@ -10,7 +10,10 @@ One deliberate difference: diffusers' inpainting pipeline decodes `latents / sca
 VAE's `shift_factor` back (its image-to-image and text-to-image pipelines add it). We add it, so the unmasked part
 of the image keeps its colours; the tests compare against diffusers with that one line fixed.
 
-Imports the layout and the runtime.
+Like the runtime, they work in numpy and import torch only to read torch tensors or a `torch.Generator` a user
+passes (and then hand torch tensors back, see `sd3_arrays`).
+
+Imports the layout, the arrays, image processing and noise modules, and the runtime.
 """
 
 from dataclasses import dataclass, field
@@ -18,9 +21,11 @@ from numbers import Real
 from typing import Callable
 
 import numpy as np
-import torch
 
+from sd3_arrays import as_array, as_generator, wants_torch
+from sd3_image_processing import ImageProcessor, interpolate_nearest, is_torch_tensor
 from sd3_layout import PIPELINE_SUBMODELS
+from sd3_noise import randn_tensor
 from sd3_runtime import OVStableDiffusion3Pipeline, SD3PipelineOutput
 
 IMAGE_TYPES = "a PIL image, a numpy array (H, W, C) / (B, H, W, C) in [0, 1], a torch tensor (B, C, H, W) in [-1, 1], or a list of these"
@@ -30,10 +35,11 @@ IMAGE_TYPES = "a PIL image, a numpy array (H, W, C) / (B, H, W, C) in [0, 1], a 
 class ImageInputs:
     """What image-to-image and inpainting add to a call, preprocessed (see `OVStableDiffusion3Pipeline.generate`)."""
 
-    image: torch.Tensor  # (B, 3, H, W) in [-1, 1], or (B, latent_channels, h, w) latents
+    image: np.ndarray  # (B, 3, H, W) in [-1, 1], or (B, latent_channels, h, w) latents
     strength: float
-    mask: torch.Tensor | None = None  # (B, 1, H, W) in {0, 1}: 1 repaints
-    masked_image_latents: torch.Tensor | None = None  # given by the user instead of the masked image
+    mask: np.ndarray | None = None  # (B, 1, H, W) in {0, 1}: 1 repaints
+    masked_image_latents: np.ndarray | None = None  # given by the user instead of the masked image
+    torch_inputs: bool = False  # the user passed torch tensors: latents and callback tensors go back as torch
     original_image: object = None  # for `padding_mask_crop`: the image and mask the result is pasted back on
     mask_image: object = None
     crops_coords: tuple | None = None
@@ -44,8 +50,8 @@ class ImageInputs:
 class StepConditioning:
     """Per-call additions to the denoising loop (see `OVStableDiffusion3Pipeline.denoise`)."""
 
-    model_input: Callable[[torch.Tensor], torch.Tensor] | None = None  # after the CFG doubling
-    after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # latents after each scheduler step
+    model_input: Callable[[np.ndarray], np.ndarray] | None = None  # after the CFG doubling
+    after_step: Callable[[np.ndarray, int], np.ndarray] | None = None  # latents after each scheduler step
 
 
 def _is_image(value) -> bool:
@@ -53,7 +59,7 @@ def _is_image(value) -> bool:
 
     if isinstance(value, list):
         return bool(value) and all(_is_image(item) for item in value)
-    return isinstance(value, (PIL.Image.Image, np.ndarray, torch.Tensor))
+    return isinstance(value, (PIL.Image.Image, np.ndarray)) or is_torch_tensor(value)
 
 
 def _spatial_size(value) -> tuple[int, int]:
@@ -64,7 +70,7 @@ def _spatial_size(value) -> tuple[int, int]:
     if isinstance(value, PIL.Image.Image):
         return value.height, value.width
     shape = tuple(value.shape)
-    if isinstance(value, torch.Tensor):
+    if is_torch_tensor(value):
         return shape[-2], shape[-1]
     return (shape[0], shape[1]) if len(shape) <= 3 and (len(shape) == 2 or shape[-1] in (1, 3, 4)) else (shape[1], shape[2])
 
@@ -102,36 +108,44 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         if not _is_image(image):
             raise TypeError(f"`{name}` has to be {IMAGE_TYPES}, but is {type(image).__name__}.")
 
-    def preprocess_image(self, image, *, height: int, width: int, **kwargs) -> torch.Tensor:
-        """diffusers' `VaeImageProcessor.preprocess`: resize to `height` x `width`, (B, 3, H, W) in [-1, 1]."""
-        if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[1] == self.vae_decoder.config["latent_channels"]:
-            return image.to(torch.float32)  # latents, as diffusers accepts them
-        return self.image_processor.preprocess(image, height=height, width=width, **kwargs).to(torch.float32)
+    def preprocess_image(self, image, *, height: int, width: int, **kwargs) -> np.ndarray:
+        """diffusers' `VaeImageProcessor.preprocess`: resize to `height` x `width`, (B, 3, H, W) float32 in [-1, 1]
+        (torch latents (B, latent_channels, h, w) pass through, as diffusers accepts them)."""
+        return self.image_processor.preprocess(image, height=height, width=width, **kwargs)
 
-    def encode_image(self, image: torch.Tensor, *, generator) -> torch.Tensor:
-        """VAE-encode (B, 3, H, W) pixels and sample the latent distribution with `generator`, then scale and
-        shift as diffusers does: (sample - shift_factor) * scaling_factor. Latents pass through unchanged."""
+    def vae_encode(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) images -> (B, 2 x latent_channels, h, w) latent mean and log-variance: one VAE call, or one
+        per tile after `enable_vae_tiling()`."""
+
+        def encode(tile: np.ndarray) -> np.ndarray:
+            return self.run_submodel(self.vae_encoder, sample=tile)["latent_parameters"]
+
+        if self.vae_tiling is not None and self.vae_tiling.encodes_tiled(pixels.shape):
+            return self.vae_tiling.encode(encode, pixels)
+        return encode(pixels)
+
+    def encode_image(self, image, *, generator) -> np.ndarray:
+        """VAE-encode (B, 3, H, W) pixels (numpy or torch) and sample the latent distribution with `generator`, then
+        scale and shift as diffusers does: (sample - shift_factor) * scaling_factor. Latents pass through unchanged."""
         # Adapted from diffusers' retrieve_latents + DiagonalGaussianDistribution.sample
-        from diffusers.utils.torch_utils import randn_tensor
-
         config = self.vae_decoder.config
+        image, generator = as_array(image), as_generator(generator)
         if image.shape[1] == config["latent_channels"]:
             return image
         generators = generator if isinstance(generator, list) else [generator] * image.shape[0]
         samples = []
         for index in range(image.shape[0]) if isinstance(generator, list) else [None]:
             pixels = image if index is None else image[index : index + 1]
-            parameters = torch.from_numpy(self.vae_encoder(sample=pixels.numpy())["latent_parameters"])
-            mean, logvar = torch.chunk(parameters, 2, dim=1)
-            std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
-            noise = randn_tensor(mean.shape, generator=generator if index is None else generators[index], dtype=mean.dtype)
+            mean, logvar = np.split(self.vae_encode(pixels), 2, axis=1)
+            std = np.exp(np.float32(0.5) * np.clip(logvar, -30.0, 20.0))
+            noise = randn_tensor(mean.shape, generator=generator if index is None else generators[index])
             samples.append(mean + std * noise)
-        latents = torch.cat(samples)
-        return (latents - (config.get("shift_factor") or 0.0)) * config["scaling_factor"]
+        latents = np.concatenate(samples)
+        return (latents - np.float32(config.get("shift_factor") or 0.0)) * np.float32(config["scaling_factor"])
 
     # -- Hooks of `generate` -----------------------------------------------------------------------------
 
-    def strength_timesteps(self, timesteps: torch.Tensor, *, image_inputs: ImageInputs | None) -> torch.Tensor:
+    def strength_timesteps(self, timesteps: np.ndarray, *, image_inputs: ImageInputs | None) -> np.ndarray:
         """The last `strength` share of the schedule (diffusers' `get_timesteps`)."""
         if image_inputs is None:
             return timesteps
@@ -156,14 +170,14 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         return self.scheduler.scale_noise(init_latents, timesteps[:1].repeat(batch_size), noise), None
 
     @staticmethod
-    def repeat_to_batch(tensor: torch.Tensor, *, batch_size: int, name: str) -> torch.Tensor:
-        """`tensor` repeated along the batch to `batch_size` (prompts x images per prompt), as diffusers does."""
-        if batch_size % tensor.shape[0] != 0:
+    def repeat_to_batch(array: np.ndarray, *, batch_size: int, name: str) -> np.ndarray:
+        """`array` repeated along the batch to `batch_size` (prompts x images per prompt), as diffusers does."""
+        if batch_size % array.shape[0] != 0:
             raise ValueError(
-                f"Cannot duplicate `{name}` of batch size {tensor.shape[0]} to {batch_size} images (prompts x "
+                f"Cannot duplicate `{name}` of batch size {array.shape[0]} to {batch_size} images (prompts x "
                 f"`num_images_per_prompt`); pass one `{name}` or one per prompt."
             )
-        return torch.cat([tensor] * (batch_size // tensor.shape[0]), dim=0)
+        return np.concatenate([array] * (batch_size // array.shape[0]), axis=0)
 
     # -- The call ----------------------------------------------------------------------------------------
 
@@ -182,7 +196,7 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         height, width = self.call_size(kwargs)
         self.check_image(image)
         check_strength(strength, num_inference_steps=kwargs.get("num_inference_steps", self.default_num_inference_steps))
-        image_inputs = ImageInputs(image=self.preprocess_image(image, height=height, width=width), strength=strength)
+        image_inputs = ImageInputs(image=self.preprocess_image(image, height=height, width=width), strength=strength, torch_inputs=wants_torch(image))
         return super().generate(prompt, **{**kwargs, "height": height, "width": width}, image_inputs=image_inputs)
 
     def call_size(self, kwargs: dict) -> tuple[int, int]:
@@ -201,11 +215,9 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
     """
 
     def __init__(self, **kwargs):
-        from diffusers.image_processor import VaeImageProcessor
-
         super().__init__(**kwargs)
         latent_channels = self.vae_decoder.config["latent_channels"]
-        self.mask_processor = VaeImageProcessor(
+        self.mask_processor = ImageProcessor(
             vae_scale_factor=self.vae_scale_factor,
             vae_latent_channels=latent_channels,
             do_normalize=False,
@@ -234,7 +246,7 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
                 "pass a mask of the image's size."
             )
         for item in mask_image if isinstance(mask_image, list) else [mask_image]:
-            if isinstance(item, (np.ndarray, torch.Tensor)) and (float(item.min()) < 0 or float(item.max()) > 1):
+            if (isinstance(item, np.ndarray) or is_torch_tensor(item)) and (float(item.min()) < 0 or float(item.max()) > 1):
                 raise ValueError(
                     f"`mask_image` values have to be in [0, 1] (binarized at 0.5: 1 repaints) but range from "
                     f"{float(item.min())} to {float(item.max())}; divide a 0-255 mask by 255."
@@ -245,7 +257,7 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
         prompt=None,
         image=None,
         mask_image=None,
-        masked_image_latents: torch.Tensor | None = None,
+        masked_image_latents=None,
         strength: float | None = None,
         padding_mask_crop: int | None = None,
         **kwargs,
@@ -272,7 +284,8 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
             image=self.preprocess_image(image, height=height, width=width, crops_coords=crops_coords, resize_mode=resize_mode),
             strength=strength,
             mask=self.mask_processor.preprocess(mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords),
-            masked_image_latents=masked_image_latents,
+            masked_image_latents=as_array(masked_image_latents),
+            torch_inputs=wants_torch(image, mask_image, masked_image_latents),
             original_image=image,
             mask_image=mask_image,
             crops_coords=crops_coords,
@@ -301,11 +314,11 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
     def prepare_mask_latents(self, image_inputs: ImageInputs, *, batch_size: int, height: int, width: int, generator):
         """The mask at latent size and the masked image's latents, per image (doubled for guidance by the caller)."""
         config = self.vae_decoder.config
-        mask = torch.nn.functional.interpolate(image_inputs.mask, size=(height // self.vae_scale_factor, width // self.vae_scale_factor))
+        mask = interpolate_nearest(image_inputs.mask, size=(height // self.vae_scale_factor, width // self.vae_scale_factor))
         masked_image = image_inputs.masked_image_latents
         if masked_image is None:
             masked_image = image_inputs.image * (image_inputs.mask < 0.5)
-        masked_image_latents = self.encode_image(masked_image.to(torch.float32), generator=generator)
+        masked_image_latents = self.encode_image(masked_image, generator=generator)
         if masked_image.shape[1] == config["latent_channels"]:  # given as latents: diffusers scales them too
             masked_image_latents = (masked_image_latents - (config.get("shift_factor") or 0.0)) * config["scaling_factor"]
         mask = self.repeat_to_batch(mask, batch_size=batch_size, name="mask_image")
@@ -313,22 +326,22 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
         return mask, masked_image_latents
 
     @staticmethod
-    def _concatenate(*, mask: torch.Tensor, masked_image_latents: torch.Tensor):
+    def _concatenate(*, mask: np.ndarray, masked_image_latents: np.ndarray):
         """The 33-channel transformer's input: latents, mask and masked-image latents (doubled with guidance)."""
 
-        def model_input(latent_model_input: torch.Tensor) -> torch.Tensor:
+        def model_input(latent_model_input: np.ndarray) -> np.ndarray:
             copies = latent_model_input.shape[0] // mask.shape[0]
-            return torch.cat([latent_model_input, torch.cat([mask] * copies), torch.cat([masked_image_latents] * copies)], dim=1)
+            return np.concatenate([latent_model_input, np.concatenate([mask] * copies), np.concatenate([masked_image_latents] * copies)], axis=1)
 
         return model_input
 
     def _blend(self, *, image_latents, mask, noise, timesteps):
         """After each step: the unmasked part back to the image, noised to the next step's level (16 channels)."""
 
-        def blend(latents: torch.Tensor, step: int) -> torch.Tensor:
+        def blend(latents: np.ndarray, step: int) -> np.ndarray:
             init_latents_proper = image_latents
             if step < len(timesteps) - 1:
-                init_latents_proper = self.scheduler.scale_noise(image_latents, torch.tensor([timesteps[step + 1]]), noise)
+                init_latents_proper = self.scheduler.scale_noise(image_latents, timesteps[step + 1 : step + 2], noise)
             return (1 - mask) * init_latents_proper + mask * latents
 
         return blend

@@ -103,7 +103,8 @@ class ImageProcessor:
         """(B, H, W, C) or (H, W, C) in [0, 1] -> PIL images (mode "L" for one channel)."""
         if images.ndim == 3:
             images = images[None, ...]
-        images = (images * 255).round().astype("uint8")
+        scaled = images * 255
+        images = np.round(scaled, out=scaled).astype("uint8")
         if images.shape[-1] == 1:
             return [PIL.Image.fromarray(image.squeeze(), mode="L") for image in images]
         return [PIL.Image.fromarray(image) for image in images]
@@ -128,8 +129,10 @@ class ImageProcessor:
 
     @staticmethod
     def denormalize(images: np.ndarray) -> np.ndarray:
-        """[-1, 1] -> [0, 1], clipped."""
-        return np.clip(images * 0.5 + 0.5, 0, 1)
+        """[-1, 1] -> [0, 1], clipped, into a new array (one temporary, not three: a 2048 px image is 50 MB)."""
+        result = images * 0.5
+        result += 0.5
+        return np.clip(result, 0, 1, out=result)
 
     @staticmethod
     def convert_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:

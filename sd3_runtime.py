@@ -5,7 +5,11 @@ names, same scheduler, same image processor, same random latents), so the same s
 model constant is read from the `config.json` files saved beside the IRs. `generate` reads as diffusers'
 numbered steps; each step is a short method that image-to-image and inpainting pipelines can reuse.
 
-Imports the layout, `sd3_submodels` and `sd3_steps` (step caching, skip-layer guidance).
+Everything runs in numpy: no torch, diffusers or transformers is imported unless a call is given torch objects (a
+`torch.Generator`, torch tensors), and then only to hand torch tensors back (see `wants_torch`).
+
+Imports the layout, the torch-free arrays, scheduler, noise, image processing and VAE tiling, `sd3_submodels` and
+`sd3_steps` (step caching, skip-layer guidance).
 """
 
 import logging
@@ -17,11 +21,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
+from sd3_arrays import as_array, as_generator, check_generator, to_torch, wants_torch
+from sd3_image_processing import ImageProcessor, is_torch_tensor
 from sd3_layout import (
     BLOCK_MASK,
     GENERATION_DEFAULTS,
+    OV_MODEL_BIN,
     PIPELINE_SUBMODELS,
     TOKENIZERS,
     SizeRules,
@@ -29,6 +35,8 @@ from sd3_layout import (
     has_component,
     read_model_index,
 )
+from sd3_noise import randn_tensor
+from sd3_scheduler import calculate_shift, retrieve_timesteps
 from sd3_steps import SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig
 from sd3_submodels import (
     OVSubmodel,
@@ -37,8 +45,10 @@ from sd3_submodels import (
     load_scheduler,
     load_tokenizer,
     physical_memory,
+    release_file_pages,
     submodel_ov_config,
 )
+from sd3_vae_tiling import TILE_OVERLAP_FACTOR, VaeTiling
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 logger = logging.getLogger(__name__)
@@ -49,9 +59,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SD3PipelineOutput:
-    """`images`: a list of PIL images, a (B, H, W, 3) float array in [0, 1], or (B, C, h, w) latents."""
+    """`images`: a list of PIL images, a (B, H, W, 3) float array in [0, 1], or (B, C, h, w) latents (a numpy
+    array, or a torch tensor when the call was given torch objects: see `sd3_arrays.wants_torch`)."""
 
-    images: list | np.ndarray | torch.Tensor
+    images: list | np.ndarray
+
 
 def as_batch(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
     """A prompt argument as a list of `batch_size` strings (a single string is repeated), None stays None."""
@@ -90,8 +102,6 @@ class OVStableDiffusion3Pipeline:
     default_num_inference_steps = GENERATION_DEFAULTS.num_inference_steps
 
     def __init__(self, *, submodels: dict[str, OVSubmodel | None], tokenizers: dict, scheduler, model_dir: Path):
-        from diffusers.image_processor import VaeImageProcessor
-
         self.transformer = submodels["transformer"]
         self.text_encoder = submodels["text_encoder"]
         self.text_encoder_2 = submodels["text_encoder_2"]
@@ -109,9 +119,11 @@ class OVStableDiffusion3Pipeline:
         self.patch_size = self.size_rules.patch_size
         self.default_sample_size = self.transformer.config["sample_size"]
         self.tokenizer_max_length = self.tokenizer.model_max_length
-        self.image_processor = VaeImageProcessor(
+        self.image_processor = ImageProcessor(
             vae_scale_factor=self.vae_scale_factor, vae_latent_channels=self.vae_decoder.config["latent_channels"]
         )
+        self.vae_tiling = None  # a `VaeTiling` after `enable_vae_tiling()`
+        self._pages_released = {}  # submodel name -> id of the infer request after whose first call its IR pages went
         self._progress_bar_config = {}
         self._interrupt = False
         self._static_shape = None  # set by `reshape`
@@ -171,6 +183,7 @@ class OVStableDiffusion3Pipeline:
         scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)  # schedulers hold per-call state
         new_pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=pipe.model_dir)
         new_pipe._call_lock = pipe._call_lock  # the shared infer requests serve one call at a time
+        new_pipe.vae_tiling = pipe.vae_tiling  # diffusers' `from_pipe` shares the VAE and its tiling
         new_pipe.set_progress_bar_config(**pipe.progress_bar_config)
         return new_pipe
 
@@ -199,7 +212,8 @@ class OVStableDiffusion3Pipeline:
         """Fix every input shape for one kind of call (static shapes compile to faster code); returns `self`.
 
         A later call with another size, batch, guidance on/off or `max_sequence_length` raises a ValueError.
-        Models compile again on next use (or call `compile()`).
+        Models compile again on next use (or call `compile()`). With VAE tiling on, the VAE decoder keeps dynamic
+        shapes (its tiles differ in size).
         """
         height = self.size_rules.default if height is None else height
         width = self.size_rules.default if width is None else width
@@ -224,8 +238,6 @@ class OVStableDiffusion3Pipeline:
                 "timestep": [transformer_batch],
             }
         )
-        latent_channels = self.vae_decoder.config["latent_channels"]
-        self.vae_decoder.reshape({"latent_sample": [image_batch, latent_channels, latent_height, latent_width]})
         self._static_shape = call_shape(
             height=height,
             width=width,
@@ -234,7 +246,15 @@ class OVStableDiffusion3Pipeline:
             do_classifier_free_guidance=do_classifier_free_guidance,
             max_sequence_length=max_sequence_length,
         )
+        self._reshape_vae_decoder()
         return self
+
+    def _reshape_vae_decoder(self) -> None:
+        """The VAE decoder's input for the static shapes of `reshape`: dynamic while tiling (tiles differ in size)."""
+        shape, factor = self._static_shape, self.vae_scale_factor
+        static = [shape["batch_size"] * shape["num_images_per_prompt"], shape["height"] // factor, shape["width"] // factor]
+        images, height, width = [-1, -1, -1] if self.vae_tiling is not None else static
+        self.vae_decoder.reshape({"latent_sample": [images, self.vae_decoder.config["latent_channels"], height, width]})
 
     def _check_static_shape(self, shape: dict) -> None:
         if self._static_shape is not None and shape != self._static_shape:
@@ -244,6 +264,16 @@ class OVStableDiffusion3Pipeline:
                 "Call `pipe.reshape(...)` with the new values (the models compile again), or load the pipeline "
                 "again without reshaping for dynamic shapes."
             )
+
+    def run_submodel(self, submodel: OVSubmodel, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """`submodel(**inputs)`; after the first inference of each compiled model its `openvino_model.bin` pages leave
+        RSS (`sd3_submodels.release_file_pages`), so that OpenVINO holds the weights once, in its own buffers: the peak
+        RSS of an image falls by about the IR's size (benchmarks/bench_memory.py). Images stay bit-identical."""
+        outputs = submodel(**inputs)
+        if self._pages_released.get(submodel.name) != id(submodel.request):
+            release_file_pages(self.model_dir / submodel.name / OV_MODEL_BIN)
+            self._pages_released[submodel.name] = id(submodel.request)
+        return outputs
 
     @property
     def interrupt(self) -> bool:
@@ -258,6 +288,23 @@ class OVStableDiffusion3Pipeline:
     def progress_bar_config(self) -> dict:
         """The options last given to `set_progress_bar_config` (a copy)."""
         return dict(self._progress_bar_config)
+
+    def enable_vae_tiling(self, *, tile_sample_min_size: int | None = None, tile_overlap_factor: float = TILE_OVERLAP_FACTOR) -> None:
+        """Decode (and, in the image pipelines, encode) images larger than one tile tile by tile, blending overlapping
+        tiles as diffusers' `enable_vae_tiling()` does: memory for one tile's activations, not the whole image's.
+        Tiles are the VAE config's `sample_size` pixels (1024 for SD3) or `tile_sample_min_size`; smaller images decode
+        whole. A ValueError names tiles too small to overlap. After `reshape` the VAE decoder turns dynamic again."""
+        self.vae_tiling = VaeTiling.from_config(
+            self.vae_decoder.config, tile_sample_min_size=tile_sample_min_size, tile_overlap_factor=tile_overlap_factor
+        )
+        if self._static_shape is not None:
+            self._reshape_vae_decoder()
+
+    def disable_vae_tiling(self) -> None:
+        """Decode (and encode) whole images again, in one VAE call."""
+        self.vae_tiling = None
+        if self._static_shape is not None:
+            self._reshape_vae_decoder()
 
     # -- 1. Checks ---------------------------------------------------------------------------------------
 
@@ -314,6 +361,7 @@ class OVStableDiffusion3Pipeline:
         if taylorseer is not None and not isinstance(taylorseer, TaylorSeerConfig):
             raise TypeError(f"`taylorseer` has to be a TaylorSeerConfig or None but is {type(taylorseer).__name__}.")
         batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else len(prompt_embeds)
+        check_generator(generator)
         self._check_batch(images=batch_size * num_images_per_prompt, height=height, width=width, generator=generator)
 
     def check_size(self, *, height, width) -> None:
@@ -410,8 +458,8 @@ class OVStableDiffusion3Pipeline:
             if value is None:
                 continue
             kind = "pooled_prompt_embeds" if "pooled" in name else "prompt_embeds"
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"`{name}` has to be a torch.Tensor {expected[kind]} (from `encode_prompt`) but is {type(value).__name__}.")
+            if not isinstance(value, np.ndarray) and not is_torch_tensor(value):
+                raise TypeError(f"`{name}` has to be a numpy array or torch tensor {expected[kind]} (from `encode_prompt`) but is {type(value).__name__}.")
             shape = tuple(value.shape)
             fits = (
                 len(shape) == 2 and shape[1] == config["pooled_projection_dim"]
@@ -467,7 +515,7 @@ class OVStableDiffusion3Pipeline:
         """(penultimate hidden states (B, 77, width), pooled projection (B, projection_dim)) of one CLIP encoder."""
         tokenizer, encoder = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)][index]
         input_ids = self._token_ids(tokenizer, prompts, max_length=self.tokenizer_max_length, encoder="CLIP", limit="can only handle sequences up to")
-        outputs = encoder(input_ids=input_ids)
+        outputs = self.run_submodel(encoder, input_ids=input_ids)
         layer = encoder.config["num_hidden_layers"] - 1 - (clip_skip or 0)  # diffusers: hidden_states[-(clip_skip + 2)]
         return outputs[f"hidden_states.{layer}"], outputs["text_embeds"]
 
@@ -477,7 +525,7 @@ class OVStableDiffusion3Pipeline:
             width = self.transformer.config["joint_attention_dim"]
             return np.zeros((len(prompts), max_sequence_length, width), dtype=np.float32)
         input_ids = self._token_ids(self.tokenizer_3, prompts, max_length=max_sequence_length, encoder="T5", limit="reads `max_sequence_length` =")
-        return self.text_encoder_3(input_ids=input_ids)["last_hidden_state"]
+        return self.run_submodel(self.text_encoder_3, input_ids=input_ids)["last_hidden_state"]
 
     def _encode(self, prompts: list[str], prompts_2: list[str], prompts_3: list[str], *, clip_skip, max_sequence_length):
         clip_l, pooled_l = self._clip_embeds(prompts, index=0, clip_skip=clip_skip)
@@ -487,7 +535,7 @@ class OVStableDiffusion3Pipeline:
         clip = np.pad(clip, ((0, 0), (0, 0), (0, t5.shape[-1] - clip.shape[-1])))  # zero-pad to the T5 width
         prompt_embeds = np.concatenate([clip, t5], axis=-2)  # (B, 77 + max_sequence_length, joint_attention_dim)
         pooled = np.concatenate([pooled_l, pooled_g], axis=-1)  # (B, pooled_projection_dim)
-        return torch.from_numpy(prompt_embeds), torch.from_numpy(pooled)
+        return prompt_embeds, pooled
 
     def encode_prompt(
         self,
@@ -502,8 +550,8 @@ class OVStableDiffusion3Pipeline:
         num_images_per_prompt: int = 1,
         clip_skip: int | None = None,
         max_sequence_length: int = GENERATION_DEFAULTS.max_sequence_length,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds).
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds), float32 numpy.
 
         As diffusers: `prompt_2` / `prompt_3` default to `prompt`, negatives default to "", and each embedding is
         repeated `num_images_per_prompt` times. Positive and negative prompts go through each encoder as one batch.
@@ -518,8 +566,8 @@ class OVStableDiffusion3Pipeline:
             texts = [texts[0] + negatives, texts[1] + negatives_2, texts[2] + negatives_3]
         with self._call_lock:
             embeds, pooled = self._encode(*texts, clip_skip=clip_skip, max_sequence_length=max_sequence_length)
-        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
-        pooled = pooled.repeat_interleave(num_images_per_prompt, dim=0)
+        embeds = np.repeat(embeds, num_images_per_prompt, axis=0)
+        pooled = np.repeat(pooled, num_images_per_prompt, axis=0)
         if not do_classifier_free_guidance:
             return embeds, None, pooled, None
         split = batch_size * num_images_per_prompt
@@ -529,17 +577,19 @@ class OVStableDiffusion3Pipeline:
         self,
         *,
         prompts: dict,
-        prompt_embeds: torch.Tensor | None,
-        negative_prompt_embeds: torch.Tensor | None,
-        pooled_prompt_embeds: torch.Tensor | None,
-        negative_pooled_prompt_embeds: torch.Tensor | None,
+        prompt_embeds,
+        negative_prompt_embeds,
+        pooled_prompt_embeds,
+        negative_pooled_prompt_embeds,
         do_classifier_free_guidance: bool,
         num_images_per_prompt: int,
         clip_skip: int | None,
         max_sequence_length: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The transformer's text inputs (embeddings, pooled): encoded from `prompts` (the keyword arguments of
-        `encode_prompt`) unless given, with the negative batch first when guidance is on."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The transformer's text inputs (embeddings, pooled) as float32 numpy: encoded from `prompts` (the keyword
+        arguments of `encode_prompt`) unless given (numpy or torch), with the negative batch first when guidance is on."""
+        prompt_embeds, negative_prompt_embeds = as_array(prompt_embeds), as_array(negative_prompt_embeds)
+        pooled_prompt_embeds, negative_pooled_prompt_embeds = as_array(pooled_prompt_embeds), as_array(negative_pooled_prompt_embeds)
         if prompt_embeds is None:
             embeds, negative_embeds, pooled, negative_pooled = self.encode_prompt(
                 **prompts,
@@ -556,16 +606,15 @@ class OVStableDiffusion3Pipeline:
         if not do_classifier_free_guidance:
             return prompt_embeds, pooled_prompt_embeds
         return (
-            torch.cat([negative_prompt_embeds, prompt_embeds], dim=0),
-            torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds], dim=0),
+            np.concatenate([negative_prompt_embeds, prompt_embeds], axis=0),
+            np.concatenate([negative_pooled_prompt_embeds, pooled_prompt_embeds], axis=0),
         )
 
     # -- 4. Latents --------------------------------------------------------------------------------------
 
-    def prepare_latents(self, *, batch_size: int, height: int, width: int, generator, latents: torch.Tensor | None) -> torch.Tensor:
-        """Gaussian latents (batch_size, in_channels, height / vae_scale_factor, width / vae_scale_factor), as diffusers."""
-        from diffusers.utils.torch_utils import randn_tensor
-
+    def prepare_latents(self, *, batch_size: int, height: int, width: int, generator, latents) -> np.ndarray:
+        """Gaussian latents (batch_size, in_channels, height / vae_scale_factor, width / vae_scale_factor), float32 numpy
+        and the same numbers as diffusers' for the same seed; or `latents` (numpy or torch) checked."""
         shape = (
             batch_size,
             self.vae_decoder.config["latent_channels"],
@@ -573,35 +622,31 @@ class OVStableDiffusion3Pipeline:
             width // self.vae_scale_factor,
         )
         if latents is None:
-            return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+            return randn_tensor(shape, generator=as_generator(generator))
         if tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape} for this batch and size but has shape {tuple(latents.shape)}.")
-        return torch.as_tensor(latents, dtype=torch.float32)
+        return as_array(latents)
 
     # -- 5. Timesteps ------------------------------------------------------------------------------------
 
-    def prepare_timesteps(self, *, num_inference_steps: int, sigmas: list[float] | None, mu: float | None, height: int, width: int) -> torch.Tensor:
+    def prepare_timesteps(self, *, num_inference_steps: int, sigmas: list[float] | None, mu: float | None, height: int, width: int) -> np.ndarray:
         """Set the scheduler's timesteps (shifted by `mu` for this image size where the scheduler shifts dynamically)."""
         # Adapted from diffusers' StableDiffusion3Pipeline.__call__, step 5.
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
-
         config = self.scheduler.config
         if config.get("use_dynamic_shifting", None) and mu is None:
             image_seq_len = (height // self.size_rules.multiple) * (width // self.size_rules.multiple)
             mu = calculate_shift(
                 image_seq_len,
-                config.get("base_image_seq_len", 256),
-                config.get("max_image_seq_len", 4096),
-                config.get("base_shift", 0.5),
-                config.get("max_shift", 1.16),
+                base_seq_len=config.get("base_image_seq_len", 256),
+                max_seq_len=config.get("max_image_seq_len", 4096),
+                base_shift=config.get("base_shift", 0.5),
+                max_shift=config.get("max_shift", 1.16),
             )
         scheduler_kwargs = {} if mu is None else {"mu": mu}
-        timesteps, _ = retrieve_timesteps(
-            self.scheduler, num_inference_steps=num_inference_steps, device="cpu", sigmas=sigmas, **scheduler_kwargs
-        )
+        timesteps, _ = retrieve_timesteps(self.scheduler, num_inference_steps=num_inference_steps, sigmas=sigmas, **scheduler_kwargs)
         return timesteps
 
-    def strength_timesteps(self, timesteps: torch.Tensor, *, image_inputs) -> torch.Tensor:
+    def strength_timesteps(self, timesteps: np.ndarray, *, image_inputs) -> np.ndarray:
         """The timesteps a call runs: all of them here; image-to-image starts later (its `strength`)."""
         return timesteps
 
@@ -618,75 +663,75 @@ class OVStableDiffusion3Pipeline:
 
     def predict_noise(
         self,
-        latents: torch.Tensor,
+        latents: np.ndarray,
         *,
-        timestep: torch.Tensor,
+        timestep: np.float32,
         text: tuple[np.ndarray, np.ndarray],
         guidance_scale: float,
-        model_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+        model_input: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """One transformer call on `latents` (doubled for guidance, then passed through `model_input` if given);
         returns the flow prediction, not yet guided."""
         encoder_hidden_states, pooled_projections = text
         do_classifier_free_guidance = guidance_scale > 1.0
-        latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
+        latent_model_input = np.concatenate([latents] * 2) if do_classifier_free_guidance else latents
         if model_input is not None:
             latent_model_input = model_input(latent_model_input)
-        noise_pred = self.transformer(
-            hidden_states=latent_model_input.numpy(),
-            timestep=np.full(latent_model_input.shape[0], timestep.item(), dtype=np.float32),
+        return self.run_submodel(
+            self.transformer,
+            hidden_states=latent_model_input,
+            timestep=np.full(latent_model_input.shape[0], timestep, dtype=np.float32),
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
         )["out_sample"]
-        return torch.from_numpy(noise_pred)
 
-    def predict_skipping(self, latents: torch.Tensor, *, timestep: torch.Tensor, text: tuple[np.ndarray, np.ndarray], layers: tuple[int, ...]) -> torch.Tensor:
+    def predict_skipping(self, latents: np.ndarray, *, timestep: np.float32, text: tuple[np.ndarray, np.ndarray], layers: tuple[int, ...]) -> np.ndarray:
         """One transformer call on `latents` and the positive `text` with the blocks `layers` skipped (the
         transformer's `block_mask` state set to 0 there for this call)."""
         mask = np.ones(self.transformer.config["num_layers"], dtype=np.float32)
         mask[list(layers)] = 0.0
         encoder_hidden_states, pooled_projections = text
-        noise_pred = self.transformer.call_with_states(
+        return self.transformer.call_with_states(
             {BLOCK_MASK: mask},
-            hidden_states=latents.numpy(),
-            timestep=np.full(latents.shape[0], timestep.item(), dtype=np.float32),
+            hidden_states=latents,
+            timestep=np.full(latents.shape[0], timestep, dtype=np.float32),
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
         )["out_sample"]
-        return torch.from_numpy(noise_pred)
 
     @staticmethod
-    def guide(noise_pred: torch.Tensor, *, guidance_scale: float) -> torch.Tensor:
+    def guide(noise_pred: np.ndarray, *, guidance_scale: float) -> np.ndarray:
         """Classifier-free guidance: move from the unconditional prediction past the conditional one."""
         if guidance_scale <= 1.0:
             return noise_pred
-        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-        return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+        noise_pred_uncond, noise_pred_text = np.split(noise_pred, 2)
+        return noise_pred_uncond + np.float32(guidance_scale) * (noise_pred_text - noise_pred_uncond)
 
     def denoise(
         self,
-        latents: torch.Tensor,
+        latents: np.ndarray,
         *,
-        timesteps: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        pooled_prompt_embeds: torch.Tensor,
+        timesteps: np.ndarray,
+        prompt_embeds: np.ndarray,
+        pooled_prompt_embeds: np.ndarray,
         guidance_scale: float,
         taylorseer: TaylorSeerConfig | None,
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
         conditioning=None,
         skip_layer_guidance: SkipLayerGuidance | None = None,
-    ) -> torch.Tensor:
+        torch_callback: bool = False,
+    ) -> np.ndarray:
         """The denoising loop: predict the flow (or take it from the step cache), guide it, take a scheduler step.
 
         `conditioning` (from `initial_latents`) may add transformer input channels (`model_input`) and change the
         latents after each step (`after_step`), as inpainting does. `skip_layer_guidance` adds its extra pass on
-        the steps of its window."""
+        the steps of its window. `callback_on_step_end` gets numpy arrays (torch tensors with `torch_callback`)."""
         from tqdm.auto import tqdm
 
         model_input = getattr(conditioning, "model_input", None)
         after_step = getattr(conditioning, "after_step", None)
-        text = (prompt_embeds.numpy(), pooled_prompt_embeds.numpy())
+        text = (prompt_embeds, pooled_prompt_embeds)
         positive_text = tuple(array[len(array) // 2 :] for array in text)  # guidance batches are [negative, positive]
         cache = TaylorSeerCache(taylorseer, num_steps=len(timesteps)) if taylorseer else None
         for step, t in enumerate(tqdm(timesteps, **self._progress_bar_config)):
@@ -701,25 +746,34 @@ class OVStableDiffusion3Pipeline:
             guided = self.guide(noise_pred, guidance_scale=guidance_scale)
             if skip_layer_guidance is not None and skip_layer_guidance.active(step, num_steps=len(timesteps)):
                 skipped = self.predict_skipping(latents, timestep=t, text=positive_text, layers=skip_layer_guidance.layers)
-                guided = guided + (noise_pred.chunk(2)[1] - skipped) * skip_layer_guidance.scale
+                guided = guided + (np.split(noise_pred, 2)[1] - skipped) * np.float32(skip_layer_guidance.scale)
             latents = self.scheduler.step(guided, t, latents, return_dict=False)[0]
             if after_step is not None:
                 latents = after_step(latents, step)
             if callback_on_step_end is not None:
                 values = {"latents": latents, "prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled_prompt_embeds}
-                callback_kwargs = {name: values[name] for name in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, step, t, callback_kwargs) or {}
-                latents = callback_outputs.get("latents", latents)
+                callback_kwargs = {name: to_torch(values[name]) if torch_callback else values[name] for name in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, step, to_torch(t) if torch_callback else t, callback_kwargs) or {}
+                latents = as_array(callback_outputs["latents"]) if "latents" in callback_outputs else latents
         return latents
 
     # -- 7. Decode ---------------------------------------------------------------------------------------
 
-    def decode_latents(self, latents: torch.Tensor, *, output_type: str):
-        """Undo the VAE scaling and shift, decode, and post-process to `output_type`."""
+    def decode_latents(self, latents, *, output_type: str):
+        """Undo the VAE scaling and shift of (B, C, h, w) latents (numpy or torch), decode, post-process to `output_type`."""
         config = self.vae_decoder.config
-        latents = latents / config["scaling_factor"] + (config.get("shift_factor") or 0.0)
-        image = self.vae_decoder(latent_sample=latents.numpy())["sample"]
-        return self.image_processor.postprocess(torch.from_numpy(image), output_type=output_type)
+        latents = as_array(latents) / np.float32(config["scaling_factor"]) + np.float32(config.get("shift_factor") or 0.0)
+        return self.image_processor.postprocess(self.vae_decode(latents), output_type=output_type)
+
+    def vae_decode(self, latents: np.ndarray) -> np.ndarray:
+        """(B, C, h, w) unscaled latents -> (B, 3, H, W) images in [-1, 1]: one VAE call, or one per tile."""
+
+        def decode(tile: np.ndarray) -> np.ndarray:
+            return self.run_submodel(self.vae_decoder, latent_sample=tile)["sample"]
+
+        if self.vae_tiling is not None and self.vae_tiling.decodes_tiled(latents.shape):
+            return self.vae_tiling.decode(decode, latents)
+        return decode(latents)
 
     # -- The call ----------------------------------------------------------------------------------------
 
@@ -727,7 +781,6 @@ class OVStableDiffusion3Pipeline:
         """Generate images; see `generate`."""
         return self.generate(*args, **kwargs)
 
-    @torch.no_grad()
     def generate(
         self,
         prompt: str | list[str] | None = None,
@@ -742,12 +795,12 @@ class OVStableDiffusion3Pipeline:
         negative_prompt_2: str | list[str] | None = None,
         negative_prompt_3: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        pooled_prompt_embeds: torch.Tensor | None = None,
-        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        generator=None,
+        latents=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        pooled_prompt_embeds=None,
+        negative_pooled_prompt_embeds=None,
         output_type: str = "pil",
         return_dict: bool = True,
         clip_skip: int | None = None,
@@ -767,6 +820,9 @@ class OVStableDiffusion3Pipeline:
         `callback_on_step_end(pipe, step, timestep, callback_kwargs)` may return replacements for the tensors and
         set `pipe._interrupt = True` to stop. `taylorseer=TaylorSeerConfig()` turns on openvino.genai's default
         step cache. Thread-safe: calls run one at a time. `image_inputs` is set by the image pipelines.
+        `generator`: a `torch.Generator`, an int seed or a `TorchCPUGenerator` (the same noise without torch), or a list.
+        `latents` and embeddings may be numpy or torch. Latent outputs and callback tensors are torch tensors when the
+        call was given torch objects, as in diffusers, else numpy (see `sd3_arrays`): then torch is never imported.
         """
         height = self.size_rules.default if height is None else height
         width = self.size_rules.default if width is None else width
@@ -796,6 +852,9 @@ class OVStableDiffusion3Pipeline:
             height=height, width=width, batch_size=batch_size, num_images_per_prompt=num_images_per_prompt,
             do_classifier_free_guidance=do_classifier_free_guidance, max_sequence_length=max_sequence_length,
         )  # fmt: skip
+        user_arrays = (generator, latents, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
+        returns_torch = wants_torch(*user_arrays) or (image_inputs is not None and image_inputs.torch_inputs)
+        generator = as_generator(generator)  # a seed: one stream for the whole call
         with self._call_lock:
             self._check_static_shape(shape)
             self._interrupt = False
@@ -827,10 +886,12 @@ class OVStableDiffusion3Pipeline:
                 latents, timesteps=timesteps, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                 guidance_scale=guidance_scale, taylorseer=taylorseer, callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, conditioning=conditioning,
-                skip_layer_guidance=skip_layer_guidance,
+                skip_layer_guidance=skip_layer_guidance, torch_callback=returns_torch,
             )  # fmt: skip
 
             # 7. Decode
+            if output_type == "latent" and returns_torch:
+                latents = to_torch(latents)
             images = latents if output_type == "latent" else self.decode_latents(latents, output_type=output_type)
             images = images if output_type == "latent" else self.finish_images(images, image_inputs=image_inputs)
         return SD3PipelineOutput(images=images) if return_dict else (images,)

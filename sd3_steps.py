@@ -6,7 +6,7 @@ nothing of the project.
 
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ class TaylorSeerCache:
             return True
         return (step - first) % self.config.cache_interval == self.config.cache_interval - 1
 
-    def update(self, step: int, value: torch.Tensor) -> None:
+    def update(self, step: int, value: np.ndarray) -> None:
         """Record the transformer's output of a computed step."""
         if self.value is not None:
             self.derivative = (value - self.value) / (step - self.step)
         self.value, self.step = value, step
 
-    def predict(self, step: int) -> torch.Tensor:
+    def predict(self, step: int) -> np.ndarray:
         """The transformer's output at `step`, extrapolated from the last two computed steps."""
         return self.value if self.derivative is None else self.value + self.derivative * (step - self.step)
 

@@ -56,10 +56,10 @@ BAD_ARGUMENTS = {
         ValueError,
         "`pooled_prompt_embeds` must have shape (batch, 80) for this model but has shape (1, 7)",
     ),
-    "embeds-not-a-tensor": (
-        dict(prompt=None, prompt_embeds=np.zeros((1, 333, 96)), pooled_prompt_embeds=torch.zeros(1, 80), guidance_scale=1.0),
+    "embeds-not-an-array": (
+        dict(prompt=None, prompt_embeds=np.zeros((1, 333, 96)).tolist(), pooled_prompt_embeds=np.zeros((1, 80)), guidance_scale=1.0),
         TypeError,
-        "`prompt_embeds` has to be a torch.Tensor",
+        "`prompt_embeds` has to be a numpy array or torch tensor",
     ),
     "negative-embeds-other-shape": (
         dict(

@@ -16,6 +16,8 @@ LAYERS = [
     "sd3_noise",
     "sd3_scheduler",
     "sd3_image_processing",
+    "sd3_arrays",
+    "sd3_vae_tiling",
     "sd3_tokenizers",
     "sd3_submodels",
     "sd3_runtime",

@@ -79,21 +79,25 @@ def test_return_dict_false_returns_tuple(ov_pipeline):
     assert isinstance(result, tuple) and result[0].shape == (1, 64, 64, 3)
 
 
-def test_callback_sees_every_step_and_can_replace_latents_and_interrupt(ov_pipeline):
+@pytest.mark.parametrize("generator", [None, torch.Generator().manual_seed(0)], ids=["numpy", "torch-generator"])
+def test_callback_sees_every_step_and_can_replace_latents_and_interrupt(ov_pipeline, generator):
+    """Without torch objects the callback gets numpy arrays; given a torch.Generator, torch tensors (as diffusers)."""
     pipeline = ov_pipeline("fp32")
+    array_type = np.ndarray if generator is None else torch.Tensor
     seen = []
 
     def callback(pipe, step, timestep, callback_kwargs):
+        assert isinstance(callback_kwargs["latents"], array_type)
         seen.append((step, float(timestep), tuple(callback_kwargs["latents"].shape)))
         if step == 1:
             pipe._interrupt = True
-        return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+        return {"latents": callback_kwargs["latents"] * 0}
 
-    latents = pipeline("a cat", num_inference_steps=5, callback_on_step_end=callback, output_type="latent").images
+    latents = pipeline("a cat", num_inference_steps=5, generator=generator, callback_on_step_end=callback, output_type="latent").images
     assert [step for step, _, _ in seen] == [0, 1]  # stopped after step 1 of 5
     assert all(shape == (1, 4, 32, 32) for _, _, shape in seen)
     assert seen[0][1] > seen[1][1]  # timesteps decrease
-    assert torch.count_nonzero(latents) == 0  # the replaced latents were used
+    assert isinstance(latents, array_type) and np.count_nonzero(np.asarray(latents)) == 0  # the replaced latents were used
 
 
 def test_default_cpu_precision_is_close_to_diffusers(diffusers_pipeline, ov_pipeline):

@@ -1,6 +1,7 @@
 """The torch-free building blocks against what the runtime uses today: the numpy scheduler against diffusers'
 FlowMatchEulerDiscreteScheduler, the image processor against VaeImageProcessor, the tokenizers against transformers,
-the noise against torch.randn; and their import in a fresh interpreter, which must not load torch."""
+the noise against torch.randn; and their import in a fresh interpreter, which must not load torch, nor must the
+runtime's generating from a converted folder."""
 
 import json
 import os
@@ -470,7 +471,8 @@ import openvino
 runtime_mb = rss() - start
 folder = sys.argv[1]
 {use}
-print(json.dumps({{"modules_mb": modules_mb, "with_openvino_mb": runtime_mb, "loaded": sorted(set(sys.modules) & {heavy})}}))
+report = {{"modules_mb": modules_mb, "with_openvino_mb": runtime_mb, "loaded": sorted(set(sys.modules) & {heavy})}}
+print(json.dumps({{**report, "weights_rss": globals().get("weights_rss")}}))
 """
 USE_THE_MODULES = """
 import numpy as np
@@ -497,3 +499,65 @@ def test_the_modules_import_and_run_without_torch(converted, record_property):
     record_property("import_with_openvino_rss_mb", round(report["with_openvino_mb"], 1))
     assert report["loaded"] == [], f"importing and using {TORCH_FREE_MODULES} loaded {report['loaded']}"
     assert report["with_openvino_mb"] < IMPORT_RSS_LIMIT_MB, f"the import took {report['with_openvino_mb']:.0f} MB (limit {IMPORT_RSS_LIMIT_MB} MB)"
+
+
+GENERATE_WITH_THE_RUNTIME = """
+import numpy as np
+import sd3_image_pipelines, sd3_runtime
+pipe = sd3_runtime.OVStableDiffusion3Pipeline.from_pretrained(folder)
+pipe.set_progress_bar_config(disable=True)
+common = dict(num_inference_steps=2, height=32, width=48, generator=3)
+image = pipe("a cat", negative_prompt="blurry", output_type="np", **common).images
+assert isinstance(pipe("a cat", output_type="latent", **common).images, np.ndarray)
+pipe.enable_vae_tiling(tile_sample_min_size=16)
+pipe("a cat", output_type="pil", callback_on_step_end=lambda *args: {}, **common)
+image_pipe = sd3_image_pipelines.OVStableDiffusion3Img2ImgPipeline.from_pipe(pipe)
+image_pipe("a dog", image=image, strength=0.5, output_type="np", **common)
+inpaint = sd3_image_pipelines.OVStableDiffusion3InpaintPipeline.from_pipe(pipe)
+inpaint("a dog", image=image, mask_image=(image[..., 0] > 0.5).astype(np.float32), strength=0.8, **common)
+mapped, rss_of = None, {}
+for line in open("/proc/self/smaps"):  # resident bytes of each mapping of an IR's weights
+    fields = line.split()
+    if "-" in fields[0] and len(fields) >= 5:
+        mapped = fields[5] if len(fields) > 5 and fields[5].endswith("openvino_model.bin") else None
+    elif mapped and fields[0] == "Rss:":
+        rss_of[mapped] = rss_of.get(mapped, 0) + int(fields[1]) * 1024
+weights_rss = {path.split("/")[-2]: value for path, value in rss_of.items()}
+"""
+
+
+def test_the_runtime_imports_and_generates_without_torch(converted, record_property):
+    """Issue 14: a fresh interpreter imports the runtime and the image pipelines and generates from a converted
+    folder (text-to-image, latents, VAE tiling, a callback, image-to-image, inpainting) with an int seed, without
+    loading torch, diffusers or transformers; importing the runtime with openvino stays under 150 MB; and the text
+    encoders' `openvino_model.bin` pages are not resident after their first inference (`run_submodel`: the
+    weights live on in OpenVINO's own buffers; other submodels may read a few small constants from the file again)."""
+    folder = converted("fp16")  # converted to the inference precision when compiled: the mapped file is read once
+    code = IMPORT_PROBE.format(modules="sd3_runtime, sd3_image_pipelines", use=GENERATE_WITH_THE_RUNTIME, heavy=set(HEAVY_MODULES))
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    record_property("runtime_import_rss_mb", round(report["modules_mb"], 1))
+    record_property("runtime_import_with_openvino_rss_mb", round(report["with_openvino_mb"], 1))
+    print(f"\nimport sd3_runtime, sd3_image_pipelines: {report['modules_mb']:.0f} MB, with openvino {report['with_openvino_mb']:.0f} MB")
+    assert report["loaded"] == [], f"generating with the runtime loaded {report['loaded']}"
+    assert sorted(report["weights_rss"]) == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder", "vae_encoder"]
+    record_property("resident_weight_file_bytes", report["weights_rss"])
+    assert [report["weights_rss"][name] for name in ("text_encoder", "text_encoder_2", "text_encoder_3")] == [0, 0, 0], report["weights_rss"]
+    assert report["with_openvino_mb"] < IMPORT_RSS_LIMIT_MB, f"the import took {report['with_openvino_mb']:.0f} MB (limit {IMPORT_RSS_LIMIT_MB} MB)"
+
+
+def test_an_int_seed_gives_the_torch_generator_image(ov_pipeline):
+    """`generator=seed` (or a TorchCPUGenerator, or a list of either) gives `torch.Generator().manual_seed(seed)`'s image
+    and latents; without torch objects the latents come back as numpy, with them as torch (as diffusers)."""
+    pipe = ov_pipeline("fp32")
+    call = dict(prompt=["a cat", "a dog"], num_inference_steps=2, height=32, width=32, output_type="latent")
+    expected = pipe(**call, generator=[torch.Generator().manual_seed(seed) for seed in (1, 2)]).images
+    assert isinstance(expected, torch.Tensor)
+    for generator in ([1, 2], [TorchCPUGenerator(1), TorchCPUGenerator(2)]):
+        actual = pipe(**call, generator=generator).images
+        assert isinstance(actual, np.ndarray)
+        np.testing.assert_allclose(actual, expected.numpy(), rtol=0, atol=NOISE_ATOL)
+    with pytest.raises(TypeError, match="`generator` has to be None, an int seed, a `torch.Generator`"):
+        pipe(**call, generator="seed")
+
