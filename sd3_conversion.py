@@ -8,7 +8,7 @@ Every folder is written with `sd3_layout.staged_dir` (a hidden staging folder re
 complete), and `model_index.json` is written last: an interrupted conversion never leaves files that look
 finished, and the next call picks up where it stopped.
 
-Imports only the bottom layer `sd3_layout`. The calibrated "int8-hybrid" format is made from an fp16 folder by
+Imports the bottom layer `sd3_layout`, `sd3_lora` (reading LoRA files) and `sd3_previews` (the tiny preview decoder's checks). The calibrated "int8-hybrid" format is made from an fp16 folder by
 `sd3_quantization`, which builds on this module (this one never imports it); `sd3_helper.convert_sd3` offers both.
 """
 
@@ -16,7 +16,6 @@ import gc
 import hashlib
 import importlib
 import logging
-import math
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 
 from sd3_layout import (
     BLOCK_MASK,
+    CONFIG_JSON,
     COPIED_COMPONENTS,
     HYBRID_WEIGHT_FORMAT,
     MODEL_INDEX,
@@ -40,6 +40,10 @@ from sd3_layout import (
     check_sd3_index,
     has_component,
     is_converted,
+    linear_node_name,
+    read_json,
+    read_model_index,
+    recorded_weight_format,
     refuse_other_conversion,
     refuse_other_weight_format,
     remove_stale_staging,
@@ -49,6 +53,8 @@ from sd3_layout import (
     write_conversion_record,
     write_json_atomically,
 )
+from sd3_lora import LORA_COMPONENTS, LORA_WEIGHT_NAME, check_lora, read_lora_state_dict
+from sd3_previews import PREVIEW_DECODER, check_tiny_autoencoder
 
 IR_WEIGHT_FORMATS = tuple(name for name in WEIGHT_FORMATS if name != HYBRID_WEIGHT_FORMAT)  # what this module writes
 
@@ -127,49 +133,12 @@ def conversion_record(checkpoint: str | Path, *, revision: str | None, options: 
 # LoRA adapters fused at conversion
 # ----------------------------------------------------------------------------------------------------------
 
-LORA_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")  # what diffusers' SD3 LoRA loader fills
-
-
-def read_lora_state_dict(source: str | Path) -> tuple[dict, dict | None]:
-    """A LoRA's state dict (peft key names) and its metadata, read by diffusers' `lora_state_dict`, which
-    normalises the formats it knows. Raises a ValueError naming `source` when it is no LoRA for SD3."""
-    from diffusers import StableDiffusion3Pipeline
-
-    try:
-        state_dict, metadata = StableDiffusion3Pipeline.lora_state_dict(str(source), return_lora_metadata=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise ValueError(f"LoRA {str(source)!r} could not be read ({reason}). Pass a diffusers/peft LoRA `.safetensors` file or its folder.") from error
-    if not state_dict or not all("lora" in key for key in state_dict):
-        raise ValueError(f"{str(source)!r} is not a LoRA: its tensor names must all contain 'lora' (found e.g. {next(iter(state_dict), None)!r}).")
-    prefixes = sorted({key.split(".")[0] for key in state_dict})
-    if not set(prefixes) & set(LORA_COMPONENTS):
-        raise ValueError(
-            f"LoRA {str(source)!r} has no weights for SD3: its tensors start with {prefixes[:5]}, none with {list(LORA_COMPONENTS)}. "
-            "Is it a LoRA for another model?"
-        )
-    return state_dict, metadata
-
-
-def check_lora(lora: list[tuple[str | Path, float]] | None) -> list[tuple[str, float]]:
-    """`lora` as `[(source, scale), ...]` with finite float scales (negative scales are valid, as in diffusers)."""
-    checked = []
-    for entry in lora or []:
-        if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
-            raise TypeError(f"`lora` has to be a list of (path, scale) pairs but holds {entry!r}.")
-        source, scale = entry
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"The scale of LoRA {str(source)!r} in `lora` has to be a finite number but is {scale!r}.")
-        checked.append((str(source), float(scale)))
-    return checked
-
-
 def lora_options(lora: list[tuple[str, float]]) -> list[dict]:
     """What a conversion record says of its fused LoRAs: source, content digest (local files) and scale."""
     options = []
     for source, scale in lora:
         path = Path(source)
-        path = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+        path = path / LORA_WEIGHT_NAME if path.is_dir() else path
         options.append({"source": source, "sha256": _file_digest(path) if path.is_file() else None, "scale": scale})
     return options
 
@@ -638,11 +607,6 @@ def module_paths(model: torch.nn.Module) -> dict[int, str]:
     return {id(submodule): name for name, submodule in model.named_modules()}
 
 
-def linear_node_name(module_path: str) -> str:
-    """The IR name of an `nn.Linear`'s MatMul: optimum-intel's, which openvino.genai's LoRA matching reads."""
-    return f"__module.{module_path}/aten::linear/MatMul"
-
-
 def name_linear_layers(ov_model, program, *, module: torch.nn.Module, module_names: dict[int, str]) -> None:
     """Name each `nn.Linear`'s MatMul in `ov_model` by its module path (`linear_node_name`).
 
@@ -807,3 +771,83 @@ def _convert_submodels(
             tqdm.write(f"{item.name}: already converted, skipped")
             continue
         _convert_submodel(checkpoint, item, model_index=model_index, weight_format=weight_format, output_dir=output_dir, lora=lora)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tiny autoencoder's decoder, for live previews (see sd3_previews.py)
+# ----------------------------------------------------------------------------------------------------------
+
+PREVIEW_WEIGHT_FORMATS = ("fp32", "fp16")  # the tiny decoder is a few MB: compressing it further gains nothing
+
+
+@contextmanager
+def diffusers_errors_only() -> Iterator[None]:
+    """diffusers' log at ERROR level in the block (`AutoencoderTiny` warns of the `block_out_channels` its own config holds)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def _tiny_autoencoder_not_found(source: str | Path, error: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"Could not load the tiny autoencoder `{source}` ({type(error).__name__}: {str(error).strip().splitlines()[0][:300]}). "
+        "Pass a local folder with its `config.json` and weights, or a Hugging Face hub id such as 'madebyollin/taesd3' on "
+        "a machine that can reach huggingface.co (elsewhere: `huggingface-cli download madebyollin/taesd3 --local-dir taesd3` "
+        "there, then pass the folder)."
+    )
+
+
+def _load_tiny_autoencoder(source: str | Path, *, vae_config: dict):
+    """diffusers' `AutoencoderTiny` from a hub id or a local folder, in f32, once its config is found to fit the VAE of
+    `vae_config` (`check_tiny_autoencoder`: before any weights are read); a FileNotFoundError naming `source` if absent."""
+    from diffusers import AutoencoderTiny
+
+    try:
+        with diffusers_errors_only():
+            config = AutoencoderTiny.load_config(str(source))
+    except (OSError, ValueError) as error:  # ValueError: huggingface_hub's, for a path that is no folder and no hub id
+        raise _tiny_autoencoder_not_found(source, error) from error
+    check_tiny_autoencoder(dict(config), vae_config=vae_config, where=f"`{source}`")
+    try:
+        with diffusers_errors_only():
+            return AutoencoderTiny.from_pretrained(str(source), torch_dtype=torch.float32).eval()
+    except OSError as error:  # a config without weights
+        raise _tiny_autoencoder_not_found(source, error) from error
+
+
+def convert_preview_decoder(
+    tiny_autoencoder: str | Path, model_dir: str | Path, *, weight_format: str | None = None, overwrite: bool = False
+) -> Path:
+    """Convert the decoder of a tiny autoencoder (TAESD: diffusers' `AutoencoderTiny`, e.g. 'madebyollin/taesd3') into
+    the converted SD3 folder `model_dir`, for `pipe.preview_images(latents, method="taesd")`; return its folder.
+
+    It goes to `model_dir / "vae_preview_decoder"` (an IR taking `latent_sample`, giving `sample` in [-1, 1], and the
+    autoencoder's `config.json`), written atomically. `model_index.json` does not list it, so optimum-intel and
+    openvino.genai load the folder as before. `weight_format` is "fp32" or "fp16" (default: fp32 for an fp32 folder,
+    else fp16). The autoencoder has to fit the folder's VAE (latent channels and scale). A folder that already holds
+    this autoencoder's decoder is kept unless `overwrite=True`; one that holds another's is refused.
+    """
+    model_dir = Path(model_dir)
+    check_sd3_index(read_model_index(model_dir), where=f"`{model_dir}`")
+    vae_config = read_json(model_dir / "vae_decoder" / CONFIG_JSON, model_dir=model_dir)
+    if weight_format is None:
+        weight_format = "fp32" if recorded_weight_format(model_dir / "vae_decoder") == "fp32" else "fp16"
+    if weight_format not in PREVIEW_WEIGHT_FORMATS:
+        raise ValueError(f"`weight_format` of the preview decoder must be one of {list(PREVIEW_WEIGHT_FORMATS)} but is {weight_format!r}.")
+    folder = model_dir / PREVIEW_DECODER
+    if is_converted(folder) and not overwrite:
+        converted_from = read_json(folder / CONFIG_JSON, model_dir=model_dir).get("_name_or_path")
+        if converted_from == str(tiny_autoencoder) and recorded_weight_format(folder) == weight_format:
+            return folder  # already converted
+        raise ValueError(
+            f"`{folder}` holds the decoder of {converted_from!r} in {recorded_weight_format(folder)}, not of "
+            f"{str(tiny_autoencoder)!r} in {weight_format}. Pass `overwrite=True` to replace it."
+        )
+    tiny = _load_tiny_autoencoder(tiny_autoencoder, vae_config=vae_config)
+    _export_submodel(_vae_decoder_spec(tiny), submodel=PREVIEW_DECODER, weight_format=weight_format, output_dir=model_dir)
+    return folder

@@ -1,6 +1,6 @@
 """The same converted folder in openvino.genai's C++ pipelines, with this project's defaults.
 
-Imports the layout only: openvino.genai reads the folder itself.
+Imports the layout and `sd3_lora`'s file name: openvino.genai reads the folder itself.
 """
 
 from pathlib import Path
@@ -16,8 +16,8 @@ from sd3_layout import (
     read_json,
     read_model_index,
 )
+from sd3_lora import LORA_WEIGHT_NAME
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file diffusers' `save_lora_weights` writes in a folder
 GENAI_TASKS = {"text-to-image": "Text2ImagePipeline", "image-to-image": "Image2ImagePipeline", "inpainting": "InpaintingPipeline"}
 
 

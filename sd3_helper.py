@@ -17,6 +17,8 @@ The modules behind it, each importing only those above it in this list:
                       the runtime's torch-free parts: torch's CPU randn, diffusers' flow-match scheduler and image
                       processor in numpy, numpy-or-torch arguments, tiled VAE, tokenizers without transformers
     sd3_submodels     OpenVINO submodels of a folder, devices, the folder's tokenizers and scheduler
+    sd3_lora          LoRA adapters: read as diffusers reads them, switched at run time through OpenVINO states
+    sd3_previews      live previews of the latents: a linear map fitted from the VAE, or a tiny decoder (TAESD)
     sd3_runtime       OVStableDiffusion3Pipeline: the denoising steps as short methods
     sd3_image_pipelines  image-to-image and inpainting on the runtime's steps
     sd3_genai         the same folder in openvino.genai's pipelines
@@ -33,7 +35,7 @@ import os
 import sys
 from pathlib import Path
 
-from sd3_conversion import convert_to_openvino, load_sd3_pipeline
+from sd3_conversion import convert_preview_decoder, convert_to_openvino, load_sd3_pipeline
 from sd3_layout import (
     GENERATION_DEFAULTS,
     HYBRID_WEIGHT_FORMAT,
@@ -41,16 +43,19 @@ from sd3_layout import (
     GenerationDefaults,
     SizeRules,
     folder_size,
+    linear_node_name,
     staged_dir,
 )
 from sd3_image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
 from sd3_presets import MODEL_PRESETS, ModelPreset, get_preset, preset_for, presets_table
 from sd3_quantization import convert_sd3_hybrid, psnr, quantize_sd3
 from sd3_genai import genai_adapter_config, make_genai_pipeline
+from sd3_lora import check_lora
+from sd3_previews import LatentRGBMap
 from sd3_runtime import OVStableDiffusion3Pipeline, SD3PipelineOutput
 from sd3_steps import SkipLayerGuidance, TaylorSeerConfig
 from sd3_submodels import OVSubmodel
-from sd3_tiny_model import make_tiny_lora, make_tiny_sd3, train_clip_tokenizer
+from sd3_tiny_model import make_tiny_lora, make_tiny_sd3, make_tiny_taesd, train_clip_tokenizer
 
 __all__ = [
     "make_tiny_sd3",
@@ -80,6 +85,11 @@ __all__ = [
     "psnr",
     "staged_dir",
     "train_clip_tokenizer",
+    "linear_node_name",
+    "load_adapters",
+    "convert_preview_decoder",
+    "make_tiny_taesd",
+    "LatentRGBMap",
 ]
 
 
@@ -154,6 +164,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     convert.add_argument(
         "--lora", action="append", type=lora_argument, default=[], metavar="PATH[:SCALE]", help="fuse a LoRA at SCALE (default 1.0); repeatable"
     )
+    convert.add_argument(
+        "--preview-decoder", default=None, metavar="TINY_AUTOENCODER",
+        help="also convert a tiny autoencoder's decoder for live previews (hub id or folder, e.g. madebyollin/taesd3)",
+    )
 
     generate = commands.add_parser("generate", help="generate an image with a converted model")
     generate.add_argument("model_dir", type=Path)
@@ -171,6 +185,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--strength", type=float, default=None, help="with --image: how much to change it, 0-1 (default 0.6)")
     generate.add_argument(
         "--step-cache", action="store_true", help="TaylorSeer step caching, openvino.genai's default: faster, a slightly different image"
+    )
+    generate.add_argument(
+        "--lora", action="append", type=lora_argument, default=[], metavar="PATH[:SCALE]",
+        help="apply a LoRA at SCALE (default 1.0) at run time, without converting again; repeatable",
     )
     return parser.parse_args(argv)
 
@@ -223,11 +241,23 @@ def _image_arguments(args: argparse.Namespace) -> dict:
     return arguments
 
 
+def load_adapters(pipe: OVStableDiffusion3Pipeline, lora: list[tuple[str, float]]) -> None:
+    """Load each `(path, scale)` of `lora` into `pipe` (adapters `lora_0`, `lora_1`, ...) and make them all active at
+    their scales."""
+    names = [f"lora_{index}" for index in range(len(lora))]
+    for name, (source, _) in zip(names, lora):
+        pipe.load_lora_weights(source, adapter_name=name)
+    if names:
+        pipe.set_adapters(names, [scale for _, scale in lora])
+
+
 def _generate(args: argparse.Namespace) -> Path:
     check_image_path(args.output)
     image_arguments = _image_arguments(args)
+    lora = check_lora(args.lora)
     pipe_class = OVStableDiffusion3InpaintPipeline if args.mask else OVStableDiffusion3Img2ImgPipeline if args.image else OVStableDiffusion3Pipeline
     pipe = pipe_class.from_pretrained(args.model_dir, device=args.device)
+    load_adapters(pipe, lora)
     image = pipe(
         args.prompt,
         **image_arguments,
@@ -253,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             options = dict(load_t5=not args.no_t5, weight_format=args.weight_format, quantize_vae=args.quantize_vae, lora=args.lora)
             options["overwrite"] = args.overwrite
             print(convert_sd3(args.checkpoint, args.output_dir, **options))
+            if args.preview_decoder:
+                print(convert_preview_decoder(args.preview_decoder, args.output_dir, overwrite=args.overwrite))
         else:
             print(_generate(args))
     except USER_ERRORS as error:

@@ -60,6 +60,12 @@ class GenerationDefaults:
 GENERATION_DEFAULTS = GenerationDefaults()
 
 
+def linear_node_name(module_path: str) -> str:
+    """The IR name of an `nn.Linear`'s MatMul, by its module path in the diffusers / transformers model
+    (optimum-intel's naming, which openvino.genai's LoRA matching and `sd3_lora` read)."""
+    return f"__module.{module_path}/aten::linear/MatMul"
+
+
 def vae_scale_factor(vae_config: dict) -> int:
     """Pixels per latent cell: each VAE block but the last halves the resolution (8 for SD3)."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)

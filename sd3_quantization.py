@@ -63,7 +63,6 @@ import torch
 
 from sd3_conversion import (
     SUBMODEL_EXPORTS,
-    check_lora,
     checkpoint_fingerprint,
     compress_weights,
     conversion_record,
@@ -94,6 +93,7 @@ from sd3_layout import (
     write_conversion_record,
     write_json_atomically,
 )
+from sd3_lora import check_lora
 from sd3_runtime import OVStableDiffusion3Pipeline
 
 SOURCE_WEIGHT_FORMATS = ("fp16", "fp32")  # quantization starts from unquantized weights
@@ -763,9 +763,8 @@ def convert_sd3_hybrid(
         record = hybrid_record(source, calibration=calibration_settings(), vae_calibration=vae_calibration_settings(quantize_vae=quantize_vae))
         refuse_other_conversion(output_dir, record)
         return output_dir  # quantize_sd3 writes model_index.json last: the folder is complete
-    fp16_source = output_dir / ".fp16-source"
-    with removed_on_failure(output_dir):
-        convert_to_openvino(checkpoint, fp16_source, load_t5=load_t5, weight_format="fp16", lora=lora, overwrite=overwrite)
+    fp16_source = output_dir.with_name(f".{output_dir.name}.fp16-source")  # beside, not inside: quantize_sd3 refuses a
+    convert_to_openvino(checkpoint, fp16_source, load_t5=load_t5, weight_format="fp16", lora=lora, overwrite=overwrite)  # source in its output
     quantize_sd3(fp16_source, output_dir, quantize_vae=quantize_vae, overwrite=overwrite)
     shutil.rmtree(fp16_source)
     return output_dir

@@ -8,11 +8,12 @@ numbered steps; each step is a short method that image-to-image and inpainting p
 Everything runs in numpy: no torch, diffusers or transformers is imported unless a call is given torch objects (a
 `torch.Generator`, torch tensors), and then only to hand torch tensors back (see `wants_torch`).
 
-Imports the layout, the torch-free arrays, scheduler, noise, image processing and VAE tiling, `sd3_submodels` and
-`sd3_steps` (step caching, skip-layer guidance).
+Imports the layout, the torch-free arrays, scheduler, noise, image processing and VAE tiling, `sd3_submodels`,
+`sd3_steps` (step caching, skip-layer guidance) and `sd3_previews` (live previews of the latents).
 """
 
 import logging
+from collections import OrderedDict
 import math
 import threading
 from dataclasses import dataclass
@@ -29,13 +30,16 @@ from sd3_layout import (
     GENERATION_DEFAULTS,
     OV_MODEL_BIN,
     PIPELINE_SUBMODELS,
+    TEXT_ENCODERS,
     TOKENIZERS,
     SizeRules,
     check_sd3_index,
     has_component,
     read_model_index,
 )
+from sd3_lora import LoraAdapters
 from sd3_noise import randn_tensor
+from sd3_previews import LatentPreviews, check_preview_latents, check_preview_options, preview_output, tiny_decoder_inputs
 from sd3_scheduler import calculate_shift, retrieve_timesteps
 from sd3_steps import SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig
 from sd3_submodels import (
@@ -47,6 +51,7 @@ from sd3_submodels import (
     physical_memory,
     release_file_pages,
     submodel_ov_config,
+    trim_heap,
 )
 from sd3_vae_tiling import TILE_OVERLAP_FACTOR, VaeTiling
 
@@ -63,6 +68,27 @@ class SD3PipelineOutput:
     array, or a torch tensor when the call was given torch objects: see `sd3_arrays.wants_torch`)."""
 
     images: list | np.ndarray
+
+
+class PromptCache:
+    """The text encoders' outputs for the last `max_prompts` distinct prompts (least recently used goes first), so
+    that a seed sweep or a settings sweep over one prompt encodes it once. Keys hold every input of the encoding."""
+
+    def __init__(self, max_prompts: int):
+        if isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1:
+            raise ValueError(f"`max_prompts` has to be a whole number >= 1 but is {max_prompts!r}; use `disable_prompt_cache()` for none.")
+        self.max_prompts, self.entries = max_prompts, OrderedDict()
+
+    def get(self, key: tuple):
+        if key in self.entries:
+            self.entries.move_to_end(key)
+        return self.entries.get(key)
+
+    def put(self, key: tuple, value) -> None:
+        self.entries[key] = value
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_prompts:
+            self.entries.popitem(last=False)
 
 
 def as_batch(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
@@ -123,11 +149,15 @@ class OVStableDiffusion3Pipeline:
             vae_scale_factor=self.vae_scale_factor, vae_latent_channels=self.vae_decoder.config["latent_channels"]
         )
         self.vae_tiling = None  # a `VaeTiling` after `enable_vae_tiling()`
-        self._pages_released = {}  # submodel name -> id of the infer request after whose first call its IR pages went
+        self.prompt_cache = None  # a `PromptCache` after `enable_prompt_cache()`
+        self.release_text_encoders = ()  # the text encoders `enable_text_encoder_release()` drops after encoding
+        self._pages_released = {}  # submodel name -> the compilation after whose first inference its IR pages went
         self._progress_bar_config = {}
         self._interrupt = False
         self._static_shape = None  # set by `reshape`
         self._call_lock = threading.RLock()  # infer requests and the scheduler hold per-call state
+        self.lora = LoraAdapters(submodels=self.submodels, model_dir=self.model_dir)  # run-time LoRA adapters
+        self.previews = LatentPreviews(model_dir=self.model_dir, vae_config=self.vae_decoder.config)  # see `preview_images`
 
     @classmethod
     def from_pretrained(
@@ -184,6 +214,9 @@ class OVStableDiffusion3Pipeline:
         new_pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=pipe.model_dir)
         new_pipe._call_lock = pipe._call_lock  # the shared infer requests serve one call at a time
         new_pipe.vae_tiling = pipe.vae_tiling  # diffusers' `from_pipe` shares the VAE and its tiling
+        new_pipe.prompt_cache, new_pipe.release_text_encoders = pipe.prompt_cache, pipe.release_text_encoders  # and the text encoders' options
+        new_pipe.lora = pipe.lora  # and the LoRA adapters of the models it shares
+        new_pipe.previews = pipe.previews  # and the fitted preview map and tiny decoder
         new_pipe.set_progress_bar_config(**pipe.progress_bar_config)
         return new_pipe
 
@@ -270,9 +303,9 @@ class OVStableDiffusion3Pipeline:
         RSS (`sd3_submodels.release_file_pages`), so that OpenVINO holds the weights once, in its own buffers: the peak
         RSS of an image falls by about the IR's size (benchmarks/bench_memory.py). Images stay bit-identical."""
         outputs = submodel(**inputs)
-        if self._pages_released.get(submodel.name) != id(submodel.request):
+        if self._pages_released.get(submodel.name) != submodel.compilations:
             release_file_pages(self.model_dir / submodel.name / OV_MODEL_BIN)
-            self._pages_released[submodel.name] = id(submodel.request)
+            self._pages_released[submodel.name] = submodel.compilations
         return outputs
 
     @property
@@ -305,6 +338,134 @@ class OVStableDiffusion3Pipeline:
         self.vae_tiling = None
         if self._static_shape is not None:
             self._reshape_vae_decoder()
+
+    # -- Text encoders on demand -------------------------------------------------------------------------
+
+    def enable_prompt_cache(self, max_prompts: int = 16) -> None:
+        """Keep the embeddings of the last `max_prompts` distinct prompts (with their negatives, `clip_skip` and
+        `max_sequence_length`, and the text encoders' LoRA adapters), so that a repeated prompt is not encoded again."""
+        self.prompt_cache = PromptCache(max_prompts)
+
+    def disable_prompt_cache(self) -> None:
+        """Encode every prompt again (and forget the cached embeddings)."""
+        self.prompt_cache = None
+
+    def enable_text_encoder_release(self, text_encoders: tuple[str, ...] = TEXT_ENCODERS) -> None:
+        """After encoding, drop the compiled models of `text_encoders` (all three by default; `("text_encoder_3",)`
+        for T5 alone, about 4.7 GB in int8), so that the denoising steps and the decode run without them; they compile
+        again on the next prompt that needs them (from OpenVINO's cache when `from_pretrained(cache_dir=...)` gave
+        one). Pairs well with `enable_prompt_cache`, which spares that for a repeated prompt."""
+        unknown = [name for name in text_encoders if name not in TEXT_ENCODERS] if isinstance(text_encoders, (tuple, list)) else [text_encoders]
+        if unknown:
+            raise ValueError(f"`text_encoders` names {unknown}; the text encoders are {list(TEXT_ENCODERS)}.")
+        self.release_text_encoders = tuple(text_encoders)
+
+    def disable_text_encoder_release(self) -> None:
+        """Keep the text encoders compiled between calls (the default)."""
+        self.release_text_encoders = ()
+
+    def release_text_encoder_models(self, text_encoders: tuple[str, ...] = TEXT_ENCODERS) -> None:
+        """Drop the compiled models of `text_encoders` now, and the heap memory they held; each compiles again on
+        its next use."""
+        for name in text_encoders:
+            submodel = getattr(self, name, None)
+            if submodel is not None:
+                submodel.request = None
+        trim_heap()
+
+    # -- LoRA adapters at run time (diffusers' names and meanings; see sd3_lora.py) ------------------------
+
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict: str | Path | dict, adapter_name: str | None = None) -> None:
+        """Load a LoRA (a `.safetensors` file, its folder, a hub id or a state dict; every format diffusers'
+        `lora_state_dict` reads) for the transformer and, where it has them, the CLIP text encoders, and make it the
+        active adapter at weight 1. The first adapter on a layer compiles its submodel again; later switches
+        (`set_adapters`) do not. `adapter_name` defaults to `default_<n>`. Reading the file imports torch."""
+        with self._call_lock:
+            self.lora.load(pretrained_model_name_or_path_or_dict, adapter_name=adapter_name)
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | dict | list | None = None) -> None:
+        """Make `adapter_names` the active adapters, each at its weight (None: 1; one number for all; a list, one per
+        name; a dict by component, e.g. `{"transformer": 0.8, "text_encoder": 0.5}`). Writes states only."""
+        with self._call_lock:
+            self.lora.set_adapters(adapter_names, adapter_weights)
+
+    def disable_lora(self) -> None:
+        """Generate without the adapters (they stay loaded, and `enable_lora` brings the same choice back)."""
+        with self._call_lock:
+            self.lora.enabled = False
+            self.lora.write_states()
+
+    def enable_lora(self) -> None:
+        """Apply the active adapters again after `disable_lora`."""
+        with self._call_lock:
+            self.lora.enabled = True
+            self.lora.write_states()
+
+    def delete_adapters(self, adapter_names: str | list[str]) -> None:
+        """Remove the named adapters."""
+        with self._call_lock:
+            self.lora.delete(adapter_names)
+
+    def unload_lora_weights(self) -> None:
+        """Remove every adapter; the submodels that had them get their original graphs back (compiled again on
+        next use), so the base model runs at its own speed."""
+        with self._call_lock:
+            self.lora.unload()
+
+    def get_active_adapters(self) -> list[str]:
+        """The active adapters (the transformer's), as diffusers' `get_active_adapters`."""
+        return self.lora.active_adapters()
+
+    def get_list_adapters(self) -> dict[str, list[str]]:
+        """`{component: loaded adapter names}`, as diffusers' `get_list_adapters`."""
+        return self.lora.list_adapters()
+
+    # -- Live previews of the latents (see sd3_previews.py) ---------------------------------------------
+
+    def preview_images(self, latents, *, method: str = "linear", size: tuple[int, int] | None = None, output_type: str = "pil"):
+        """What (B, C, h, w) `latents` of the denoising loop (numpy or torch: `callback_kwargs["latents"]`) look like, cheaply.
+
+        `method="linear"`: a linear map from latent channels to RGB, fitted from this model's VAE on first use (one
+        small VAE call, once for this pipeline and those `from_pipe` makes from it), then one small matrix product per
+        preview (under 0.1 % of a step): images of h x w pixels. `method="taesd"`: the tiny autoencoder's decoder
+        converted into the folder (`convert_preview_decoder`): full-size images, sharper, for a few % of a step.
+        `size=(width, height)` resizes them (nearest), e.g. to the image's size. `output_type` "pil" gives PIL images,
+        "np" a (B, H, W, 3) float32 array in [0, 1].
+
+            def show(pipe, step, timestep, callback_kwargs):
+                pipe.preview_images(callback_kwargs["latents"])[0].save(f"step-{step}.png")
+                return {}
+        """
+        check_preview_options(method=method, output_type=output_type, size=size)
+        channels = self.vae_decoder.config["latent_channels"]
+        latents = check_preview_latents(latents, latent_channels=channels, vae_scale_factor=self.vae_scale_factor)
+        if method == "linear":
+            rgb_map = self.previews.rgb_map
+            if rgb_map is None:
+                with self._call_lock:  # the fit runs the VAE, which serves one call at a time
+                    rgb_map = self.previews.linear_map(self._preview_fit_decode())
+            images = rgb_map.apply(latents)
+        else:
+            with self._call_lock:
+                images = self._tiny_decode(latents)
+        return preview_output(images, output_type=output_type, size=size)
+
+    def _preview_fit_decode(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The VAE decode the linear preview map is fitted with: the pipeline's own, or a dynamic copy of the decoder
+        while `reshape` holds it at one call's shape (the fit decodes small latents)."""
+        decoder = self.vae_decoder
+        shape = (decoder.shapes or {}).get("latent_sample")
+        if shape is None or all(size == -1 for axis, size in enumerate(shape) if axis != 1):
+            return self.vae_decode
+        copy = OVSubmodel(self.model_dir / decoder.name, core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
+        return lambda latents: copy(latent_sample=latents)["sample"]
+
+    def _tiny_decode(self, latents: np.ndarray) -> np.ndarray:
+        """(B, C, h, w) latents of the denoising loop -> (B, H, W, 3) images in [0, 1] by the folder's tiny decoder."""
+        decoder = self.vae_decoder
+        tiny = self.previews.tiny_decoder(core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
+        images = self.run_submodel(tiny, latent_sample=tiny_decoder_inputs(latents, config=tiny.config))["sample"]
+        return self.image_processor.denormalize(images).transpose(0, 2, 3, 1)
 
     # -- 1. Checks ---------------------------------------------------------------------------------------
 
@@ -537,6 +698,21 @@ class OVStableDiffusion3Pipeline:
         pooled = np.concatenate([pooled_l, pooled_g], axis=-1)  # (B, pooled_projection_dim)
         return prompt_embeds, pooled
 
+    def _cached_encode(self, texts: list[list[str]], *, clip_skip, max_sequence_length) -> tuple[np.ndarray, np.ndarray]:
+        """`_encode(*texts)`, from the prompt cache when it is on; the text encoders are released after it when
+        `enable_text_encoder_release()` asked for it."""
+        adapters = tuple(self.lora.signature(name) for name in TEXT_ENCODERS)  # a LoRA on a text encoder changes its output
+        key = (tuple(map(tuple, texts)), clip_skip, max_sequence_length, adapters)
+        cached = self.prompt_cache.get(key) if self.prompt_cache is not None else None
+        if cached is not None:
+            return cached
+        embeds, pooled = self._encode(*texts, clip_skip=clip_skip, max_sequence_length=max_sequence_length)
+        if self.prompt_cache is not None:
+            self.prompt_cache.put(key, (embeds, pooled))
+        if self.release_text_encoders:
+            self.release_text_encoder_models(self.release_text_encoders)
+        return embeds, pooled
+
     def encode_prompt(
         self,
         prompt: str | list[str],
@@ -565,7 +741,7 @@ class OVStableDiffusion3Pipeline:
             negatives_3 = as_batch(negative_prompt_3, batch_size, "negative_prompt_3") or negatives
             texts = [texts[0] + negatives, texts[1] + negatives_2, texts[2] + negatives_3]
         with self._call_lock:
-            embeds, pooled = self._encode(*texts, clip_skip=clip_skip, max_sequence_length=max_sequence_length)
+            embeds, pooled = self._cached_encode(texts, clip_skip=clip_skip, max_sequence_length=max_sequence_length)
         embeds = np.repeat(embeds, num_images_per_prompt, axis=0)
         pooled = np.repeat(pooled, num_images_per_prompt, axis=0)
         if not do_classifier_free_guidance:

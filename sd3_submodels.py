@@ -53,19 +53,47 @@ class OVSubmodel:
         except RuntimeError as error:
             reason = f"could not be read ({str(error).strip().splitlines()[0]})"
             raise ValueError(incomplete_model_error(xml_path, model_dir, reason)) from error
-        self.name = submodel_dir.name
+        self.name, self.xml_path, self.bin_path = submodel_dir.name, xml_path, bin_path
         self.core, self.device, self.ov_config = core, device, dict(ov_config or {})
         self.request = None
+        self.compilations = 0  # how many times `compile` has run (a new infer request each time)
+        self.shapes = None  # the input shapes of the last `reshape`
+        self.states = {}  # state name -> value (None: empty) that every infer request starts with (LoRA adapters)
 
     def compile(self) -> None:
-        """Compile the model for its device and make its infer request."""
+        """Compile the model for its device and make its infer request (with the states of `set_states`)."""
         compiled = self.core.compile_model(self.model, self.device, self.ov_config)
         self.request = compiled.create_infer_request()
+        self.compilations += 1
+        self.write_states(self.states)
 
     def reshape(self, shapes: dict[str, list[int]]) -> None:
         """Give inputs static shapes (faster on CPU, needed on NPU); the model is compiled again on next use."""
         self.model.reshape(shapes)
-        self.request = None
+        self.shapes, self.request = dict(shapes), None
+
+    def reload(self) -> None:
+        """Read the IR again (dropping graph changes such as LoRA states, keeping `reshape`'s shapes); the model is
+        compiled again on next use."""
+        self.model, self.states, self.request = self.core.read_model(self.xml_path, self.bin_path), {}, None
+        if self.shapes is not None:
+            self.model.reshape(self.shapes)
+
+    def set_states(self, states: dict[str, np.ndarray | None]) -> None:
+        """Keep `states` (name -> value; None empties a state) for every infer request, this one and later ones."""
+        self.states.update(states)
+        if self.request is not None:
+            self.write_states(states)
+
+    def write_states(self, states: dict[str, np.ndarray | None]) -> None:
+        import openvino as ov
+
+        by_name = {state.name: state for state in self.request.query_state()}
+        for name, value in states.items():
+            if value is None:
+                by_name[name].reset()
+            else:
+                by_name[name].state = ov.Tensor(np.ascontiguousarray(value, dtype=np.float32))
 
     @property
     def state_names(self) -> list[str]:
@@ -154,6 +182,18 @@ def release_file_pages(path: Path) -> int:
                 if madvise(start, end - start, MADV_DONTNEED) == 0:
                     released += end - start
     return released
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the OS (glibc's `malloc_trim`; nothing elsewhere). Memory OpenVINO
+    frees with a compiled model otherwise stays in this process's heap, and its RSS, for later allocations."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def physical_memory() -> int | None:

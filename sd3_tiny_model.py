@@ -219,34 +219,75 @@ def make_tiny_sd3(
     return output_dir
 
 
+def make_tiny_taesd(output_dir: str | Path, *, latent_channels: int = LATENT_CHANNELS, vae_scale_factor: int = 2, seed: int = 0) -> Path:
+    """Write a tiny random-weight TAESD-style autoencoder (diffusers' `AutoencoderTiny`) to `output_dir` and return it.
+
+    It stands in for `madebyollin/taesd3` (which needs a download) in the tests: the same classes and conventions
+    (latents taken as the denoising loop holds them, `scaling_factor` 1, images in [-1, 1]), with `latent_channels`
+    and one stage per doubling of `vae_scale_factor` (the tiny SD3's VAE: 4 channels, 2 pixels per cell; taesd3: 16
+    and 8), one block of 12 channels per stage. The same `seed` gives the same weights.
+    """
+    from diffusers import AutoencoderTiny
+
+    stages = vae_scale_factor.bit_length()  # 2 -> 2 stages (one upsampling), 8 -> 4 stages
+    if vae_scale_factor < 1 or 2 ** (stages - 1) != vae_scale_factor:
+        raise ValueError(f"`vae_scale_factor` has to be a power of 2 (pixels per latent cell, 8 for SD3) but is {vae_scale_factor}.")
+    torch.manual_seed(seed)
+    autoencoder = AutoencoderTiny(
+        latent_channels=latent_channels,
+        encoder_block_out_channels=(12,) * stages,
+        decoder_block_out_channels=(12,) * stages,
+        num_encoder_blocks=(1,) * stages,
+        num_decoder_blocks=(1,) * stages,
+    ).eval()
+    with staged_dir(Path(output_dir)) as staging:
+        autoencoder.save_pretrained(staging)
+    return Path(output_dir)
+
+
 TINY_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0")  # the usual SD3 transformer LoRA
+TINY_TEXT_ENCODER_LORA_TARGETS = ("q_proj", "v_proj")  # CLIP attention, as text-encoder LoRAs train it
 
 
 def make_tiny_lora(
-    checkpoint: str | Path, output_dir: str | Path, *, seed: int = 0, rank: int = 4, alpha: float | None = None, targets: tuple[str, ...] = TINY_LORA_TARGETS
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    *,
+    seed: int = 0,
+    rank: int = 4,
+    alpha: float | None = None,
+    targets: tuple[str, ...] = TINY_LORA_TARGETS,
+    text_encoder_targets: tuple[str, ...] = (),
 ) -> Path:
     """Write a random LoRA for the transformer of the checkpoint at `checkpoint` to `output_dir` and return the
     folder (diffusers' `pytorch_lora_weights.safetensors`, peft format with its `lora_alpha` in the metadata).
     `alpha` defaults to `rank` (scaling 1): openvino.genai reads no peft metadata and scales by its own alpha only.
+    With `text_encoder_targets` (e.g. `TINY_TEXT_ENCODER_LORA_TARGETS`) the LoRA also holds layers for both CLIP
+    text encoders; with `targets=()` it holds text-encoder layers only.
 
-    Made with peft on the real transformer, with random (not zero) `lora_B`, so the LoRA changes the image; the
+    Made with peft on the real models, with random (not zero) `lora_B`, so the LoRA changes the image; the
     same `seed` gives the same LoRA. Stands in for a downloaded adapter in the tests and the tiny notebook run.
     """
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModelWithProjection
 
-    transformer = SD3Transformer2DModel.from_pretrained(str(checkpoint), subfolder="transformer")
-    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets), init_lora_weights=False)
-    torch.manual_seed(seed)
-    transformer.add_adapter(config)
-    for name, parameter in transformer.named_parameters():
-        if "lora_B" in name:  # peft's random init of B is tiny; make the effect visible on a tiny model
-            torch.nn.init.normal_(parameter, std=0.5)
+    layers, metadata = {}, {}
+    parts = [("transformer", SD3Transformer2DModel, targets)]
+    parts += [(name, CLIPTextModelWithProjection, text_encoder_targets) for name in ("text_encoder", "text_encoder_2")]
+    for index, (name, model_class, modules) in enumerate(parts):
+        if not modules:
+            continue
+        model = model_class.from_pretrained(str(checkpoint), subfolder=name)
+        config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(modules), init_lora_weights=False)
+        torch.manual_seed(seed + index)
+        model.add_adapter(config)
+        for parameter_name, parameter in model.named_parameters():
+            if "lora_B" in parameter_name:  # peft's random init of B is tiny; make the effect visible on a tiny model
+                torch.nn.init.normal_(parameter, std=0.5)
+        layers[f"{name}_lora_layers"] = get_peft_model_state_dict(model)
+        metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
     with staged_dir(Path(output_dir)) as staging:
-        StableDiffusion3Pipeline.save_lora_weights(
-            staging,
-            transformer_lora_layers=get_peft_model_state_dict(transformer),
-            transformer_lora_adapter_metadata=config.to_dict(),
-        )
+        StableDiffusion3Pipeline.save_lora_weights(staging, **layers, **metadata)
     return Path(output_dir)

@@ -20,6 +20,8 @@ LAYERS = [
     "sd3_vae_tiling",
     "sd3_tokenizers",
     "sd3_submodels",
+    "sd3_lora",
+    "sd3_previews",
     "sd3_runtime",
     "sd3_image_pipelines",
     "sd3_genai",

@@ -68,3 +68,33 @@ def test_generate_from_an_image_and_a_mask(converted, tmp_path):
             assert image.size == (48, 32)
     wrong = run("generate", str(model_dir), *common, "--mask", str(mask), "--output", str(tmp_path / "x.png"))
     assert wrong.returncode == 2 and "`--mask` and `--strength` need `--image`" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_generate_with_loras_at_run_time_equals_the_api(converted, tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    import sd3_helper
+
+    model_dir = converted("fp32", load_t5=False)
+    first = sd3_helper.make_tiny_lora(tiny_checkpoint, tmp_path / "lora-1", seed=1)
+    second = sd3_helper.make_tiny_lora(tiny_checkpoint, tmp_path / "lora-2", seed=2, targets=("attn.to_q",))
+    common = ["--prompt", "a cat", "--steps", "2", "--seed", "5", "--height", "32", "--width", "32"]
+    images = {}
+    for name, flags in (("base", []), ("lora", ["--lora", f"{first}:0.7", "--lora", str(second)])):
+        result = run("generate", str(model_dir), *common, *flags, "--output", str(tmp_path / f"{name}.png"))
+        assert result.returncode == 0, result.stderr
+        with Image.open(tmp_path / f"{name}.png") as image:
+            images[name] = np.asarray(image, dtype=np.int16)
+
+    pipe = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    sd3_helper.load_adapters(pipe, [(str(first), 0.7), (str(second), 1.0)])
+    assert pipe.get_active_adapters() == ["lora_0", "lora_1"]
+    expected = np.asarray(pipe("a cat", num_inference_steps=2, generator=5, height=32, width=32).images[0], dtype=np.int16)
+    assert np.abs(images["lora"] - expected).max() <= 1  # the same call in-process (CPU default precision, PNG rounding)
+    assert np.abs(images["lora"] - images["base"]).max() > 4  # the adapters are applied
+
+    bad = run("generate", str(model_dir), *common, "--lora", str(tmp_path / "base.png"), "--output", str(tmp_path / "x.png"))
+    assert bad.returncode == 2 and "could not be read" in bad.stderr and "Traceback" not in bad.stderr
+    nan = run("generate", str(model_dir), *common, "--lora", f"{first}:nan", "--output", str(tmp_path / "x.png"))
+    assert nan.returncode == 2 and "has to be a finite number" in nan.stderr

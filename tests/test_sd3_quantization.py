@@ -182,3 +182,16 @@ def test_calibration_prompts(tmp_path):
     custom.write_text("# only a comment\n")
     with pytest.raises(ValueError, match="no prompts"):
         sd3_quantization.load_calibration_prompts(custom)
+
+
+def test_convert_sd3_int8_hybrid_straight_from_a_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    """The fp16 copy is staged beside the output folder (inside it, `quantize_sd3` refuses its own source)."""
+    import functools
+
+    small = functools.partial(sd3_quantization.quantize_sd3, num_samples=NUM_SAMPLES, num_inference_steps=CALIBRATION_STEPS)
+    monkeypatch.setattr(sd3_quantization, "quantize_sd3", small)  # a short calibration
+    output_dir = sd3_helper.convert_sd3(tiny_checkpoint, tmp_path / "tiny-hybrid", weight_format="int8-hybrid", load_t5=False)
+    assert (output_dir / "model_index.json").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny-hybrid"]  # the fp16 copy is gone
+    transformer = ov.Core().read_model(output_dir / "transformer" / "openvino_model.xml")
+    assert transformer.get_rt_info(sd3_conversion.RT_INFO_WEIGHT_FORMAT).astype(str) == "int8-hybrid"

@@ -85,3 +85,81 @@ def test_text_encoders_stay_f32_on_gpu():
     assert sd3_submodels.submodel_ov_config(None, submodel="transformer", device="GPU", cache_dir=None) == {}
     user_choice = {"INFERENCE_PRECISION_HINT": "f16"}
     assert sd3_submodels.submodel_ov_config(user_choice, submodel="text_encoder", device="GPU", cache_dir=None) == user_choice
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text encoders on demand: the prompt cache and releasing the compiled encoders
+# ----------------------------------------------------------------------------------------------------------
+
+CALL = dict(prompt="a cat", negative_prompt="blurry", height=32, width=32, num_inference_steps=2, output_type="np")
+
+
+def count_encoder_calls(pipeline) -> list[str]:
+    """A list that grows by the submodel's name each time the pipeline runs a text encoder."""
+    calls, run = [], pipeline.run_submodel
+
+    def counted(submodel, **inputs):
+        if submodel.name.startswith("text_encoder"):
+            calls.append(submodel.name)
+        return run(submodel, **inputs)
+
+    pipeline.run_submodel = counted
+    return calls
+
+
+def test_prompt_cache_encodes_a_repeated_prompt_once(converted, ov_pipeline):
+    pipeline = load(converted("fp32"), ov_config=F32)
+    pipeline.enable_prompt_cache(max_prompts=2)
+    calls = count_encoder_calls(pipeline)
+    first = pipeline(**CALL, generator=1).images
+    assert calls == ["text_encoder", "text_encoder_2", "text_encoder_3"]
+    second = pipeline(**CALL, generator=2).images  # a seed sweep: no encoding
+    assert len(calls) == 3
+    np.testing.assert_array_equal(first, ov_pipeline("fp32")(**CALL, generator=1).images)  # cached = encoded
+    assert np.abs(second - first).max() > 0
+    pipeline(**{**CALL, "negative_prompt": "dark"}, generator=1)  # another negative is another entry
+    pipeline(**{**CALL, "max_sequence_length": 77}, generator=1)  # and another T5 length (the first entry goes)
+    assert len(calls) == 9
+    pipeline(**CALL, generator=1)
+    assert len(calls) == 12  # least recently used, evicted
+    pipeline.disable_prompt_cache()
+    pipeline(**CALL, generator=1)
+    assert len(calls) == 15
+
+
+def test_prompt_cache_follows_text_encoder_adapters(converted, tiny_checkpoint, tmp_path):
+    from sd3_tiny_model import TINY_TEXT_ENCODER_LORA_TARGETS
+
+    lora = sd3_helper.make_tiny_lora(tiny_checkpoint, tmp_path / "te-lora", seed=3, targets=(), text_encoder_targets=TINY_TEXT_ENCODER_LORA_TARGETS)
+    pipeline = load(converted("fp32"), ov_config=F32)
+    pipeline.enable_prompt_cache()
+    base = pipeline(**CALL, generator=1).images
+    pipeline.load_lora_weights(str(lora), adapter_name="te")
+    with_lora = pipeline(**CALL, generator=1).images
+    assert np.abs(with_lora - base).max() > 4 / 255  # encoded again, with the adapter
+    pipeline.disable_lora()
+    np.testing.assert_array_equal(pipeline(**CALL, generator=1).images, base)
+
+
+def test_released_text_encoders_compile_again_and_give_the_same_image(converted, ov_pipeline):
+    pipeline = load(converted("fp32"), ov_config=F32)
+    pipeline.enable_text_encoder_release()
+    first = pipeline(**CALL, generator=1).images
+    assert all(getattr(pipeline, name).request is None for name in ("text_encoder", "text_encoder_2", "text_encoder_3"))
+    assert pipeline.transformer.request is not None and pipeline.vae_decoder.request is not None
+    np.testing.assert_array_equal(pipeline(**CALL, generator=1).images, first)
+    np.testing.assert_array_equal(first, ov_pipeline("fp32")(**CALL, generator=1).images)
+    pipeline.enable_text_encoder_release(("text_encoder_3",))  # T5 alone, the big one
+    np.testing.assert_array_equal(pipeline(**CALL, generator=1).images, first)
+    assert pipeline.text_encoder_3.request is None and pipeline.text_encoder_2.request is not None
+    pipeline.disable_text_encoder_release()
+    pipeline(**CALL, generator=1)
+    assert pipeline.text_encoder_3.request is not None
+    with pytest.raises(ValueError, match=r"`text_encoders` names \['t5'\]; the text encoders are"):
+        pipeline.enable_text_encoder_release(("t5",))
+
+
+@pytest.mark.parametrize("max_prompts", [0, -1, 2.5, "8", True])
+def test_prompt_cache_size_is_checked(ov_pipeline, max_prompts):
+    with pytest.raises(ValueError, match="`max_prompts` has to be a whole number >= 1"):
+        ov_pipeline("fp32").enable_prompt_cache(max_prompts=max_prompts)

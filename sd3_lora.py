@@ -1,0 +1,421 @@
+"""LoRA adapters: reading them as diffusers does, and switching them at run time on the OpenVINO submodels.
+
+Run time (`LoraAdapters`, behind the pipelines' `load_lora_weights` / `set_adapters` / ...): each linear layer a
+loaded LoRA touches gets three OpenVINO states beside its MatMul, found by the module path in its name
+(`sd3_layout.linear_node_name`): A (rank, in), alpha (1, rank) and B (out, rank). Its output becomes
+
+    x W^T + ((x A^T) * alpha) B^T
+
+which is the pattern OpenVINO's CPU plugin runs as one LoRA node (a layer without an active adapter holds rank-1
+zeros: see `stacked_states`). The active
+adapters are stacked along the rank, and alpha holds each one's peft scaling times its adapter weight, so
+`set_adapters`, `disable_lora` and `enable_lora` only write states: nothing is converted or compiled again. A
+model without adapters keeps its original graph, so its speed is unchanged.
+
+Reading (`read_lora_state_dict`, `read_lora_layers`): diffusers' `lora_state_dict` reads the file and normalises
+the formats it knows (peft keys, diffusers' older `lora.down` / `lora.up` keys); diffusers' own SD3 loaders then put the LoRA into empty (meta-device)
+models made from the folder's configs, which gives peft's target layers and scalings (rank and alpha patterns,
+rsLoRA) exactly as diffusers applies them. The A and B matrices are the normalised state dict's.
+
+Imports the layout; torch, diffusers, transformers and peft only inside the functions that read LoRA files.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sd3_layout import CONFIG_JSON, linear_node_name, read_model_index
+
+LORA_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")  # what diffusers' SD3 LoRA loader fills
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name in a LoRA folder
+PROBE_ADAPTER = "probe"  # the adapter name used while reading a LoRA's layers from empty models
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading LoRA files
+# ----------------------------------------------------------------------------------------------------------
+
+
+def describe_source(source) -> str:
+    return "(a state dict)" if isinstance(source, dict) else repr(str(source))
+
+
+def read_lora_state_dict(source: str | Path | dict) -> tuple[dict, dict | None]:
+    """A LoRA's state dict (peft key names) and its metadata, read by diffusers' `lora_state_dict`, which
+    normalises the formats it knows. `source` is a file, a folder holding `pytorch_lora_weights.safetensors`, a hub
+    id or a state dict. Raises a ValueError naming `source` when it is no LoRA for SD3."""
+    from diffusers import StableDiffusion3Pipeline
+
+    described = describe_source(source)
+    try:
+        state_dict, metadata = StableDiffusion3Pipeline.lora_state_dict(
+            dict(source) if isinstance(source, dict) else str(source), return_lora_metadata=True
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as error:
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ValueError(f"LoRA {described} could not be read ({reason}). Pass a diffusers/peft LoRA `.safetensors` file or its folder.") from error
+    if not state_dict or not all("lora" in key for key in state_dict):
+        raise ValueError(f"{described} is not a LoRA: its tensor names must all contain 'lora' (found e.g. {next(iter(state_dict), None)!r}).")
+    prefixes = sorted({key.split(".")[0] for key in state_dict})
+    if not set(prefixes) & set(LORA_COMPONENTS):
+        raise ValueError(
+            f"LoRA {described} has no weights for SD3: its tensors start with {prefixes[:5]}, none with {list(LORA_COMPONENTS)}. "
+            "Is it a LoRA for another model?"
+        )
+    return state_dict, metadata
+
+
+def check_scale(scale, *, name: str) -> float:
+    """`scale` as a float; a ValueError names `name` unless it is a finite number (negative scales are valid, as in
+    diffusers)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not math.isfinite(scale):
+        raise ValueError(f"{name} has to be a finite number (negative values are valid) but is {scale!r}.")
+    return float(scale)
+
+
+def check_lora(lora: list[tuple[str | Path, float]] | None) -> list[tuple[str, float]]:
+    """`lora` as `[(source, scale), ...]` with finite float scales (negative scales are valid, as in diffusers)."""
+    checked = []
+    for entry in lora or []:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
+            raise TypeError(f"`lora` has to be a list of (path, scale) pairs but holds {entry!r}.")
+        source, scale = entry
+        checked.append((str(source), check_scale(scale, name=f"The scale of LoRA {str(source)!r} in `lora`")))
+    return checked
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    """One linear layer's LoRA: `down` (A, rank x in), `up` (B, out x rank) and peft's `scaling` (lora_alpha / rank,
+    or its rank/alpha pattern, or rsLoRA's lora_alpha / sqrt(rank)). The layer adds `scaling * x A^T B^T`."""
+
+    down: np.ndarray
+    up: np.ndarray
+    scaling: float
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+
+def peft_state_dict(state_dict: dict, *, component: str) -> dict:
+    """`component`'s part of a `lora_state_dict` result, keyed as peft keys it (`<module path>.lora_A.weight`):
+    the conversions diffusers' `load_lora_adapter` (transformer) and text-encoder loader make before loading."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+
+    prefix = f"{component}."
+    weights = {key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)}
+    if component == "transformer":
+        return weights if "lora_A" in next(iter(weights)) else convert_unet_state_dict_to_peft(weights)
+    return convert_state_dict_to_peft(convert_state_dict_to_diffusers(weights))
+
+
+def empty_model(model_dir: Path, *, component: str, model_index: dict):
+    """`component`'s PyTorch model (the class `model_index.json` names), made from the folder's `config.json` on
+    the meta device: its layer names and shapes, no weights."""
+    import importlib
+
+    from accelerate import init_empty_weights
+
+    library, class_name = model_index[component]
+    model_class = getattr(importlib.import_module(library), class_name)
+    config_dir = model_dir / component
+    with init_empty_weights():
+        if library == "diffusers":
+            return model_class.from_config(model_class.load_config(str(config_dir)))
+        return model_class(model_class.config_class.from_json_file(str(config_dir / CONFIG_JSON)))
+
+
+def inject_lora(model, state_dict: dict, metadata: dict | None, *, component: str) -> None:
+    """Put the LoRA into `model` with diffusers' SD3 loaders under the adapter name `PROBE_ADAPTER` (their weights
+    stay on the meta device; what counts are the layers and scalings peft gives them)."""
+    import logging
+
+    from diffusers import StableDiffusion3Pipeline
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # transformers reports every meta weight as "missing"
+    diffusers_logger = logging.getLogger("diffusers")
+    level = diffusers_logger.level
+    diffusers_logger.setLevel(logging.ERROR)
+    try:
+        if component == "transformer":
+            StableDiffusion3Pipeline.load_lora_into_transformer(
+                state_dict, transformer=model, adapter_name=PROBE_ADAPTER, metadata=metadata, low_cpu_mem_usage=True
+            )
+        else:
+            StableDiffusion3Pipeline.load_lora_into_text_encoder(
+                state_dict, network_alphas=None, text_encoder=model, prefix=component, adapter_name=PROBE_ADAPTER,
+                metadata=metadata, low_cpu_mem_usage=True,
+            )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        diffusers_logger.setLevel(level)
+
+
+def read_lora_layers(source: str | Path | dict, *, model_dir: str | Path) -> dict[str, dict[str, LoraLayer]]:
+    """`{component: {module path: LoraLayer}}` of the LoRA at `source`, for the SD3 folder `model_dir` (its
+    configs give the layers). A ValueError says when the LoRA is unreadable, matches no layer of the model, holds
+    layers of another size, or uses what run-time adapters do not support (DoRA, LoRA biases)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model_dir = Path(model_dir)
+    model_index = read_model_index(model_dir)
+    state_dict, metadata = read_lora_state_dict(source)
+    layers = {}
+    for component in LORA_COMPONENTS:
+        if not any(key.startswith(f"{component}.") for key in state_dict):
+            continue
+        if not isinstance(model_index.get(component), list) or not (model_dir / component / CONFIG_JSON).is_file():
+            raise ValueError(f"LoRA {describe_source(source)} has weights for `{component}`, which `{model_dir}` does not have.")
+        model = empty_model(model_dir, component=component, model_index=model_index)
+        try:
+            inject_lora(model, state_dict, metadata, component=component)
+        except (ValueError, RuntimeError, KeyError) as error:
+            raise ValueError(f"LoRA {describe_source(source)} does not fit `{model_dir / component}`: {str(error).strip()[:300]}") from error
+        weights = peft_state_dict(state_dict, component=component)
+        layers[component] = {path: lora_layer(layer, weights, path=path, source=source) for path, layer in model.named_modules() if isinstance(layer, BaseTunerLayer)}
+    if not any(layers.values()):
+        raise ValueError(
+            f"LoRA {describe_source(source)} matches no layer of `{model_dir}`: its layer names are not the SD3 "
+            f"transformer's or CLIP encoders' (e.g. {next(iter(state_dict))!r}). Is it a LoRA for another model?"
+        )
+    return {component: component_layers for component, component_layers in layers.items() if component_layers}
+
+
+def lora_layer(layer, weights: dict, *, path: str, source) -> LoraLayer:
+    """The `LoraLayer` of one peft layer that diffusers' loader made, with A and B from the LoRA's `weights`."""
+    if layer.use_dora.get(PROBE_ADAPTER) or f"{path}.lora_B.bias" in weights:
+        kind = "DoRA" if layer.use_dora.get(PROBE_ADAPTER) else "a LoRA bias"
+        raise ValueError(
+            f"LoRA {describe_source(source)} uses {kind} on `{path}`, which run-time adapters do not support; fuse it at "
+            "conversion instead (`convert_sd3(..., lora=[(path, scale)])`)."
+        )
+    down, up = (weights.get(f"{path}.lora_{part}.weight") for part in "AB")
+    expected_down, expected_up = (tuple(getattr(layer, f"lora_{part}")[PROBE_ADAPTER].weight.shape) for part in "AB")
+    if down is None or up is None or tuple(down.shape) != expected_down or tuple(up.shape) != expected_up:
+        raise ValueError(f"LoRA {describe_source(source)} has no A/B weights of shapes {expected_down}/{expected_up} for `{path}`.")
+    as_numpy = lambda tensor: np.ascontiguousarray(tensor.detach().float().cpu().numpy())  # noqa: E731
+    return LoraLayer(down=as_numpy(down), up=as_numpy(up), scaling=float(layer.scaling[PROBE_ADAPTER]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LoRA states in an OpenVINO model
+# ----------------------------------------------------------------------------------------------------------
+
+
+def lora_state_names(module_path: str) -> tuple[str, str, str]:
+    """The names of the A, alpha and B states of the layer at `module_path`."""
+    return tuple(f"lora/{module_path}/{part}" for part in ("A", "alpha", "B"))
+
+
+def lora_module_paths(ov_model) -> set[str]:
+    """The module paths of the layers of `ov_model` that have LoRA states."""
+    return {variable.get_info().variable_id.split("/", 1)[1].rsplit("/", 1)[0] for variable in ov_model.get_variables() if variable.get_info().variable_id.startswith("lora/")}
+
+
+def add_lora_states(ov_model, module_paths: list[str], *, where: Path) -> None:
+    """Give each linear layer of `ov_model` at `module_paths` LoRA states (see the module docstring), in place.
+
+    Raises a ValueError when a layer is not found by its name, as in a folder converted before linear layers were
+    named by module path: then convert it again, or fuse the LoRA at conversion."""
+    import openvino as ov
+    from openvino import opset13 as ops
+    from openvino.op.util import Variable, VariableInfo
+
+    matmuls = {op.get_friendly_name(): op for op in ov_model.get_ops() if op.get_type_name() == "MatMul"}
+    missing = [path for path in module_paths if linear_node_name(path) not in matmuls]
+    if missing:
+        raise ValueError(
+            f"`{where}` has no layer named `{linear_node_name(missing[0])}` ({len(missing)} of the adapter's {len(module_paths)} "
+            "layers are missing), so a LoRA cannot be applied at run time. Convert the folder again with this version "
+            "(`convert_sd3`), or fuse the LoRA at conversion (`convert_sd3(..., lora=[(path, scale)])`)."
+        )
+    variables, sinks = [], []
+    for path in module_paths:
+        matmul = matmuls[linear_node_name(path)]
+        in_features, out_features = matmul.get_input_partial_shape(0)[-1], matmul.get_output_partial_shape(0)[-1]
+        shapes = ([-1, in_features], [1, -1], [out_features, -1])
+        reads = []
+        for name, shape in zip(lora_state_names(path), shapes):
+            info = VariableInfo()
+            info.data_shape, info.data_type, info.variable_id = ov.PartialShape(shape), ov.Type.f32, name
+            variable = Variable(info)
+            reads.append(ops.read_value(variable))
+            variables.append(variable)
+            sinks.append(ops.assign(reads[-1], variable))
+        down, alpha, up = reads
+        consumers = list(matmul.output(0).get_target_inputs())
+        low_rank = ops.multiply(ops.matmul(matmul.input_value(0), down, False, True), alpha)
+        with_lora = ops.add(matmul, ops.matmul(low_rank, up, False, True))
+        for consumer in consumers:
+            consumer.replace_source_output(with_lora.output(0))
+    ov_model.add_variables(variables)
+    ov_model.add_sinks(sinks)
+    ov_model.validate_nodes_and_infer_types()
+
+
+def stacked_states(module_path: str, layers: list[tuple[LoraLayer, float]], *, features: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The A, alpha and B states of one layer (`features`: in, out) that applies each `(layer, weight)` of `layers`
+    at once: A and B stacked along the rank, alpha = scaling x weight for each adapter's ranks.
+
+    Without layers: rank-1 zeros, which add exactly 0. Not empty states: on OpenVINO 2026.4's CPU plugin in bf16, a
+    LoRA state emptied after it held values gives wrong outputs once it holds values again."""
+    names = lora_state_names(module_path)
+    if not layers:
+        in_features, out_features = features
+        zeros = (np.zeros((1, in_features), np.float32), np.zeros((1, 1), np.float32), np.zeros((out_features, 1), np.float32))
+        return dict(zip(names, zeros))
+    down = np.concatenate([layer.down for layer, _ in layers], axis=0)
+    alpha = np.concatenate([np.full(layer.rank, layer.scaling * weight, dtype=np.float32) for layer, weight in layers])[None, :]
+    up = np.concatenate([layer.up for layer, _ in layers], axis=1)
+    return dict(zip(names, (down, alpha, up)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The adapters of one pipeline
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoraAdapters:
+    """The LoRA adapters loaded into a pipeline's submodels, with diffusers' semantics:
+
+    - loading an adapter makes it the only active one in each component it has weights for, at weight 1;
+    - `set_adapters(names, weights)` activates `names` in every component (each where it has weights), each at its
+      weight (a float, or a dict by component, unnamed components at 1);
+    - `disable` / `enable` switch all of them off and on again, keeping the choice;
+    - `delete` / `unload` remove adapters (`unload` all of them, giving the model's original graph back).
+
+    `submodels` are the pipeline's `sd3_submodels.OVSubmodel`s by name; states are written through their `set_states`.
+    """
+
+    submodels: dict
+    model_dir: Path
+    layers: dict[str, dict[str, dict[str, LoraLayer]]] = field(default_factory=dict)  # adapter -> component -> path -> layer
+    active: dict[str, list[str]] = field(default_factory=dict)  # component -> active adapters
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)  # adapter -> component -> weight
+    features: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (component, path) -> (in, out)
+    enabled: bool = True
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.layers)
+
+    def components(self) -> list[str]:
+        """The components with at least one adapter loaded, in diffusers' order."""
+        return [component for component in LORA_COMPONENTS if any(component in layers for layers in self.layers.values())]
+
+    def load(self, source: str | Path | dict, *, adapter_name: str | None = None) -> str:
+        """Read the LoRA at `source`, give the layers it touches LoRA states (compiling those submodels again, once)
+        and make it the active adapter; returns its name (`default_<n>` by default, as diffusers names them)."""
+        if adapter_name is None:
+            adapter_name = next(f"default_{index}" for index in range(len(self.layers) + 1) if f"default_{index}" not in self.layers)
+        if not isinstance(adapter_name, str) or not adapter_name:
+            raise TypeError(f"`adapter_name` has to be a non-empty string or None but is {adapter_name!r}.")
+        if adapter_name in self.layers:
+            raise ValueError(f"Adapter name {adapter_name!r} is already in use; pass another `adapter_name`, or `delete_adapters({adapter_name!r})` first.")
+        layers = read_lora_layers(source, model_dir=self.model_dir)
+        for component, component_layers in layers.items():
+            submodel = self.submodels.get(component)
+            if submodel is None:
+                raise ValueError(f"LoRA {describe_source(source)} has weights for `{component}`, which this pipeline does not load.")
+            new_paths = sorted(set(component_layers) - lora_module_paths(submodel.model))
+            if new_paths:
+                add_lora_states(submodel.model, new_paths, where=self.model_dir / component)
+                submodel.request = None  # compiled again on next use, with its states
+        self.layers[adapter_name] = layers
+        self.weights[adapter_name] = dict.fromkeys(layers, 1.0)
+        for component, component_layers in layers.items():
+            for path, layer in component_layers.items():
+                self.features[component, path] = (layer.down.shape[1], layer.up.shape[0])
+        for component in layers:
+            self.active[component] = [adapter_name]
+        self.write_states()
+        return adapter_name
+
+    def check_names(self, adapter_names: list[str]) -> None:
+        unknown = [name for name in adapter_names if name not in self.layers]
+        if unknown:
+            raise ValueError(f"Adapter {unknown[0]!r} is not loaded; loaded adapters: {self.names}. Load it with `load_lora_weights(path, adapter_name={unknown[0]!r})`.")
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights=None) -> None:
+        """Activate `adapter_names` with `adapter_weights` (None: 1 each; a number or a dict by component for all;
+        or a list, one per name), as diffusers' `set_adapters`."""
+        names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
+        if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+            raise TypeError(f"`adapter_names` has to be a string or a list of strings but is {adapter_names!r}.")
+        self.check_names(list(names))
+        if not isinstance(adapter_weights, (list, tuple)):
+            adapter_weights = [adapter_weights] * len(names)
+        if len(adapter_weights) != len(names):
+            raise ValueError(
+                f"`adapter_weights` has {len(adapter_weights)} entries for {len(names)} `adapter_names` {list(names)}; pass one weight per adapter."
+            )
+        weights = {name: self.component_weights(name, weight) for name, weight in zip(names, adapter_weights)}
+        self.weights.update(weights)
+        for component in self.components():
+            self.active[component] = [name for name in names if component in self.layers[name]]
+        self.write_states()
+
+    def component_weights(self, name: str, weight) -> dict[str, float]:
+        """An adapter weight (None, a number, or a dict by component) as `{component: weight}`."""
+        if weight is None:
+            weight = 1.0
+        if isinstance(weight, dict):
+            unknown = sorted(set(weight) - set(LORA_COMPONENTS))
+            if unknown:
+                raise ValueError(f"The weight of adapter {name!r} names {unknown}; components with adapters are {list(LORA_COMPONENTS)}.")
+            return {component: check_scale(weight.get(component, 1.0), name=f"The weight of adapter {name!r} for {component}") for component in self.layers[name]}
+        weight = check_scale(weight, name=f"The weight of adapter {name!r} in `adapter_weights`")
+        return dict.fromkeys(self.layers[name], weight)
+
+    def active_adapters(self) -> list[str]:
+        """The active adapters of the transformer (of the first text encoder with adapters when it has none)."""
+        components = self.components()
+        return list(self.active.get(components[0], [])) if components else []
+
+    def list_adapters(self) -> dict[str, list[str]]:
+        """`{component: loaded adapter names}`, as diffusers' `get_list_adapters`."""
+        return {component: [name for name, layers in self.layers.items() if component in layers] for component in self.components()}
+
+    def delete(self, adapter_names: str | list[str]) -> None:
+        """Remove the named adapters (the layers keep their states, at zero, until `unload`)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self.check_names(names)
+        for name in names:
+            del self.layers[name], self.weights[name]
+        self.active = {component: [name for name in active if name not in names] for component, active in self.active.items()}
+        self.write_states()
+
+    def unload(self) -> None:
+        """Remove every adapter and give the submodels that had LoRA states their original graphs back."""
+        for component in LORA_COMPONENTS:
+            submodel = self.submodels.get(component)
+            if submodel is not None and lora_module_paths(submodel.model):
+                submodel.reload()
+        self.layers, self.active, self.weights, self.features = {}, {}, {}, {}
+
+    def signature(self, component: str) -> tuple:
+        """What the adapters add to `component` now, as a hashable value: `((name, weight), ...)` of its active
+        adapters, empty when they are off or it has none (keys of the prompt cache)."""
+        if not self.enabled:
+            return ()
+        return tuple((name, self.weights[name][component]) for name in self.active.get(component, []) if component in self.layers[name])
+
+    def write_states(self) -> None:
+        """Write the states of every layer with LoRA states: the active adapters stacked, or zeros."""
+        for component in LORA_COMPONENTS:
+            submodel = self.submodels.get(component)
+            if submodel is None:
+                continue
+            states = {}
+            for path in sorted(lora_module_paths(submodel.model)):
+                active = self.active.get(component, []) if self.enabled else []
+                layers = [(self.layers[name][component][path], self.weights[name][component]) for name in active if path in self.layers[name].get(component, {})]
+                states.update(stacked_states(path, layers, features=self.features[component, path]))
+            if states:
+                submodel.set_states(states)
