@@ -9,7 +9,8 @@ The three tabs share one set of compiled models (`from_pipe`; diffusers' pipelin
 Compiled OpenVINO models are not re-entrant, so the demo runs one generation at a time, whichever tab asks, and
 queues the other requests. Every field is checked before anything runs, and bad input becomes a readable `gr.Error`
 that names the field, its value and the fix. The denoising steps show as a progress bar, and the Stop button
-ends the running generation after its current step.
+ends the running generation after its current step. On our pipelines the advanced settings also offer the step
+cache ("Fast") and, when LoRA adapters are loaded (`pipe.load_lora_weights`), the adapter and its scale.
 
 Standalone: `python gradio_helper.py MODEL_DIR [--device CPU] [--port N] [--share]` serves on 127.0.0.1 only.
 User mistakes (no model folder, a port in use) exit with status 2 and one `error: ...` line.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from sd3_layout import GENERATION_DEFAULTS, SizeRules, read_model_index  # light: no torch, no OpenVINO
+from sd3_steps import TaylorSeerConfig  # light: numpy only
 
 MAX_SEED = 2**31 - 1  # the largest seed a gr.Number and every torch generator accept
 # T5 reads at most 512 tokens of a prompt (CLIP 77), about 2,000 characters of English at ~4 characters a token.
@@ -38,6 +40,11 @@ MAX_PROMPT_CHARS = 4_000
 MAX_INFERENCE_STEPS = 50  # the steps slider's end (SD3 Medium's default is 28); each step is one transformer pass
 MAX_GUIDANCE_SCALE = 20.0  # the guidance slider's end (SD3 Medium's default is 7)
 DEFAULT_PORT, PORTS_TO_TRY = 7860, 100  # like gradio: the first free port of 7860..7959
+# "Fast (step cache)": openvino.genai's default TaylorSeer settings (it turns them on by default for SD3; our
+# pipeline, like diffusers, keeps them off). With 28 steps, 14 take the transformer's output from the cache.
+FAST_STEP_CACHE = TaylorSeerConfig()
+NO_ADAPTER = "None"  # the adapter choice that generates without LoRA (`disable_lora`)
+MIN_LORA_SCALE, MAX_LORA_SCALE = -1.0, 2.0  # the LoRA scale slider's ends (negative scales push away from the style)
 EXAMPLE_PROMPTS = (
     "A raccoon trapped inside a glass jar full of colorful candies, the background is steamy with vivid colors",
     "a photo of a cat holding a sign that says hello world",
@@ -207,6 +214,9 @@ class GenerationRequest:
     image: object = None  # image tasks: a PIL image of any size (the pipeline resizes it to width x height)
     mask_image: object = None  # inpainting: a PIL image of the image's size; white repaints
     strength: float | None = None  # image tasks: the share of the denoising schedule that runs
+    fast: bool = False  # the step cache (`FAST_STEP_CACHE`)
+    adapter: str | None = None  # a loaded LoRA adapter, `NO_ADAPTER` (LoRA off), or None: the adapters as they are set
+    lora_scale: float = 1.0  # the adapter's weight (`set_adapters([adapter], [lora_scale])`)
 
     @property
     def denoising_steps(self) -> int:
@@ -216,6 +226,14 @@ class GenerationRequest:
         # As diffusers' `get_timesteps`, float for float: 10 steps at 0.8 run 8 (10 * (1 - 0.8) would skip only 1)
         init_timestep = min(self.num_inference_steps * self.strength, self.num_inference_steps)
         return self.num_inference_steps - int(max(self.num_inference_steps - init_timestep, 0))
+
+
+def is_openvino_pipeline(pipeline) -> bool:
+    """True for our `OVStableDiffusion3Pipeline` (and its image pipelines): they take `taylorseer=` and switch LoRA
+    adapters at run time. diffusers' pipeline gets neither in the demo."""
+    from sd3_helper import OVStableDiffusion3Pipeline
+
+    return isinstance(pipeline, OVStableDiffusion3Pipeline)
 
 
 def demo_pipelines(pipeline) -> dict:
@@ -231,7 +249,7 @@ def demo_pipelines(pipeline) -> dict:
         OVStableDiffusion3Pipeline,
     )
 
-    if not isinstance(pipeline, OVStableDiffusion3Pipeline):
+    if not is_openvino_pipeline(pipeline):
         return {"text-to-image": pipeline}
     text_to_image = pipeline
     if isinstance(pipeline, OVStableDiffusion3Img2ImgPipeline):  # its call needs an image
@@ -249,8 +267,9 @@ class GenerationRunner:
     """Runs the demo's pipelines: checks the request, one generation at a time, progress, and stop.
 
     `pipeline` serves text to image; `image_to_image` and `inpainting` (optional) are pipelines that share its
-    compiled models (see `demo_pipelines`), so one lock serves all three. Plain Python (no Gradio), so it can be
-    tested and reused without a UI.
+    compiled models (see `demo_pipelines`), so one lock serves all three. The LoRA adapters belong to those shared
+    models too: a request's adapter choice is set under the same lock, just before its generation, and stays set
+    after it. Plain Python (no Gradio), so it can be tested and reused without a UI.
     """
 
     def __init__(
@@ -261,6 +280,7 @@ class GenerationRunner:
         self.pipelines = {task: pipe for task, pipe in candidates.items() if pipe is not None}
         self.size_rules = size_rules_of(pipeline)
         self.max_inference_steps = max_inference_steps
+        self.openvino = is_openvino_pipeline(pipeline)  # the step cache and run-time LoRA adapters
         self.lock = threading.Lock()  # the compiled models hold one infer request each: never run two calls at once
         self._stop = threading.Event()
         self._owner: str | None = None  # who started the running generation (a Gradio session)
@@ -269,6 +289,50 @@ class GenerationRunner:
     def tasks(self) -> tuple[str, ...]:
         """The tasks this runner serves, in `TASKS` order."""
         return tuple(self.pipelines)
+
+    @property
+    def adapters(self) -> list[str]:
+        """The LoRA adapters loaded into the pipeline (in any component), in load order; [] for diffusers' pipeline."""
+        if not self.openvino:
+            return []
+        names = [name for component_names in self.pipeline.get_list_adapters().values() for name in component_names]
+        return list(dict.fromkeys(names))
+
+    def active_adapter(self) -> str:
+        """The adapter the pipeline has active now (the first, when several are), else `NO_ADAPTER`."""
+        active = self.pipeline.get_active_adapters() if self.adapters else []
+        return active[0] if active else NO_ADAPTER
+
+    def _check_fast(self, fast) -> bool:
+        if not isinstance(fast, bool):
+            raise TypeError(f"`fast` has to be True or False but is {fast!r:.80}.")
+        if fast and not self.openvino:
+            raise ValueError(
+                f"`fast` (the step cache) needs an `OVStableDiffusion3Pipeline` but this demo runs "
+                f"{type(self.pipeline).__name__}. Leave `fast` off."
+            )
+        return fast
+
+    def _check_adapter(self, adapter, *, lora_scale) -> tuple[str | None, float]:
+        """`adapter` (None: leave the adapters as they are set) and `lora_scale` in their types, or an error naming
+        the loaded adapters."""
+        lora_scale = _as_finite(lora_scale, name="lora_scale", minimum=MIN_LORA_SCALE, maximum=MAX_LORA_SCALE)
+        if adapter is None:
+            return None, lora_scale
+        if not isinstance(adapter, str):
+            raise TypeError(f"`adapter` has to be a str but is {type(adapter).__name__}: {adapter!r:.80}.")
+        loaded = self.adapters
+        if adapter != NO_ADAPTER and adapter not in loaded:
+            if not loaded:
+                raise ValueError(
+                    f"`adapter` {adapter!r:.80} is not loaded: the pipeline has no LoRA adapters. Load one with "
+                    f"`pipe.load_lora_weights(path, adapter_name=...)` before `make_demo`, or choose {NO_ADAPTER!r}."
+                )
+            raise ValueError(
+                f"`adapter` {adapter!r:.80} is not loaded; loaded adapters: {loaded}. "
+                f"Choose one of them or {NO_ADAPTER!r}."
+            )
+        return adapter, lora_scale
 
     def check(
         self,
@@ -285,12 +349,18 @@ class GenerationRunner:
         image=None,
         mask_image=None,
         strength: float | None = None,
+        fast: bool = False,
+        adapter: str | None = None,
+        lora_scale: float = 1.0,
     ) -> GenerationRequest:
         """The request with every field checked; a ValueError or TypeError names the first bad field.
 
         The texts' lengths are checked first, so an over-long paste is refused before any other work. The seed
         may be left empty (None) when `randomize_seed` is set; a random one is drawn then. Image to image needs
         `image` (a PIL image) and `strength`; inpainting also `mask_image` (the image's size, something painted).
+        `fast` turns on the step cache (our pipelines only). `adapter` is a loaded LoRA adapter (applied at
+        `lora_scale`, from `MIN_LORA_SCALE` to `MAX_LORA_SCALE`), `NO_ADAPTER` for none, or None to leave the
+        pipeline's adapters as they are set.
         """
         if task not in self.pipelines:
             raise ValueError(f"`task` has to be one of {self.tasks} but is {task!r:.80}.")
@@ -308,6 +378,8 @@ class GenerationRunner:
         num_inference_steps = _as_int(
             num_inference_steps, name="num_inference_steps", minimum=1, maximum=self.max_inference_steps
         )
+        fast = self._check_fast(fast)
+        adapter, lora_scale = self._check_adapter(adapter, lora_scale=lora_scale)
         if task != "text-to-image":
             verb = "restyle" if task == "image-to-image" else "repaint"
             image = _check_image(image, name="image", missing=f"upload the image to {verb}")
@@ -326,6 +398,9 @@ class GenerationRunner:
             image=image if task != "text-to-image" else None,
             mask_image=mask_image if task == "inpainting" else None,
             strength=strength if task != "text-to-image" else None,
+            fast=fast,
+            adapter=adapter,
+            lora_scale=lora_scale,
         )
 
     def generate(self, *, on_step: Callable[[int, int], None] | None = None, owner: str | None = None, **fields):
@@ -358,10 +433,13 @@ class GenerationRunner:
             arguments.update(image=request.image, strength=request.strength)
         if request.task == "inpainting":
             arguments.update(mask_image=request.mask_image)
+        if request.fast:
+            arguments.update(taylorseer=FAST_STEP_CACHE)
         with self.lock:
             self._stop.clear()
             self._owner = owner
             try:
+                self._apply_adapter(request)
                 image = self.pipelines[request.task](
                     **arguments,
                     generator=torch.Generator().manual_seed(request.seed),
@@ -370,6 +448,16 @@ class GenerationRunner:
             finally:
                 self._owner = None
         return image, request.seed
+
+    def _apply_adapter(self, request: GenerationRequest) -> None:
+        """Set the request's adapter choice on the shared models (call it holding the lock). States only: instant."""
+        if request.adapter is None or (request.adapter == NO_ADAPTER and not self.adapters):
+            return
+        if request.adapter == NO_ADAPTER:
+            self.pipeline.disable_lora()
+            return
+        self.pipeline.enable_lora()  # after a `disable_lora`, `set_adapters` alone would leave them off
+        self.pipeline.set_adapters([request.adapter], [request.lora_scale])
 
     def stop(self, *, owner: str | None = None) -> None:
         """Stop the running generation after its current step (only if `owner` started it, when given)."""
@@ -397,6 +485,9 @@ class ControlDefaults:
     guidance_scale: float
     num_inference_steps: int
     max_inference_steps: int  # the steps slider's end
+    step_cache: bool = False  # show the "Fast (step cache)" switch (our pipelines)
+    adapters: tuple[str, ...] = ()  # the loaded LoRA adapters: an adapter choice and a scale when there are some
+    adapter: str = NO_ADAPTER  # the adapter chosen at first: the one active when the demo is built
 
 
 def _session_of(request) -> str | None:
@@ -469,7 +560,8 @@ class DemoHandlers:
 # The endpoints. Gradio reads an endpoint's API from its signature: the parameters before `request` are the API's
 # inputs, in order and by name; it fills in `request: gr.Request` and `progress=gr.Progress()` itself. Both need
 # gradio when the function is defined, and this module imports gradio only when a demo is built, so the endpoints
-# are defined in these two functions and pass everything on to `DemoHandlers`.
+# are defined in these two functions and pass everything on to `DemoHandlers`. The options after the required inputs
+# (`fast`, `adapter`, `lora_scale`) have defaults: a demo without the matching controls passes fewer inputs.
 
 
 def _text_to_image_endpoints(handlers: DemoHandlers) -> dict:
@@ -485,7 +577,10 @@ def _text_to_image_endpoints(handlers: DemoHandlers) -> dict:
         height: float,
         guidance_scale: float,
         num_inference_steps: float,
-        request: gr.Request,
+        fast: bool = False,
+        adapter: str | None = None,
+        lora_scale: float = 1.0,
+        request: gr.Request = None,
         progress=gr.Progress(),
     ):
         return handlers.run(
@@ -500,6 +595,9 @@ def _text_to_image_endpoints(handlers: DemoHandlers) -> dict:
             height=height,
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
+            fast=fast,
+            adapter=adapter,
+            lora_scale=lora_scale,
         )
 
     def stop(request: gr.Request) -> None:
@@ -510,7 +608,7 @@ def _text_to_image_endpoints(handlers: DemoHandlers) -> dict:
 
 def _image_endpoints(handlers: DemoHandlers) -> dict:
     """`/image_to_image` and `/inpaint`, by task: an image (an image editor's value for inpainting), then
-    `/generate`'s inputs, then strength."""
+    `/generate`'s inputs up to the steps, then strength, then the options (fast, adapter, LoRA scale)."""
     import gradio as gr
 
     def image_to_image(
@@ -524,7 +622,10 @@ def _image_endpoints(handlers: DemoHandlers) -> dict:
         guidance_scale: float,
         num_inference_steps: float,
         strength: float,
-        request: gr.Request,
+        fast: bool = False,
+        adapter: str | None = None,
+        lora_scale: float = 1.0,
+        request: gr.Request = None,
         progress=gr.Progress(),
     ):
         return handlers.run(
@@ -541,6 +642,9 @@ def _image_endpoints(handlers: DemoHandlers) -> dict:
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
             strength=strength,
+            fast=fast,
+            adapter=adapter,
+            lora_scale=lora_scale,
         )
 
     def inpaint(
@@ -554,7 +658,10 @@ def _image_endpoints(handlers: DemoHandlers) -> dict:
         guidance_scale: float,
         num_inference_steps: float,
         strength: float,
-        request: gr.Request,
+        fast: bool = False,
+        adapter: str | None = None,
+        lora_scale: float = 1.0,
+        request: gr.Request = None,
         progress=gr.Progress(),
     ):
         return handlers.run(
@@ -571,6 +678,9 @@ def _image_endpoints(handlers: DemoHandlers) -> dict:
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
             strength=strength,
+            fast=fast,
+            adapter=adapter,
+            lora_scale=lora_scale,
         )
 
     return {"image-to-image": image_to_image, "inpainting": inpaint}
@@ -614,8 +724,9 @@ def _used_seed_box(task: str):
     return gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{prefix}seed-used")
 
 
-def _advanced_settings(task: str, defaults: ControlDefaults) -> list:
-    """negative prompt, seed, randomize seed, width, height, guidance, steps: the inputs after the prompt."""
+def _advanced_settings(task: str, defaults: ControlDefaults) -> tuple[list, list]:
+    """The inputs after the prompt: (negative prompt, seed, randomize seed, width, height, guidance, steps) and the
+    options (`_options`)."""
     import gradio as gr
 
     prefix, rules = ELEM_ID_PREFIXES[task], defaults.rules
@@ -644,7 +755,44 @@ def _advanced_settings(task: str, defaults: ControlDefaults) -> list:
                 step=1,
                 value=defaults.num_inference_steps,
             )
-    return [negative_prompt, seed, randomize_seed, width, height, guidance, steps]
+        options = _options(task, defaults)
+    return [negative_prompt, seed, randomize_seed, width, height, guidance, steps], options
+
+
+def _options(task: str, defaults: ControlDefaults) -> list:
+    """The step cache switch (our pipelines), then the LoRA adapter and its scale (when adapters are loaded): the
+    endpoints' last inputs, in this order."""
+    import gradio as gr
+
+    prefix, options = ELEM_ID_PREFIXES[task], []
+    if defaults.step_cache:
+        options.append(
+            gr.Checkbox(
+                label="Fast (step cache)",
+                info="Predict the transformer's output on some steps (openvino.genai's default): faster, a slightly "
+                "different image",
+                value=False,  # off, as in diffusers: the same seed gives diffusers' image
+                elem_id=f"{prefix}fast",
+            )
+        )
+    if defaults.adapters:
+        with gr.Row():
+            adapter = gr.Dropdown(
+                label="LoRA adapter",
+                choices=[NO_ADAPTER, *defaults.adapters],
+                value=defaults.adapter,
+                elem_id=f"{prefix}adapter",
+            )
+            lora_scale = gr.Slider(
+                label="LoRA scale",
+                minimum=MIN_LORA_SCALE,
+                maximum=MAX_LORA_SCALE,
+                step=0.05,
+                value=1.0,
+                elem_id=f"{prefix}lora-scale",
+            )
+        options += [adapter, lora_scale]
+    return options
 
 
 def _image_field(task: str):
@@ -713,12 +861,11 @@ def _text_to_image_tab(generate: Callable, *, examples: list[str], defaults: Con
     task = "text-to-image"
     prompt, run_button, stop_button = _prompt_row(task)
     result = _result_image(task)
-    settings = _advanced_settings(task, defaults)
+    settings, options = _advanced_settings(task, defaults)
     used_seed = _used_seed_box(task)
     gr.Examples(examples=[[example] for example in examples], inputs=[prompt], label="Example prompts")
-    event = _on_run(
-        task, generate, prompt=prompt, run_button=run_button, inputs=[prompt, *settings], outputs=[result, used_seed]
-    )
+    inputs = [prompt, *settings, *options]
+    event = _on_run(task, generate, prompt=prompt, run_button=run_button, inputs=inputs, outputs=[result, used_seed])
     return event, stop_button
 
 
@@ -734,7 +881,7 @@ def _image_tab(
         image = handlers.image_fields[task] = _image_field(task)
         result = _result_image(task)
     strength_slider = _strength_slider(strength)
-    settings = _advanced_settings(task, defaults)
+    settings, options = _advanced_settings(task, defaults)
     used_seed = _used_seed_box(task)
     width_slider, height_slider = settings[3], settings[4]
     image.upload(
@@ -750,7 +897,7 @@ def _image_tab(
         fn,
         prompt=prompt,
         run_button=run_button,
-        inputs=[image, prompt, *settings, strength_slider],
+        inputs=[image, prompt, *settings, strength_slider, *options],
         outputs=[result, used_seed],
     )
     return event, stop_button
@@ -788,14 +935,22 @@ def make_demo(
     can change it before pressing Run. Strength starts at 0.6 for image to image (diffusers' default) and at
     `INPAINTING_STRENGTH` (0.85; 1.0 for a 33-channel inpainting transformer) for inpainting.
 
+    On our pipelines each tab's advanced settings have a "Fast (step cache)" switch, off by default (diffusers'
+    image): on, the call gets `taylorseer=FAST_STEP_CACHE`, openvino.genai's default step cache. When `pipeline`
+    has LoRA adapters loaded (`pipeline.get_list_adapters()`), they also have an adapter choice (`NO_ADAPTER` or a
+    loaded adapter, at first the active one) and a LoRA scale (-1 to 2, 1 at first); each generation sets them
+    with `set_adapters([adapter], [scale])`, or `disable_lora()` for `NO_ADAPTER`, in its turn in the queue.
+
     API endpoints (outputs: image, seed used; Stop: `/stop`):
-    - `/generate`: prompt, negative prompt, seed, randomize seed, width, height, guidance scale, steps.
-    - `/image_to_image`: image, then `/generate`'s inputs, then strength.
+    - `/generate`: prompt, negative prompt, seed, randomize seed, width, height, guidance scale, steps, then the
+      options: fast (our pipelines), adapter and LoRA scale (with adapters loaded).
+    - `/image_to_image`: image, then `/generate`'s inputs up to the steps, then strength, then the options.
     - `/inpaint`: a `gr.ImageEditor` value `{"background": image, "layers": [painted layers], "composite": ...}`
-      (the layers' painted, non-transparent pixels are the area to repaint), then `/generate`'s inputs, then
-      strength.
-    Their inputs reach `GenerationRunner.check` as sent (Gradio's own conversion is off), so a bad value from an
-    API client gets the same named error as one from the page.
+      (the layers' painted, non-transparent pixels are the area to repaint), then `/generate`'s inputs up to the
+      steps, then strength, then the options.
+    The options may be left out (the controls' initial values are used). The inputs reach `GenerationRunner.check`
+    as sent (Gradio's own conversion is off), so a bad value from an API client gets the same named error as one
+    from the page.
     """
     import gradio as gr
 
@@ -816,6 +971,9 @@ def make_demo(
         guidance_scale=guidance_scale,
         num_inference_steps=num_inference_steps,
         max_inference_steps=max_inference_steps,
+        step_cache=runner.openvino,
+        adapters=tuple(runner.adapters),
+        adapter=runner.active_adapter(),
     )
     examples = list(EXAMPLE_PROMPTS if examples is None else examples)
     handlers = DemoHandlers(runner)

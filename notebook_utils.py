@@ -1,4 +1,5 @@
-"""Small helpers for `stable-diffusion-v3.ipynb`: option widgets, model folders, and the weight format comparison.
+"""Small helpers for `stable-diffusion-v3.ipynb`: option widgets, model folders, the weight format comparison, timing
+and the LoRA stand-ins of the tiny model.
 
 The notebook's cells call these so that each cell stays a few lines long. The project's API itself lives in
 `sd3_helper`; nothing here is needed to use it from your own code.
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TINY_MODEL_ID = "tiny"  # `model_id` value that builds and uses the offline tiny checkpoint
+TINY_LORA_SEEDS = {"random_a": 1, "random_b": 2}  # the tiny model's stand-in LoRA adapters, by name: their seeds
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -72,7 +74,7 @@ def resolve_model_id(model_id: str | Path, *, models_dir: Path) -> str | Path:
     from sd3_helper import get_preset, make_tiny_sd3, preset_for
 
     model_id = str(model_id)
-    if not model_id.startswith(TINY_MODEL_ID):
+    if not is_tiny(model_id):
         preset = preset_for(model_id)
         return preset.hub_id if preset is not None else model_id
     family = get_preset(model_id.removeprefix(f"{TINY_MODEL_ID}-")).tiny_family if model_id != TINY_MODEL_ID else "sd3"
@@ -80,6 +82,43 @@ def resolve_model_id(model_id: str | Path, *, models_dir: Path) -> str | Path:
     if not (tiny_dir / "model_index.json").is_file():
         make_tiny_sd3(tiny_dir, family=family)
     return tiny_dir
+
+
+def is_tiny(model_id: str | Path) -> bool:
+    """True for "tiny" and "tiny-<preset key>": the offline random stand-ins of `resolve_model_id`."""
+    return str(model_id).startswith(TINY_MODEL_ID)
+
+
+def tiny_loras(checkpoint: str | Path, *, models_dir: Path) -> dict[str, Path]:
+    """Random LoRA adapters for the tiny `checkpoint` (`TINY_LORA_SEEDS`), made once, offline, in a moment: they
+    stand in for downloaded ones. Returns `{adapter name: folder}`."""
+    from sd3_helper import make_tiny_lora
+
+    loras = {}
+    for name, seed in TINY_LORA_SEEDS.items():
+        folder = Path(models_dir) / f"{Path(str(checkpoint)).name}-lora-{name}"
+        loras[name] = folder if folder.is_dir() else make_tiny_lora(checkpoint, folder, seed=seed)
+    return loras
+
+
+def timed(pipe, **kwargs) -> tuple:
+    """`pipe(**kwargs)`'s first image and the seconds the call took."""
+    start = time.perf_counter()
+    image = pipe(**kwargs).images[0]
+    return image, time.perf_counter() - start
+
+
+def transformer_steps(step_cache, *, num_inference_steps: int) -> int:
+    """How many of `num_inference_steps` steps run the transformer with the step cache `step_cache` (a
+    `TaylorSeerConfig`); the others take its output from the cache."""
+    from sd3_steps import TaylorSeerCache
+
+    cache, computed = TaylorSeerCache(step_cache, num_steps=num_inference_steps), 0
+    for step in range(num_inference_steps):
+        if cache.computes(step):
+            cache.update(step, 0.0)  # only which steps compute matters here, not the values
+            computed += 1
+    return computed
 
 
 def generation_settings(model_id: str, *, num_inference_steps: int | None, guidance_scale: float | None, skip_guidance_layers) -> dict:
@@ -149,13 +188,15 @@ def format_bytes(size: int) -> str:
 
 
 INT8_VAE_LABEL = "int8-hybrid + int8 VAE"  # the comparison's entry for `quantize_vae=True`
+INT8_VAE_VARIANT = "int8-hybrid-int8-vae"  # the same in its folder's and files' names
 
 
 @dataclass
 class FormatResult:
     """One weight format in the comparison."""
 
-    weight_format: str
+    weight_format: str  # the name shown: a weight format, or `INT8_VAE_LABEL`
+    variant: str  # the same in file names: the weight format, or `INT8_VAE_VARIANT`
     model_dir: Path
     size_bytes: int  # the whole OpenVINO model folder on disk
     latency_s: float  # one image, after a warm-up call
@@ -183,8 +224,8 @@ def compare_weight_formats(
 ) -> list[FormatResult]:
     """Convert `checkpoint` in each weight format (skipped when done before), then time one image with each.
 
-    With `quantize_vae`, one more entry, `INT8_VAE_LABEL`: int8-hybrid with the VAE in int8 too
-    (`convert_sd3(..., weight_format="int8-hybrid", quantize_vae=True)`).
+    With `quantize_vae`, one more entry, `INT8_VAE_LABEL`: int8-hybrid with the VAE in int8 too, quantized from
+    the fp16 folder (`int8_vae_folder`).
     Pipelines are loaded one at a time and freed before the next, so memory holds one model at once. Every
     format gets the same prompt and seed, so the images differ only by the compression.
     """
@@ -192,14 +233,15 @@ def compare_weight_formats(
 
     import torch
 
-    from sd3_helper import HYBRID_WEIGHT_FORMAT, OVStableDiffusion3Pipeline, convert_sd3, folder_size
+    from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3, folder_size
 
-    variants = [(weight_format, False) for weight_format in weight_formats] + ([(HYBRID_WEIGHT_FORMAT, True)] if quantize_vae else [])
     results = []
-    for weight_format, int8_vae in variants:
-        folder_format = f"{weight_format}-int8-vae" if int8_vae else weight_format
-        model_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format=folder_format, load_t5=load_t5)
-        convert_sd3(checkpoint, model_dir, load_t5=load_t5, weight_format=weight_format, quantize_vae=int8_vae)
+    for variant in [*weight_formats, *([INT8_VAE_VARIANT] if quantize_vae else [])]:
+        if variant == INT8_VAE_VARIANT:
+            model_dir = int8_vae_folder(checkpoint, models_dir=models_dir, load_t5=load_t5)
+        else:
+            model_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format=variant, load_t5=load_t5)
+            convert_sd3(checkpoint, model_dir, load_t5=load_t5, weight_format=variant)
         pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device)
         pipe.set_progress_bar_config(disable=True)
         generate = dict(prompt=prompt, height=height, width=width, guidance_scale=guidance_scale)
@@ -211,7 +253,8 @@ def compare_weight_formats(
         latency = time.perf_counter() - start
         results.append(
             FormatResult(
-                weight_format=INT8_VAE_LABEL if int8_vae else weight_format,
+                weight_format=INT8_VAE_LABEL if variant == INT8_VAE_VARIANT else variant,
+                variant=variant,
                 model_dir=model_dir,
                 size_bytes=folder_size(model_dir),
                 latency_s=latency,
@@ -221,6 +264,18 @@ def compare_weight_formats(
         del pipe
         gc.collect()
     return results
+
+
+def int8_vae_folder(checkpoint: str | Path, *, models_dir: Path, load_t5: bool) -> Path:
+    """int8-hybrid with the VAE in int8 too (`quantize_sd3(..., quantize_vae=True)` with its default calibration),
+    quantized from the fp16 folder of `checkpoint` (converted first when it is not there); each step is skipped
+    when done before. Returns the folder."""
+    from sd3_helper import convert_sd3, quantize_sd3
+
+    fp16_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format="fp16", load_t5=load_t5)
+    convert_sd3(checkpoint, fp16_dir, load_t5=load_t5, weight_format="fp16")
+    model_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format=INT8_VAE_VARIANT, load_t5=load_t5)
+    return quantize_sd3(fp16_dir, model_dir, quantize_vae=True)
 
 
 def comparison_table(results: list[FormatResult]) -> str:

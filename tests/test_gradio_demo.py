@@ -20,10 +20,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the helpers live beside the notebook, not in an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
+from conftest import F32  # noqa: E402
 from gradio_helper import (  # noqa: E402
+    FAST_STEP_CACHE,
     INPAINTING_STRENGTH,
     MAX_PROMPT_CHARS,
     MAX_SEED,
+    NO_ADAPTER,
     GenerationRunner,
     demo_pipelines,
     fit_size,
@@ -31,7 +34,7 @@ from gradio_helper import (  # noqa: E402
     make_demo,
     size_rules_of,
 )
-from notebook_utils import ov_model_dir, resolve_model_id  # noqa: E402
+from notebook_utils import ov_model_dir, resolve_model_id, tiny_loras  # noqa: E402
 from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3  # noqa: E402
 from sd3_layout import SizeRules  # noqa: E402
 
@@ -458,6 +461,177 @@ def test_runner_without_image_pipelines_refuses_the_image_tasks():
     assert runner.tasks == ("text-to-image",)
     with pytest.raises(ValueError, match=r"`task` has to be one of \('text-to-image',\) but is 'inpainting'"):
         runner.generate(task="inpainting", prompt="a cat", width=8, height=8, guidance_scale=1.0, num_inference_steps=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The step cache ("Fast") and LoRA adapters
+# ----------------------------------------------------------------------------------------------------------
+
+ADAPTERS = ["random_a", "random_b"]  # `notebook_utils.TINY_LORA_SEEDS`: the notebook's stand-ins
+REQUEST = dict(prompt="a photo of a cat", seed=7, width=WIDTH, height=HEIGHT, guidance_scale=5.0, num_inference_steps=2)
+
+
+@pytest.fixture(scope="module")
+def lora_pipeline(tiny_ov_model, tmp_path_factory) -> OVStableDiffusion3Pipeline:
+    """A pipeline of its own (adapters change its submodels) with the tiny model's two random LoRAs, in f32 so that
+    images compare exactly."""
+    models_dir = tmp_path_factory.getbasetemp() / "models"
+    checkpoint = resolve_model_id("tiny", models_dir=models_dir)
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(tiny_ov_model, ov_config=F32)
+    pipe.set_progress_bar_config(disable=True)
+    for name, folder in tiny_loras(checkpoint, models_dir=models_dir).items():
+        pipe.load_lora_weights(folder, adapter_name=name)
+    return pipe
+
+
+def direct_image(pipe, *, adapter: str | None = None, lora_scale: float = 1.0, **options) -> np.ndarray:
+    """`REQUEST` straight from `pipe`, after `set_adapters([adapter], [lora_scale])` (`NO_ADAPTER`: `disable_lora`)."""
+    import torch
+
+    if adapter == NO_ADAPTER:
+        pipe.disable_lora()
+    elif adapter is not None:
+        pipe.enable_lora()
+        pipe.set_adapters([adapter], [lora_scale])
+    request = {**REQUEST, **options}
+    image = pipe(
+        request.pop("prompt"), generator=torch.Generator().manual_seed(request.pop("seed")), **request
+    ).images[0]
+    return np.asarray(image)
+
+
+def blocks_labelled(demo, kind, label: str) -> list:
+    return [block for block in demo.blocks.values() if isinstance(block, kind) and block.label == label]
+
+
+def api_parameters(demo, api_name: str) -> list[tuple]:
+    """(name, default) of each input of the endpoint `api_name`, as API clients see them."""
+    parameters = demo.get_api_info()["named_endpoints"][api_name]["parameters"]
+    return [(parameter["parameter_name"], parameter["parameter_default"]) for parameter in parameters]
+
+
+def test_adapter_choice_and_scale_show_only_when_adapters_are_loaded(pipeline, lora_pipeline):
+    import gradio as gr
+
+    plain, with_adapters = make_demo(pipeline), make_demo(lora_pipeline)
+    assert not blocks_labelled(plain, gr.Dropdown, "LoRA adapter")
+    assert not blocks_labelled(plain, gr.Slider, "LoRA scale")
+    assert api_parameters(plain, "/generate")[-2:] == [("num_inference_steps", 28), ("fast", False)]
+    dropdowns = blocks_labelled(with_adapters, gr.Dropdown, "LoRA adapter")
+    sliders = blocks_labelled(with_adapters, gr.Slider, "LoRA scale")
+    assert len(dropdowns) == len(sliders) == 3  # one of each per tab
+    for dropdown in dropdowns:
+        assert [value for _, value in dropdown.choices] == [NO_ADAPTER, *ADAPTERS]
+        assert dropdown.value == lora_pipeline.get_active_adapters()[0]  # the adapter active when the demo was built
+    assert {(slider.minimum, slider.maximum, slider.value) for slider in sliders} == {(-1.0, 2.0, 1.0)}
+    active = lora_pipeline.get_active_adapters()[0]
+    assert api_parameters(with_adapters, "/generate")[-4:] == [
+        ("num_inference_steps", 28), ("fast", False), ("adapter", active), ("lora_scale", 1.0)
+    ]  # fmt: skip
+    for api_name in ("/image_to_image", "/inpaint"):  # the options come after strength
+        names = [name for name, _ in api_parameters(with_adapters, api_name)]
+        assert names[-4:] == ["strength", "fast", "adapter", "lora_scale"]
+
+
+def test_fast_switch_is_in_every_tab_off_and_absent_for_another_pipeline(pipeline):
+    import gradio as gr
+
+    switches = blocks_labelled(make_demo(pipeline), gr.Checkbox, "Fast (step cache)")
+    assert len(switches) == 3 and not any(switch.value for switch in switches)  # off: diffusers' image by default
+    assert not blocks_labelled(make_demo(NeverCalled()), gr.Checkbox, "Fast (step cache)")
+
+
+def test_runner_applies_the_chosen_adapter_as_set_adapters_does(lora_pipeline):
+    runner = GenerationRunner(lora_pipeline)
+    choices = [("random_a", 0.5), (NO_ADAPTER, 1.0), ("random_b", -0.8), ("random_a", 0.5)]
+    images = [
+        np.asarray(runner.generate(**REQUEST, adapter=adapter, lora_scale=scale)[0]) for adapter, scale in choices
+    ]
+    np.testing.assert_array_equal(images[3], images[0])  # the same choice again: nothing left over from the others
+    for (adapter, scale), image in zip(choices[:3], images[:3]):
+        expected = direct_image(lora_pipeline, adapter=adapter, lora_scale=scale)
+        np.testing.assert_array_equal(image, expected, err_msg=adapter)
+    assert len({image.tobytes() for image in images[:3]}) == 3, "each adapter choice should give another image"
+
+
+def test_runner_without_an_adapter_choice_leaves_the_adapters_as_set(lora_pipeline):
+    expected = direct_image(lora_pipeline, adapter="random_b", lora_scale=0.3)
+    np.testing.assert_array_equal(np.asarray(GenerationRunner(lora_pipeline).generate(**REQUEST)[0]), expected)
+
+
+BAD_OPTIONS = [  # (change to a good request, exception type, fragment of its message)
+    ({"adapter": "nope"}, ValueError, "`adapter` 'nope' is not loaded; loaded adapters: ['random_a', 'random_b']. "
+     "Choose one of them or 'None'."),
+    ({"adapter": 3}, TypeError, "`adapter` has to be a str but is int: 3"),
+    ({"lora_scale": float("nan")}, ValueError, "`lora_scale` has to be a finite number between -1.0 and 2.0 "
+     "but is nan"),
+    ({"lora_scale": float("inf")}, ValueError, "`lora_scale` has to be a finite number between -1.0 and 2.0 "
+     "but is inf"),
+    ({"lora_scale": 2.5}, ValueError, "`lora_scale` has to be between -1.0 and 2.0 but is 2.5"),
+    ({"lora_scale": "1"}, TypeError, "`lora_scale` has to be a number but is str: '1'"),
+    ({"fast": "yes"}, TypeError, "`fast` has to be True or False but is 'yes'"),
+    ({"fast": 1}, TypeError, "`fast` has to be True or False but is 1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, error_type, message", BAD_OPTIONS, ids=lambda value: repr(value)[:40])
+def test_bad_options_are_refused_with_a_readable_message(lora_pipeline, change, error_type, message):
+    with pytest.raises(error_type) as error:
+        GenerationRunner(lora_pipeline).check(**{**REQUEST, "adapter": "random_a", **change})
+    assert message in str(error.value)
+
+
+def test_an_adapter_is_refused_where_none_is_loaded_and_fast_where_there_is_no_step_cache(pipeline):
+    with pytest.raises(ValueError, match="`adapter` 'random_a' is not loaded: the pipeline has no LoRA adapters"):
+        GenerationRunner(pipeline).check(**REQUEST, adapter="random_a")
+    GenerationRunner(pipeline).check(**REQUEST, adapter=NO_ADAPTER)  # "None" is always a valid choice
+    with pytest.raises(ValueError, match=r"`fast` \(the step cache\) needs an `OVStableDiffusion3Pipeline` but this"):
+        GenerationRunner(NeverCalled()).generate(**REQUEST, fast=True)  # diffusers' pipeline, say
+
+
+def test_fast_is_openvino_genai_s_default_step_cache(pipeline):
+    import openvino_genai
+
+    genai = openvino_genai.TaylorSeerCacheConfig()  # what openvino.genai runs SD3 with by default
+    fields = ("cache_interval", "disable_cache_before_step", "disable_cache_after_step")
+    assert [getattr(FAST_STEP_CACHE, field) for field in fields] == [getattr(genai, field) for field in fields]
+    runner, steps = GenerationRunner(pipeline), 9  # with 9 steps, the default cache skips the transformer on step 6
+    request = {**REQUEST, "num_inference_steps": steps}
+    default, fast = (np.asarray(runner.generate(**request, fast=flag)[0]) for flag in (False, True))
+    assert not np.array_equal(default, fast), "the step cache should change the image"
+    np.testing.assert_array_equal(fast, direct_image(pipeline, num_inference_steps=steps, taylorseer=FAST_STEP_CACHE))
+    np.testing.assert_array_equal(default, direct_image(pipeline, num_inference_steps=steps))
+
+
+@pytest.fixture(scope="module")
+def lora_client(lora_pipeline, tmp_path_factory):
+    """The demo of `lora_pipeline`, launched in this process on a loopback port, and a client of it."""
+    from gradio_client import Client
+
+    demo = make_demo(lora_pipeline)
+    demo.launch(server_name="127.0.0.1", server_port=free_loopback_port(), prevent_thread_lock=True, quiet=True)
+    yield Client(demo.local_url, verbose=False, download_files=tmp_path_factory.mktemp("lora-downloads"))
+    demo.close()
+
+
+def test_served_adapter_choice_fast_switch_and_their_errors(lora_client, lora_pipeline, image_files):
+    from gradio_client.exceptions import AppError
+
+    with_adapter = load_pixels(lora_client.predict(*generate_args(), False, "random_a", 0.5, api_name="/generate")[0])
+    without = load_pixels(lora_client.predict(*generate_args(), False, NO_ADAPTER, 0.5, api_name="/generate")[0])
+    np.testing.assert_array_equal(with_adapter, direct_image(lora_pipeline, adapter="random_a", lora_scale=0.5))
+    np.testing.assert_array_equal(without, direct_image(lora_pipeline, adapter=NO_ADAPTER))
+    image_path, _ = lora_client.predict(*generate_args(), api_name="/generate")  # options left out: initial values
+    assert Image.open(image_path).size == (WIDTH, HEIGHT)
+    restyled, seed = lora_client.predict(  # an image tab: the options after strength
+        image_input("/image_to_image", image_files), *generate_args(), 0.75, True, "random_b", -0.5,
+        api_name="/image_to_image",
+    )
+    assert Image.open(restyled).size == (WIDTH, HEIGHT) and seed == 7
+    with pytest.raises(AppError, match=r"`adapter` 'nope' is not loaded; loaded adapters: \['random_a', 'random_b'\]"):
+        lora_client.predict(*generate_args(), False, "nope", 1.0, api_name="/generate")
+    with pytest.raises(AppError, match="`lora_scale` has to be between -1.0 and 2.0 but is 5.0"):
+        lora_client.predict(*generate_args(), False, "random_a", 5.0, api_name="/generate")
 
 
 # ----------------------------------------------------------------------------------------------------------

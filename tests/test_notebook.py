@@ -15,12 +15,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the helpers live beside the notebook, not in an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from notebook_utils import ov_model_dir  # noqa: E402
+from notebook_utils import INT8_VAE_LABEL, INT8_VAE_VARIANT, ov_model_dir  # noqa: E402
 
 NOTEBOOK = REPO_ROOT / "stable-diffusion-v3.ipynb"
 ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 KNOBS = {"model_id", "load_t5", "weight_format", "device", "height", "width", "num_inference_steps"}
 KNOBS |= {"guidance_scale", "seed", "prompt", "launch_demo", "image_to_image", "skip_guidance_layers"}
+KNOBS |= {"compare_formats", "quantize_vae", "lora_adapters"}
 WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show
 TEST_PARAMETERS = {
     "model_id": "tiny",
@@ -29,6 +30,7 @@ TEST_PARAMETERS = {
     "height": HEIGHT,
     "width": WIDTH,
     "num_inference_steps": 3,
+    "quantize_vae": True,  # the comparison's int8-hybrid + int8 VAE column (a quantization of the fp16 folder)
     "launch_demo": False,
 }
 
@@ -77,6 +79,17 @@ def test_parameter_defaults_serve_the_real_model_and_sd3_model_id_switches_it():
     assert run_parameters_cell(environ={"SD3_MODEL_ID": "/models/my-sd3"})["model_id"] == "/models/my-sd3"
 
 
+def test_transformer_steps_counts_the_steps_the_step_cache_computes():
+    from notebook_utils import transformer_steps
+    from sd3_helper import TaylorSeerConfig
+
+    genai_default = TaylorSeerConfig()
+    assert [transformer_steps(genai_default, num_inference_steps=steps) for steps in (3, 8, 9, 28)] == [3, 8, 8, 14]
+    # steps 0-2, 5, 8, 10, 11: the transformer calls test_interop counts in openvino.genai with these settings
+    config = TaylorSeerConfig(cache_interval=3, disable_cache_before_step=3, disable_cache_after_step=-2)
+    assert transformer_steps(config, num_inference_steps=12) == 7
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory) -> dict:
     """Run the whole notebook as papermill does; models go where test_gradio_demo puts them (made once)."""
@@ -110,22 +123,76 @@ def test_the_image_has_the_requested_size(executed):
     assert Image.open(executed["output_dir"] / "image.png").size == (WIDTH, HEIGHT)
 
 
+def code_outputs(executed: dict, kind: str) -> list[str]:
+    """Every output of `kind` ("text/markdown", or "stdout" for printed text) of the executed notebook, in order."""
+    cells = code_cells(executed["notebook"])
+    if kind == "stdout":
+        return [output.text for cell in cells for output in cell.outputs if output.get("name") == "stdout"]
+    return [output.data[kind] for cell in cells for output in cell.outputs if kind in output.get("data", {})]
+
+
+def grid_cells(path: Path, count: int) -> list[np.ndarray]:
+    """The `count` images of an `image_grid` of WIDTH x HEIGHT images, left to right (each centred in its cell)."""
+    grid = np.asarray(Image.open(path))
+    cell_width = grid.shape[1] // count
+    lefts = [index * cell_width + (cell_width - WIDTH) // 2 for index in range(count)]
+    return [grid[:HEIGHT, left : left + WIDTH] for left in lefts]
+
+
+def max_difference(first: np.ndarray, second: np.ndarray) -> int:
+    return int(np.abs(first.astype(np.int16) - second.astype(np.int16)).max())
+
+
 def test_weight_formats_are_compared(executed):
-    images = {fmt: Image.open(executed["output_dir"] / f"image-{fmt}.png") for fmt in ("fp16", "int8", "int4")}
+    variants = ("fp16", "int8", "int4", INT8_VAE_VARIANT)  # the tests turn `quantize_vae` on
+    images = {fmt: Image.open(executed["output_dir"] / f"image-{fmt}.png") for fmt in variants}
     assert {image.size for image in images.values()} == {(WIDTH, HEIGHT)}
     # fp16 is the format of the main run: same model, prompt and seed, so the very same image
     main_image = np.asarray(Image.open(executed["output_dir"] / "image.png"))
     np.testing.assert_array_equal(np.asarray(images["fp16"]), main_image)
     grid = Image.open(executed["output_dir"] / "weight-formats.png")
-    assert grid.width >= 3 * WIDTH and grid.height > HEIGHT
-    markdown = [
-        output.data["text/markdown"]
-        for cell in code_cells(executed["notebook"])
-        for output in cell.outputs
-        if "text/markdown" in output.get("data", {})
-    ]
-    table = next(text for text in markdown if "weight format" in text)
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["fp16", "int8", "int4"]
+    assert grid.width >= 4 * WIDTH and grid.height > HEIGHT
+    table = next(text for text in code_outputs(executed, "text/markdown") if "weight format" in text)
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["fp16", "int8", "int4", INT8_VAE_LABEL]
+    int8_vae_dir = ov_model_dir(
+        executed["models_dir"] / "sd3-tiny", models_dir=executed["models_dir"], weight_format=INT8_VAE_VARIANT, load_t5=True
+    )
+    assert '"quantize_vae": true' in (int8_vae_dir / "openvino_conversion.json").read_text()
+
+
+def test_step_cache_section_times_both_images(executed):
+    printed = "".join(code_outputs(executed, "stdout"))
+    # 3 steps: genai's default cache computes the first 6 steps, so nothing is skipped and the images are equal
+    assert "transformer on 3 of 3 steps" in printed
+    default, cached = grid_cells(executed["output_dir"] / "step-cache.png", 2)
+    main_image = np.asarray(Image.open(executed["output_dir"] / "image.png"))
+    np.testing.assert_array_equal(default, main_image)  # the same call as the main image
+    np.testing.assert_array_equal(cached, default)
+
+
+def test_lora_section_shows_the_scales_and_the_second_adapter_then_unloads(executed):
+    main_image = np.asarray(Image.open(executed["output_dir"] / "image.png"))
+    scale_0, scale_half, scale_1 = grid_cells(executed["output_dir"] / "lora-scales.png", 3)
+    first, second = grid_cells(executed["output_dir"] / "lora-switch.png", 2)
+    np.testing.assert_array_equal(first, scale_1)  # the first adapter at 1.0, shown again beside the second one
+    # Scale 0 adds nothing: only the graph with LoRA states rounds differently at the CPU's default precision
+    noise = max_difference(scale_0, main_image)  # measured 6/255 (bf16)
+    half, full, switched = max_difference(scale_half, scale_0), max_difference(scale_1, scale_0), max_difference(second, first)
+    print(f"\nscale 0 vs no LoRA: {noise}/255; vs scale 0: 0.5 {half}/255, 1.0 {full}/255; second vs first adapter {switched}/255")
+    assert noise <= 12 and half > 0 and min(full, switched) > max(noise, 4)  # measured 13, 23 and 64
+    printed = "".join(code_outputs(executed, "stdout"))
+    assert "loaded adapters: {'transformer': ['random_a', 'random_b']}, active: ['random_b']" in printed
+    assert "adapters after unload_lora_weights: {}" in printed
+
+
+def test_fused_lora_section_converts_its_own_folder_and_times_four_steps(executed):
+    model_dir = ov_model_dir(executed["models_dir"] / "sd3-tiny", models_dir=executed["models_dir"], weight_format="fp16", load_t5=True)
+    flash_dir = model_dir.with_name(f"{model_dir.name}-flash")
+    record = (flash_dir / "openvino_conversion.json").read_text()
+    assert (flash_dir / "model_index.json").is_file() and "random_a" in record and '"weight_format": "fp16"' in record
+    assert "fused LoRA: " in "".join(code_outputs(executed, "stdout"))
+    base, fused = grid_cells(executed["output_dir"] / "fused-lora.png", 2)
+    assert max_difference(base, fused) > 4, "4 steps of the fused model should not give the base model's image"
 
 
 def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed):
@@ -137,7 +204,7 @@ def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed
     np.testing.assert_array_equal(left_cell, source)  # the first cell is the generated image itself
 
 
-PRESET_RUN = dict(height=32, width=32, compare_formats=False, compare_genai=False, image_to_image=False, launch_demo=False)
+PRESET_RUN = dict(height=32, width=32, compare_formats=False, compare_genai=False, image_to_image=False, lora_adapters=False, launch_demo=False)
 
 
 @pytest.mark.parametrize("preset", ["sd3.5-medium", "sd3.5-large", "sd3.5-large-turbo"])

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -173,21 +174,30 @@ def test_a_folder_without_int8_vae_is_refused_unless_overwrite(int8_vae_folder, 
         sd3_quantization.quantize_sd3(converted("fp16"), output, num_samples=8, num_inference_steps=4)
 
 
-def test_notebook_comparison_gains_the_int8_vae_entry(int8_vae_folder, tiny_checkpoint, tmp_path, monkeypatch):
+def test_notebook_comparison_gains_the_int8_vae_entry(int8_vae_folder, converted, tiny_checkpoint, tmp_path, monkeypatch):
+    """The int8-VAE entry is quantized from the comparison's fp16 folder (no second fp16 conversion)."""
     import notebook_utils
 
     calls = []
 
     def convert(checkpoint, output_dir, **kwargs):
-        calls.append(kwargs)
+        calls.append(("convert_sd3", kwargs))
+        shutil.copytree(converted("fp16"), output_dir, dirs_exist_ok=True)
+        return output_dir
+
+    def quantize(model_dir, output_dir, **kwargs):
+        calls.append(("quantize_sd3", Path(model_dir).name, kwargs))
         shutil.copytree(int8_vae_folder, output_dir, dirs_exist_ok=True)
         return output_dir
 
     monkeypatch.setattr(sd3_helper, "convert_sd3", convert)
+    monkeypatch.setattr(sd3_helper, "quantize_sd3", quantize)
     settings = dict(models_dir=tmp_path, load_t5=True, device="CPU", prompt="a cat", height=64, width=64, num_inference_steps=2, guidance_scale=5.0, seed=0)
     assert notebook_utils.compare_weight_formats(tiny_checkpoint, weight_formats=["fp16"], **settings) and len(calls) == 1
     calls.clear()
     results = notebook_utils.compare_weight_formats(tiny_checkpoint, weight_formats=[], quantize_vae=True, **settings)
     assert [result.weight_format for result in results] == [notebook_utils.INT8_VAE_LABEL] == ["int8-hybrid + int8 VAE"]
-    assert calls == [{"load_t5": True, "weight_format": "int8-hybrid", "quantize_vae": True}]
+    fp16_name = f"{tiny_checkpoint.name}-ov-fp16"
+    assert calls == [("convert_sd3", {"load_t5": True, "weight_format": "fp16"}), ("quantize_sd3", fp16_name, {"quantize_vae": True})]
     assert results[0].model_dir.name.endswith("-ov-int8-hybrid-int8-vae") and results[0].image.size == (64, 64)
+    assert results[0].variant == notebook_utils.INT8_VAE_VARIANT
