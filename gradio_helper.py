@@ -9,17 +9,20 @@ The three tabs share one set of compiled models (`from_pipe`; diffusers' pipelin
 Compiled OpenVINO models are not re-entrant, so the demo runs one generation at a time, whichever tab asks, and
 queues the other requests. Every field is checked before anything runs, and bad input becomes a readable `gr.Error`
 that names the field, its value and the fix. The denoising steps show as a progress bar, and the Stop button
-ends the running generation after its current step. On our pipelines the advanced settings also offer the step
-cache ("Fast") and, when LoRA adapters are loaded (`pipe.load_lora_weights`), the adapter and its scale.
+ends the running generation after its current step. On our pipelines the result area shows a live preview of each
+step (`pipe.preview_images`) until the final image replaces it, and the advanced settings also offer the step cache
+("Fast") and, when LoRA adapters are loaded (`pipe.load_lora_weights`), the adapter and its scale.
 
-Standalone: `python gradio_helper.py MODEL_DIR [--device CPU] [--port N] [--share]` serves on 127.0.0.1 only.
-User mistakes (no model folder, a port in use) exit with status 2 and one `error: ...` line.
+Standalone: `python gradio_helper.py MODEL_DIR [--device CPU] [--port N] [--share] [--lora PATH[:SCALE] ...]` serves
+on 127.0.0.1 only. User mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one
+`error: ...` line.
 """
 
 import argparse
 import contextlib
 import logging
 import math
+import queue
 import random
 import socket
 import sys
@@ -27,8 +30,11 @@ import threading
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
+
+from sd3_arrays import as_array  # light: numpy only
 from sd3_layout import GENERATION_DEFAULTS, SizeRules, read_model_index  # light: no torch, no OpenVINO
 from sd3_steps import TaylorSeerConfig  # light: numpy only
 
@@ -40,11 +46,15 @@ MAX_PROMPT_CHARS = 4_000
 MAX_INFERENCE_STEPS = 50  # the steps slider's end (SD3 Medium's default is 28); each step is one transformer pass
 MAX_GUIDANCE_SCALE = 20.0  # the guidance slider's end (SD3 Medium's default is 7)
 DEFAULT_PORT, PORTS_TO_TRY = 7860, 100  # like gradio: the first free port of 7860..7959
+LORA_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # `--lora` names a file, not a hub id, when it ends so
 # "Fast (step cache)": openvino.genai's default TaylorSeer settings (it turns them on by default for SD3; our
 # pipeline, like diffusers, keeps them off). With 28 steps, 14 take the transformer's output from the cache.
 FAST_STEP_CACHE = TaylorSeerConfig()
 NO_ADAPTER = "None"  # the adapter choice that generates without LoRA (`disable_lora`)
 MIN_LORA_SCALE, MAX_LORA_SCALE = -1.0, 2.0  # the LoRA scale slider's ends (negative scales push away from the style)
+# Live previews: the linear map costs ~0.1 ms, so every step gets one; the tiny decoder (TAESD, when the folder has
+# one) draws sharper ones for a few % of a step, and runs inside the generation, so only every few steps.
+PREVIEW_INTERVALS = {"linear": 1, "taesd": 3}
 EXAMPLE_PROMPTS = (
     "A raccoon trapped inside a glass jar full of colorful candies, the background is steamy with vivid colors",
     "a photo of a cat holding a sign that says hello world",
@@ -228,6 +238,17 @@ class GenerationRequest:
         return self.num_inference_steps - int(max(self.num_inference_steps - init_timestep, 0))
 
 
+@dataclass(frozen=True)
+class GenerationUpdate:
+    """What `GenerationRunner.stream` yields: one update after each denoising step, then the result."""
+
+    done: int  # the denoising steps done
+    total: int  # the steps that run (`GenerationRequest.denoising_steps`)
+    seed: int  # the seed used
+    image: object = None  # the step's preview (a PIL image of the request's size; None: none this step), or the result
+    final: bool = False  # True for the last update: `image` is the result
+
+
 def is_openvino_pipeline(pipeline) -> bool:
     """True for our `OVStableDiffusion3Pipeline` (and its image pipelines): they take `taylorseer=` and switch LoRA
     adapters at run time. diffusers' pipeline gets neither in the demo."""
@@ -264,7 +285,7 @@ def demo_pipelines(pipeline) -> dict:
 
 
 class GenerationRunner:
-    """Runs the demo's pipelines: checks the request, one generation at a time, progress, and stop.
+    """Runs the demo's pipelines: checks the request, one generation at a time, progress, live previews, and stop.
 
     `pipeline` serves text to image; `image_to_image` and `inpainting` (optional) are pipelines that share its
     compiled models (see `demo_pipelines`), so one lock serves all three. The LoRA adapters belong to those shared
@@ -280,10 +301,29 @@ class GenerationRunner:
         self.pipelines = {task: pipe for task, pipe in candidates.items() if pipe is not None}
         self.size_rules = size_rules_of(pipeline)
         self.max_inference_steps = max_inference_steps
-        self.openvino = is_openvino_pipeline(pipeline)  # the step cache and run-time LoRA adapters
+        self.openvino = is_openvino_pipeline(pipeline)  # the step cache, run-time LoRA adapters and previews
         self.lock = threading.Lock()  # the compiled models hold one infer request each: never run two calls at once
         self._stop = threading.Event()
         self._owner: str | None = None  # who started the running generation (a Gradio session)
+        self.preview_method = self._warm_previews()  # "taesd", "linear", or None: no previews
+
+    def _warm_previews(self) -> str | None:
+        """The live previews' method, made ready now so that no generation waits for it: "taesd" when the folder has
+        a tiny decoder (`convert_preview_decoder`), else "linear" (the map is fitted here: one small VAE call, shared
+        with the `from_pipe` pipelines), None for a pipeline without `preview_images` (diffusers')."""
+        if not self.openvino:
+            return None
+        from sd3_previews import PREVIEW_DECODER
+
+        latents = np.zeros((1, self.pipeline.vae_decoder.config["latent_channels"], 8, 8), np.float32)  # (B, C, h, w)
+        methods = ["taesd", "linear"] if (self.pipeline.model_dir / PREVIEW_DECODER).exists() else ["linear"]
+        for method in methods:
+            try:
+                self.pipeline.preview_images(latents, method=method)
+                return method
+            except (OSError, ValueError, RuntimeError) as error:  # a damaged tiny decoder, a VAE that fails
+                logger.warning("No %s previews in the demo: %s", method, error)
+        return None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -302,6 +342,15 @@ class GenerationRunner:
         """The adapter the pipeline has active now (the first, when several are), else `NO_ADAPTER`."""
         active = self.pipeline.get_active_adapters() if self.adapters else []
         return active[0] if active else NO_ADAPTER
+
+    def active_lora_scale(self) -> float:
+        """The weight the active adapter (`active_adapter`) has now, within the scale slider's ends; 1.0 for none."""
+        adapter = self.active_adapter()
+        if adapter == NO_ADAPTER:
+            return 1.0
+        weights = self.pipeline.lora.weights[adapter]  # component -> weight; the transformer's first
+        weight = weights.get("transformer", next(iter(weights.values()), 1.0))
+        return min(max(weight, MIN_LORA_SCALE), MAX_LORA_SCALE)
 
     def _check_fast(self, fast) -> bool:
         if not isinstance(fast, bool):
@@ -410,14 +459,76 @@ class GenerationRunner:
         `on_step(done, total)` is called after every denoising step (`total` counts the steps that run: fewer
         than `num_inference_steps` at a strength below 1). Waits while another generation runs.
         """
+        request = self.check(**fields)
+        report = None if on_step is None else lambda done, total, draw: on_step(done, total)
+        return self._run(request, on_step=report, owner=owner), request.seed
+
+    def stream(self, *, owner: str | None = None, **fields) -> Iterator[GenerationUpdate]:
+        """Generate one image as `generate` does, reporting as it goes: a `GenerationUpdate` after every denoising
+        step, with the step's live preview when there is one, then the result (`final`). Bad input raises at once.
+
+        The generation runs in a thread of its own. The previews are drawn here, in the caller's thread and outside
+        the lock; a step whose successor is already done gets none, so a slow reader sees the latest. Closing the
+        iterator early (its reader is gone) stops the generation after its current step.
+        """
+        request = self.check(**fields)
+        updates = queue.SimpleQueue()  # ("step", done, total, draw) per step, then ("result", image) / ("error", error)
+        cancelled = threading.Event()
+
+        def on_step(done: int, total: int, draw: Callable | None) -> None:
+            updates.put(("step", done, total, draw))
+
+        def work() -> None:
+            try:
+                image = self._run(request, on_step=on_step, owner=owner, previews=True, cancelled=cancelled)
+                updates.put(("result", image))
+            except BaseException as error:  # raised again in the reader's thread
+                updates.put(("error", error))
+
+        threading.Thread(target=work, name="demo-generation", daemon=True).start()
+        done, total = 0, request.denoising_steps
+        try:
+            while True:
+                kind, *payload = updates.get()
+                if kind == "error":
+                    raise payload[0]
+                if kind == "result":
+                    yield GenerationUpdate(done=done, total=total, seed=request.seed, image=payload[0], final=True)
+                    return
+                done, total, draw = payload
+                image = None if draw is None or not updates.empty() else self._draw_preview(draw)
+                yield GenerationUpdate(done=done, total=total, seed=request.seed, image=image)
+        finally:
+            cancelled.set()  # nobody reads on: stop after the current step (nothing to stop once the result is in)
+
+    def _run(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: Callable | None = None,
+        owner: str | None = None,
+        previews: bool = False,
+        cancelled: threading.Event | None = None,
+    ):
+        """Generate the checked `request`, one generation at a time; return the image.
+
+        `on_step(done, total, draw)` is called after every denoising step. With `previews`, `draw` (else None) makes
+        the step's preview when called, from any thread, outside the lock: the linear map's holds a copy of the
+        step's latents; the tiny decoder's is drawn in the step (it runs on the shared infer requests), every
+        `PREVIEW_INTERVALS["taesd"]` steps. `cancelled`, once set, stops the generation after its current step.
+        """
         import torch
 
-        request = self.check(**fields)
+        size = (request.width, request.height)
 
         def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+            done, total = step + 1, request.denoising_steps
             if on_step is not None:
-                on_step(step + 1, request.denoising_steps)
-            if self._stop.is_set():
+                draw = None
+                if previews:
+                    draw = self._preview(pipe, callback_kwargs["latents"], size=size, done=done, total=total)
+                on_step(done, total, draw)
+            if self._stop.is_set() or (cancelled is not None and cancelled.is_set()):
                 pipe._interrupt = True
             return callback_kwargs
 
@@ -440,14 +551,40 @@ class GenerationRunner:
             self._owner = owner
             try:
                 self._apply_adapter(request)
-                image = self.pipelines[request.task](
+                return self.pipelines[request.task](
                     **arguments,
                     generator=torch.Generator().manual_seed(request.seed),
                     callback_on_step_end=on_step_end,
                 ).images[0]
             finally:
                 self._owner = None
-        return image, request.seed
+
+    def _preview(self, pipe, latents, *, size: tuple[int, int], done: int, total: int) -> Callable | None:
+        """What draws step `done`'s preview at `size` (width, height), or None when this step gets none (see `_run`)."""
+        method = self.preview_method
+        if method is None or (done % PREVIEW_INTERVALS[method] and done != total):
+            return None
+        if method == "linear":  # a copy (the loop may reuse its array; numpy or torch), mapped later, outside the lock
+            latents = as_array(latents).copy()
+            return lambda: pipe.preview_images(latents, size=size)[0]
+        try:
+            image = pipe.preview_images(latents, method=method, size=size)[0]
+        except (OSError, ValueError, RuntimeError) as error:
+            self._previews_failed(error)
+            return None
+        return lambda: image
+
+    def _draw_preview(self, draw: Callable):
+        """`draw()`, or None if it fails (the previews are then off: a preview never ends a generation)."""
+        try:
+            return draw()
+        except (OSError, ValueError, TypeError, RuntimeError) as error:
+            self._previews_failed(error)
+            return None
+
+    def _previews_failed(self, error: Exception) -> None:
+        logger.warning("Live previews are off from now on: %s", error)
+        self.preview_method = None
 
     def _apply_adapter(self, request: GenerationRequest) -> None:
         """Set the request's adapter choice on the shared models (call it holding the lock). States only: instant."""
@@ -488,6 +625,8 @@ class ControlDefaults:
     step_cache: bool = False  # show the "Fast (step cache)" switch (our pipelines)
     adapters: tuple[str, ...] = ()  # the loaded LoRA adapters: an adapter choice and a scale when there are some
     adapter: str = NO_ADAPTER  # the adapter chosen at first: the one active when the demo is built
+    lora_scale: float = 1.0  # the LoRA scale at first: the active adapter's weight (`--lora PATH:SCALE`)
+    previews: bool = False  # the result image shows live previews (our pipelines)
 
 
 def _session_of(request) -> str | None:
@@ -523,8 +662,10 @@ class DemoHandlers:
         except (OSError, ValueError) as error:  # not an image file
             raise ValueError(f"`{name}` could not be read as an image ({type(error).__name__}).") from error
 
-    def run(self, task: str, request, progress, **fields):
-        """Generate for `task` with the event's `fields`; return `(image, seed used)`, or raise a `gr.Error`."""
+    def run(self, task: str, request, progress, **fields) -> Iterator[tuple]:
+        """Generate for `task` with the event's `fields`, yielding `(image, seed used)`: the live preview of each
+        step while the progress bar follows the steps, then the result (an API client's result: the last value); or
+        raise a `gr.Error`."""
         import gradio as gr
 
         try:
@@ -533,12 +674,11 @@ class DemoHandlers:
             elif task == "inpainting":
                 editor_value = self.read_payload(task, fields["image"], name="image_and_mask")
                 fields["image"], fields["mask_image"] = image_and_mask_from_editor(editor_value)
-            return self.runner.generate(
-                task=task,
-                on_step=lambda done, total: progress((done, total), desc="Denoising", unit="steps"),
-                owner=_session_of(request),
-                **fields,
-            )
+            for update in self.runner.stream(task=task, owner=_session_of(request), **fields):
+                if update.image is not None:
+                    yield update.image, update.seed
+                if not update.final:  # after the preview: the page shows the step count over it until the next one
+                    progress((update.done, update.total), desc="Denoising", unit="steps")
         except (ValueError, TypeError) as error:
             raise gr.Error(str(error), title="Invalid input", print_exception=False) from error
         except Exception as error:  # an OpenVINO or memory error: say what failed instead of a bare "Error"
@@ -560,8 +700,10 @@ class DemoHandlers:
 # The endpoints. Gradio reads an endpoint's API from its signature: the parameters before `request` are the API's
 # inputs, in order and by name; it fills in `request: gr.Request` and `progress=gr.Progress()` itself. Both need
 # gradio when the function is defined, and this module imports gradio only when a demo is built, so the endpoints
-# are defined in these two functions and pass everything on to `DemoHandlers`. The options after the required inputs
-# (`fast`, `adapter`, `lora_scale`) have defaults: a demo without the matching controls passes fewer inputs.
+# are defined in these two functions and pass everything on to `DemoHandlers`. They are generators (`yield from`):
+# Gradio streams what they yield (the previews, then the result) and gives API clients the last value. The options
+# after the required inputs (`fast`, `adapter`, `lora_scale`) have defaults: a demo without the matching controls
+# passes fewer inputs.
 
 
 def _text_to_image_endpoints(handlers: DemoHandlers) -> dict:
@@ -583,7 +725,7 @@ def _text_to_image_endpoints(handlers: DemoHandlers) -> dict:
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
-        return handlers.run(
+        yield from handlers.run(
             "text-to-image",
             request,
             progress,
@@ -628,7 +770,7 @@ def _image_endpoints(handlers: DemoHandlers) -> dict:
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
-        return handlers.run(
+        yield from handlers.run(
             "image-to-image",
             request,
             progress,
@@ -664,7 +806,7 @@ def _image_endpoints(handlers: DemoHandlers) -> dict:
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
-        return handlers.run(
+        yield from handlers.run(
             "inpainting",
             request,
             progress,
@@ -788,7 +930,7 @@ def _options(task: str, defaults: ControlDefaults) -> list:
                 minimum=MIN_LORA_SCALE,
                 maximum=MAX_LORA_SCALE,
                 step=0.05,
-                value=1.0,
+                value=defaults.lora_scale,
                 elem_id=f"{prefix}lora-scale",
             )
         options += [adapter, lora_scale]
@@ -835,8 +977,9 @@ def _strength_slider(value: float):
     )
 
 
-def _on_run(task: str, fn: Callable, *, prompt, run_button, inputs: list, outputs: list):
-    """Run `fn` on Run or Enter in the prompt, in the queue that every tab shares; returns the event."""
+def _on_run(task: str, fn: Callable, *, prompt, run_button, inputs: list, outputs: list, previews: bool):
+    """Run `fn` on Run or Enter in the prompt, in the queue that every tab shares; returns the event. With live
+    `previews`, the progress shows as a bar and a step count over them ("minimal"), not as a cover that hides them."""
     import gradio as gr
 
     return gr.on(
@@ -845,6 +988,7 @@ def _on_run(task: str, fn: Callable, *, prompt, run_button, inputs: list, output
         inputs=inputs,
         outputs=outputs,
         api_name=API_NAMES[task],
+        show_progress="minimal" if previews else "full",
         **GENERATION_EVENT,
     )
 
@@ -865,7 +1009,15 @@ def _text_to_image_tab(generate: Callable, *, examples: list[str], defaults: Con
     used_seed = _used_seed_box(task)
     gr.Examples(examples=[[example] for example in examples], inputs=[prompt], label="Example prompts")
     inputs = [prompt, *settings, *options]
-    event = _on_run(task, generate, prompt=prompt, run_button=run_button, inputs=inputs, outputs=[result, used_seed])
+    event = _on_run(
+        task,
+        generate,
+        prompt=prompt,
+        run_button=run_button,
+        inputs=inputs,
+        outputs=[result, used_seed],
+        previews=defaults.previews,
+    )
     return event, stop_button
 
 
@@ -899,6 +1051,7 @@ def _image_tab(
         run_button=run_button,
         inputs=[image, prompt, *settings, strength_slider, *options],
         outputs=[result, used_seed],
+        previews=defaults.previews,
     )
     return event, stop_button
 
@@ -938,10 +1091,17 @@ def make_demo(
     On our pipelines each tab's advanced settings have a "Fast (step cache)" switch, off by default (diffusers'
     image): on, the call gets `taylorseer=FAST_STEP_CACHE`, openvino.genai's default step cache. When `pipeline`
     has LoRA adapters loaded (`pipeline.get_list_adapters()`), they also have an adapter choice (`NO_ADAPTER` or a
-    loaded adapter, at first the active one) and a LoRA scale (-1 to 2, 1 at first); each generation sets them
-    with `set_adapters([adapter], [scale])`, or `disable_lora()` for `NO_ADAPTER`, in its turn in the queue.
+    loaded adapter, at first the active one) and a LoRA scale (-1 to 2, at first the active adapter's weight); each
+    generation sets them with `set_adapters([adapter], [scale])`, or `disable_lora()` for `NO_ADAPTER`, in its turn
+    in the queue.
 
-    API endpoints (outputs: image, seed used; Stop: `/stop`):
+    While a generation runs, the result image shows the live preview of its latest step (our pipelines:
+    `preview_images`, the linear map every step, or the folder's tiny decoder every `PREVIEW_INTERVALS["taesd"]`
+    steps; see `GenerationRunner.stream`), and the final image replaces it. diffusers' pipeline shows the final
+    image only.
+
+    API endpoints (outputs: image, seed used, streamed: the previews, then the result, which is what
+    `gradio_client`'s `predict` returns; Stop: `/stop`):
     - `/generate`: prompt, negative prompt, seed, randomize seed, width, height, guidance scale, steps, then the
       options: fast (our pipelines), adapter and LoRA scale (with adapters loaded).
     - `/image_to_image`: image, then `/generate`'s inputs up to the steps, then strength, then the options.
@@ -974,6 +1134,8 @@ def make_demo(
         step_cache=runner.openvino,
         adapters=tuple(runner.adapters),
         adapter=runner.active_adapter(),
+        lora_scale=runner.active_lora_scale(),
+        previews=runner.preview_method is not None,
     )
     examples = list(EXAMPLE_PROMPTS if examples is None else examples)
     handlers = DemoHandlers(runner)
@@ -1013,6 +1175,13 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _lora(text: str) -> tuple[str, float]:
+    """`--lora PATH[:SCALE]` as `(path, scale)` (`sd3_helper.lora_argument`, imported only when the option is used)."""
+    from sd3_helper import lora_argument
+
+    return lora_argument(text)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gradio_helper.py", description="Serve the SD3 OpenVINO demo.")
     parser.add_argument("model_dir", type=Path, help="a folder written by convert_sd3 (or optimum-cli)")
@@ -1022,6 +1191,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--port", type=_port, default=None, help=f"default: the first free port from {DEFAULT_PORT}"
     )
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        type=_lora,
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="load a LoRA adapter (a file, its folder or a hub id; named lora_0, lora_1, ...) for the demo's adapter "
+        "choice, which starts on the first one at its SCALE (default 1.0); repeatable",
+    )
     return parser.parse_args(argv)
 
 
@@ -1058,6 +1236,29 @@ def choose_port(*, host: str, port: int | None) -> int:
     )
 
 
+def check_lora_arguments(lora: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The `--lora` (path, scale) pairs, or a UsageError for a scale that is not a finite number or a local path that
+    does not exist, before the model loads (whether a file is a LoRA for this model shows when it is loaded)."""
+    if not lora:
+        return []
+    from sd3_helper import check_lora
+
+    try:
+        lora = check_lora(lora)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"`--lora`: {error}") from error
+    for source, _ in lora:
+        path = Path(source).expanduser()
+        # a path: what cannot be a hub id ("name" or "namespace/name")
+        local = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+        if (local or path.suffix in LORA_SUFFIXES) and not path.exists():
+            raise UsageError(
+                f"`--lora` {source!r} does not exist. Pass a LoRA `.safetensors` file, its folder or a hub id "
+                "(namespace/name)."
+            )
+    return lora
+
+
 def check_model_dir(model_dir: Path) -> None:
     """A UsageError naming `model_dir` if it is not a converted model folder (fast: before the model loads)."""
     try:
@@ -1067,15 +1268,24 @@ def check_model_dir(model_dir: Path) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Check the folder and the port (in a moment), then load the model (minutes) and serve until stopped."""
+    """Check the folder, the LoRA scales and the port (in a moment), then load the model (minutes) and its LoRA
+    adapters, and serve until stopped."""
     check_model_dir(args.model_dir)
+    lora = check_lora_arguments(args.lora)
     port = choose_port(host=args.host, port=args.port)
-    from sd3_helper import OVStableDiffusion3Pipeline
+    from sd3_helper import OVStableDiffusion3Pipeline, load_adapters
 
     try:
         pipeline = OVStableDiffusion3Pipeline.from_pretrained(args.model_dir, device=args.device)
     except (ValueError, OSError, RuntimeError) as error:  # a damaged or foreign folder, an unknown device
         raise UsageError(str(error)) from error
+    try:
+        load_adapters(pipeline, lora)
+    except (ValueError, TypeError, OSError, RuntimeError) as error:  # not a LoRA, one for another model
+        raise UsageError(f"`--lora`: {error}") from error
+    except Exception as error:  # a hub id without network (httpx's errors), say
+        sources = ", ".join(repr(source) for source, _ in lora)
+        raise UsageError(f"`--lora` {sources} could not be loaded ({type(error).__name__}: {error}).") from error
     pipeline.set_progress_bar_config(disable=True)  # the UI shows the progress
     demo = make_demo(pipeline)
     try:

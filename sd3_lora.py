@@ -53,8 +53,8 @@ def read_lora_state_dict(source: str | Path | dict) -> tuple[dict, dict | None]:
         state_dict, metadata = StableDiffusion3Pipeline.lora_state_dict(
             dict(source) if isinstance(source, dict) else str(source), return_lora_metadata=True
         )
-    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as error:
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    except Exception as error:  # a missing or damaged file, a hub id without network (httpx errors), a non-LoRA dict
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}" if str(error).strip() else type(error).__name__
         raise ValueError(f"LoRA {described} could not be read ({reason}). Pass a diffusers/peft LoRA `.safetensors` file or its folder.") from error
     if not state_dict or not all("lora" in key for key in state_dict):
         raise ValueError(f"{described} is not a LoRA: its tensor names must all contain 'lora' (found e.g. {next(iter(state_dict), None)!r}).")

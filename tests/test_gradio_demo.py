@@ -1,6 +1,7 @@
 """The Gradio demo: `GenerationRunner` on its own, then `python gradio_helper.py` served on loopback and driven by
 `gradio_client` and by a headless Chromium, on the offline tiny model."""
 
+import json
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ from gradio_helper import (  # noqa: E402
     MAX_PROMPT_CHARS,
     MAX_SEED,
     NO_ADAPTER,
+    DemoHandlers,
     GenerationRunner,
     demo_pipelines,
     fit_size,
@@ -635,6 +637,155 @@ def test_served_adapter_choice_fast_switch_and_their_errors(lora_client, lora_pi
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Live previews
+# ----------------------------------------------------------------------------------------------------------
+
+
+def direct_image_and_previews(pipe, *, method: str = "linear", **options) -> tuple[np.ndarray, list[np.ndarray]]:
+    """`direct_image`, and the preview of each step drawn in the call's `callback_on_step_end` at the image's size."""
+    previews = []
+
+    def collect(pipe, step, timestep, callback_kwargs):
+        preview = pipe.preview_images(callback_kwargs["latents"], method=method, size=(WIDTH, HEIGHT))[0]
+        previews.append(np.asarray(preview))
+        return {}
+
+    return direct_image(pipe, callback_on_step_end=collect, **options), previews
+
+
+def streamed(runner: GenerationRunner, **options) -> tuple[list, object]:
+    """The step updates and the final one of `runner.stream` for `REQUEST` (changed by `options`)."""
+    *steps, final = runner.stream(**{**REQUEST, **options})
+    assert final.final and not any(update.final for update in steps)
+    return steps, final
+
+
+def test_stream_yields_the_previews_of_the_steps_then_the_pipeline_s_own_image(pipeline):
+    runner = GenerationRunner(pipeline)
+    assert runner.preview_method == "linear"  # fitted when the runner was made: no generation waits for it
+    steps, final = streamed(runner, num_inference_steps=4)
+    image, expected = direct_image_and_previews(pipeline, num_inference_steps=4)
+    assert [(update.done, update.total, update.seed) for update in steps] == [(done, 4, 7) for done in range(1, 5)]
+    previews = {update.done: np.asarray(update.image) for update in steps if update.image is not None}
+    assert previews, "no step got a preview"  # one whose successor was already done when it was read gets none
+    for done, preview in previews.items():
+        assert preview.shape == (HEIGHT, WIDTH, 3)
+        np.testing.assert_array_equal(preview, expected[done - 1])  # what `preview_images` draws of that step
+    assert (final.done, final.seed) == (4, 7)
+    np.testing.assert_array_equal(np.asarray(final.image), image)  # previews change nothing in the result
+
+
+def test_the_handler_yields_previews_before_the_result_and_reports_every_step(pipeline):
+    handlers, progress = DemoHandlers(GenerationRunner(pipeline)), []
+    outputs = list(
+        handlers.run("text-to-image", None, lambda value, **details: progress.append((value, details)), **REQUEST)
+    )
+    assert len(outputs) >= 2, "no preview before the result"
+    assert {(image.size, seed) for image, seed in outputs} == {((WIDTH, HEIGHT), 7)}
+    np.testing.assert_array_equal(np.asarray(outputs[-1][0]), direct_image(pipeline))
+    assert progress == [((done, 2), {"desc": "Denoising", "unit": "steps"}) for done in (1, 2)]
+
+
+def test_a_failing_preview_turns_the_previews_off_and_the_generation_goes_on(pipeline, monkeypatch):
+    runner = GenerationRunner(pipeline)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the preview map is gone")
+
+    monkeypatch.setattr(pipeline, "preview_images", broken)
+    steps, final = streamed(runner)
+    assert runner.preview_method is None and all(update.image is None for update in steps)
+    np.testing.assert_array_equal(np.asarray(final.image), direct_image(pipeline))
+
+
+class SteppingPipeline:
+    """A stand-in pipeline (not ours, so without previews, as diffusers'): `num_inference_steps` steps of
+    `step_seconds`, each followed by `callback_on_step_end`; it stops when the callback sets `_interrupt`."""
+
+    size_rules = FAKE_SIZE_RULES
+
+    def __init__(self, step_seconds: float = 0.02):
+        self.step_seconds, self.steps_run, self._interrupt = step_seconds, 0, False
+
+    def __call__(self, *, num_inference_steps, width, height, callback_on_step_end, **kwargs):
+        self.steps_run, self._interrupt = 0, False
+        for step in range(num_inference_steps):
+            time.sleep(self.step_seconds)
+            self.steps_run += 1
+            callback_on_step_end(self, step, None, {"latents": None})
+            if self._interrupt:
+                break
+        return SimpleNamespace(images=[Image.new("RGB", (width, height), "orange")])
+
+
+FAKE_REQUEST = dict(prompt="a cat", seed=1, width=16, height=8, guidance_scale=1.0, num_inference_steps=40)
+
+
+def test_stop_during_a_stream_ends_it_with_the_image_of_the_steps_done():
+    fake = SteppingPipeline()
+    runner = GenerationRunner(fake)
+    updates = runner.stream(**FAKE_REQUEST)
+    first = next(updates)  # the first step's update comes while the pipeline still runs
+    runner.stop()
+    *steps, final = [first, *updates]
+    assert first.done == 1 and final.final and final.done == fake.steps_run < 40
+    assert final.image.size == (16, 8) and all(update.image is None for update in steps)  # no previews: not ours
+
+
+def test_closing_a_stream_early_stops_its_generation():
+    fake = SteppingPipeline()
+    runner = GenerationRunner(fake)
+    updates = runner.stream(**FAKE_REQUEST)
+    next(updates)
+    updates.close()  # the reader is gone (a closed page)
+    assert runner.lock.acquire(timeout=5), "the generation went on"
+    assert fake.steps_run < 40
+
+
+def test_a_pipeline_without_previews_gets_the_result_only_and_the_progress(tmp_path):
+    handlers, progress = DemoHandlers(GenerationRunner(SteppingPipeline(step_seconds=0))), []
+    outputs = list(handlers.run("text-to-image", None, lambda value, **details: progress.append(value), **FAKE_REQUEST))
+    assert [(image.size, seed) for image, seed in outputs] == [((16, 8), 1)]
+    assert progress == [(done, 40) for done in range(1, 41)]
+
+
+@pytest.fixture(scope="module")
+def taesd_pipeline(tiny_ov_model, tmp_path_factory) -> OVStableDiffusion3Pipeline:
+    """The tiny model with a tiny random TAESD decoder converted into its folder (a copy), in f32."""
+    from sd3_helper import convert_preview_decoder, make_tiny_taesd
+
+    folder = tmp_path_factory.mktemp("taesd") / "tiny-sd3-taesd"
+    shutil.copytree(tiny_ov_model, folder)
+    channels = json.loads((folder / "vae_decoder" / "config.json").read_text())["latent_channels"]
+    taesd = make_tiny_taesd(folder.parent / "tiny-taesd", latent_channels=channels, vae_scale_factor=2)
+    convert_preview_decoder(taesd, folder)
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(folder, ov_config=F32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_with_a_tiny_decoder_in_the_folder_the_previews_are_taesd_s_every_few_steps(taesd_pipeline):
+    runner = GenerationRunner(taesd_pipeline)
+    assert runner.preview_method == "taesd"
+    steps, final = streamed(runner, num_inference_steps=7)
+    image, expected = direct_image_and_previews(taesd_pipeline, method="taesd", num_inference_steps=7)
+    previews = {update.done: np.asarray(update.image) for update in steps if update.image is not None}
+    assert previews and set(previews) <= {3, 6, 7}  # every `PREVIEW_INTERVALS["taesd"]` steps, and the last
+    for done, preview in previews.items():
+        np.testing.assert_array_equal(preview, expected[done - 1])
+    np.testing.assert_array_equal(np.asarray(final.image), image)
+
+
+def test_the_progress_shows_over_the_previews_and_covers_the_result_without_them(pipeline):
+    def show_progress(demo) -> set:
+        runs = [fn for fn in demo.fns.values() if fn.api_name in ("generate", "image_to_image", "inpaint")]
+        return {fn.show_progress for fn in runs}
+
+    assert show_progress(make_demo(pipeline)) == {"minimal"}  # a bar and a step count over the preview
+    assert show_progress(make_demo(NeverCalled())) == {"full"}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The served demo
 # ----------------------------------------------------------------------------------------------------------
 
@@ -673,6 +824,49 @@ def test_cli_reports_a_port_in_use_before_loading_the_model(tiny_ov_model):
         result = run_cli(str(tiny_ov_model), "--port", str(port))
     assert_one_error_line(result, f"`--port` {port} on 127.0.0.1 is in use")
     assert time.monotonic() - started < 20, "the port should be checked before the model loads"
+
+
+def test_cli_loads_lora_adapters_before_building_the_demo(tiny_ov_model, tmp_path_factory, monkeypatch):
+    import gradio as gr
+
+    import gradio_helper
+
+    models_dir = tmp_path_factory.getbasetemp() / "models"
+    loras = tiny_loras(resolve_model_id("tiny", models_dir=models_dir), models_dir=models_dir)
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **options: launched.append(demo))  # build, do not serve
+    flags = ["--lora", f"{loras['random_a']}:0.5", "--lora", str(loras["random_b"])]
+    assert gradio_helper.main([str(tiny_ov_model), *flags]) == 0
+    (demo,) = launched
+    dropdowns = blocks_labelled(demo, gr.Dropdown, "LoRA adapter")
+    sliders = blocks_labelled(demo, gr.Slider, "LoRA scale")
+    assert [value for _, value in dropdowns[0].choices] == [NO_ADAPTER, "lora_0", "lora_1"]  # `load_adapters`' names
+    assert {(dropdown.value, slider.value) for dropdown, slider in zip(dropdowns, sliders)} == {("lora_0", 0.5)}
+
+
+@pytest.mark.parametrize(
+    "lora, message",
+    [
+        ("{missing}", "`--lora` '{missing}' does not exist. Pass a LoRA `.safetensors` file, its folder or a hub id"),
+        ("{missing}:nan", "The scale of LoRA '{missing}' in `lora` has to be a finite number"),
+        ("{missing}:abc", "SCALE after the last ':' has to be a number, e.g. my_lora.safetensors:0.8"),
+        ("{not_a_lora}:0.8", "`--lora`: LoRA '{not_a_lora}' could not be read"),  # found once the model is loaded
+    ],
+    ids=["missing-file", "nan-scale", "scale-not-a-number", "not-a-lora"],
+)
+def test_cli_reports_a_bad_lora_in_one_error_line(tiny_ov_model, tmp_path, capsys, lora, message):
+    import gradio_helper
+
+    paths = dict(missing=str(tmp_path / "style.safetensors"), not_a_lora=str(tmp_path / "not-a-lora.safetensors"))
+    Path(paths["not_a_lora"]).write_text("not a LoRA")
+    try:
+        status = gradio_helper.main([str(tiny_ov_model), "--lora", lora.format(**paths)])
+    except SystemExit as exit:  # argparse's own check of the option's form
+        status = exit.code
+    stderr = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]  # (diffusers may log above it)
+    assert "error: " in last and message.format(**paths) in last, stderr
 
 
 def free_loopback_port() -> int:
@@ -816,14 +1010,18 @@ def drain_progress(job) -> list:
     return updates
 
 
-def test_progress_of_the_denoising_steps_reaches_the_client(client):
+def test_progress_of_the_denoising_steps_and_the_previews_reach_the_client(client):
     # Gradio sends only the latest progress (every 10 ms): steps of ~100 ms each arrive one by one, fast ones may not
     job = client.submit(*generate_args(width=192, height=192, steps=12), api_name="/generate")
-    job.result(timeout=60)
+    image_path, seed = job.result(timeout=60)
     progress = drain_progress(job)
     assert {(unit.length, unit.unit, unit.desc) for unit in progress} == {(12, "steps", "Denoising")}
     steps = [unit.index for unit in progress]
     assert len(steps) >= 3 and steps == sorted(set(steps)) and 1 <= steps[0] and steps[-1] <= 12, steps
+    *previews, last = job.outputs()  # streamed: the previews, then the result, which `result` and `predict` give
+    assert previews and last == (image_path, seed) and {output[1] for output in previews} == {7}
+    assert {Image.open(path).size for path, _ in previews} == {(192, 192)}
+    assert not any(np.array_equal(load_pixels(path), load_pixels(image_path)) for path, _ in previews)
 
 
 def test_stop_ends_the_running_generation_early(client):
@@ -990,14 +1188,17 @@ def browser():
 
 
 def wait_for_image(driver, *, previous_src: str | None = None, timeout: float = 90, result_id: str = "result"):
-    """The result image (of the element `result_id`) once it shows (a new one when `previous_src` is given)."""
+    """The result image (of the element `result_id`) once the generation is done (a new one when `previous_src` is
+    given): while it runs, the image shows live previews under the progress (its status tracker), which then hides."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def new_image(driver):
         images = driver.find_elements(By.CSS_SELECTOR, f"#{result_id} img")
         shown = [image for image in images if image.get_attribute("src") and image.get_attribute("src") != previous_src]
-        return shown[0] if shown and driver.execute_script("return arguments[0].complete", shown[0]) else None
+        trackers = driver.find_elements(By.CSS_SELECTOR, f"#{result_id} [data-testid='status-tracker']")
+        done = all("hide" in tracker.get_attribute("class").split() for tracker in trackers)
+        return shown[0] if shown and done and driver.execute_script("return arguments[0].complete", shown[0]) else None
 
     return WebDriverWait(driver, timeout).until(new_image)
 

@@ -299,7 +299,14 @@ def test_runtime_adapter_bad_input(runtime_pipeline, tiny_lora, tmp_path):
         {f"transformer.no_such_block.to_q.lora_{part}.weight": np.zeros(shape, dtype=np.float32) for part, shape in (("A", (4, 32)), ("B", (32, 4)))},
         str(no_layer),
     )
-    for path, message in ((not_a_lora, "is not a LoRA"), (other_model, "another model"), (no_layer, "does not fit"), (tmp_path / "missing.safetensors", "could not be read")):
+    unreachable = "sd3-helper-tests/no-such-lora"  # a hub id: no network here, no such repository elsewhere
+    for path, message in (
+        (not_a_lora, "is not a LoRA"),
+        (other_model, "another model"),
+        (no_layer, "does not fit"),
+        (tmp_path / "missing.safetensors", "could not be read"),
+        (unreachable, "could not be read"),
+    ):
         with pytest.raises(ValueError, match=message):
             runtime_pipeline.load_lora_weights(str(path), adapter_name="bad")
     assert runtime_pipeline.get_list_adapters() == {"transformer": ["a"]}  # a failed load changes nothing

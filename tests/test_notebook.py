@@ -143,6 +143,17 @@ def max_difference(first: np.ndarray, second: np.ndarray) -> int:
     return int(np.abs(first.astype(np.int16) - second.astype(np.int16)).max())
 
 
+def test_the_preview_strip_shows_each_step_then_the_image(executed):
+    strip_cell = next(cell for cell in code_cells(executed["notebook"]) if "preview_strip" in cell.source)
+    assert any("image/png" in output.get("data", {}) for output in strip_cell.outputs), "the strip is not shown"
+    *previews, final = grid_cells(executed["output_dir"] / "previews.png", 4)  # 3 steps, then the final image
+    np.testing.assert_array_equal(final, np.asarray(Image.open(executed["output_dir"] / "image.png")))
+    for preview in previews:  # the linear map's pixel per latent cell, blown up to the image's size (2 x 2 here)
+        np.testing.assert_array_equal(preview, preview[::2, ::2].repeat(2, axis=0).repeat(2, axis=1))
+    assert max_difference(previews[0], previews[-1]) > 0, "the previews should change from step to step"
+    assert max_difference(previews[-1], final) > 0  # a preview, not the VAE's image
+
+
 def test_weight_formats_are_compared(executed):
     variants = ("fp16", "int8", "int4", INT8_VAE_VARIANT)  # the tests turn `quantize_vae` on
     images = {fmt: Image.open(executed["output_dir"] / f"image-{fmt}.png") for fmt in variants}
