@@ -64,7 +64,12 @@ def build_t5_checkpoint(work_dir: Path, *, layers: int, t5_layers: int) -> Path:
     tokenizer = train_t5_tokenizer(vocab_size=400)
     torch.manual_seed(0)
     config = T5Config(**T5_XXL, num_layers=t5_layers, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
-    encoder = T5EncoderModel(config).half()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)  # built straight in fp16: T5-XXL's 24 layers would be 19 GB in f32
+    try:
+        encoder = T5EncoderModel(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     with staged_dir(folder) as staging:
         for entry in base.iterdir():
             if entry.name != "model_index.json":
