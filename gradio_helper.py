@@ -34,9 +34,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from sd3_arrays import as_array  # light: numpy only
-from sd3_layout import GENERATION_DEFAULTS, SizeRules, read_model_index  # light: no torch, no OpenVINO
-from sd3_steps import TaylorSeerConfig  # light: numpy only
+from sd3_openvino.runtime.arrays import as_array  # light: numpy only
+from sd3_openvino.core.layout import GENERATION_DEFAULTS, SizeRules, read_model_index  # light: no torch, no OpenVINO
+from sd3_openvino.runtime.steps import TaylorSeerConfig  # light: numpy only
 
 MAX_SEED = 2**31 - 1  # the largest seed a gr.Number and every torch generator accept
 # T5 reads at most 512 tokens of a prompt (CLIP 77), about 2,000 characters of English at ~4 characters a token.
@@ -313,7 +313,7 @@ class GenerationRunner:
         with the `from_pipe` pipelines), None for a pipeline without `preview_images` (diffusers')."""
         if not self.openvino:
             return None
-        from sd3_previews import PREVIEW_DECODER
+        from sd3_openvino.runtime.previews import PREVIEW_DECODER
 
         latents = np.zeros((1, self.pipeline.vae_decoder.config["latent_channels"], 8, 8), np.float32)  # (B, C, h, w)
         methods = ["taesd", "linear"] if (self.pipeline.model_dir / PREVIEW_DECODER).exists() else ["linear"]

@@ -111,7 +111,7 @@ def timed(pipe, **kwargs) -> tuple:
 def transformer_steps(step_cache, *, num_inference_steps: int) -> int:
     """How many of `num_inference_steps` steps run the transformer with the step cache `step_cache` (a
     `TaylorSeerConfig`); the others take its output from the cache."""
-    from sd3_steps import TaylorSeerCache
+    from sd3_openvino.runtime.steps import TaylorSeerCache
 
     cache, computed = TaylorSeerCache(step_cache, num_steps=num_inference_steps), 0
     for step in range(num_inference_steps):

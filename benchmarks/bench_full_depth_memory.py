@@ -105,7 +105,7 @@ class SubmodelRssSampler:
 
 
 def convert_worker(task: dict) -> dict:
-    import sd3_conversion
+    import sd3_openvino.export.conversion as sd3_conversion
     from sd3_helper import convert_sd3, folder_size
 
     output_dir = Path(task["output_dir"])
@@ -120,7 +120,7 @@ def convert_worker(task: dict) -> dict:
 
 
 def image_worker(task: dict) -> dict:
-    from sd3_runtime import OVStableDiffusion3Pipeline
+    from sd3_openvino.runtime.pipeline import OVStableDiffusion3Pipeline
 
     baseline = current_rss()
     start = time.perf_counter()

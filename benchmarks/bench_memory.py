@@ -122,8 +122,7 @@ def timed(obj, name: str) -> list[float]:
 def ours_image(task: dict) -> dict:
     """Import, load and compile our pipeline, and make one image with an int seed: RSS at each stage."""
     start = rss()
-    import sd3_runtime
-
+    import sd3_openvino.runtime.pipeline as sd3_runtime
     after_runtime = rss()
     import openvino  # noqa: F401  (from_pretrained would import it: counted apart)
 
@@ -149,7 +148,7 @@ def genai_image(task: dict) -> dict:
     import openvino_genai
 
     after_import = rss()
-    from sd3_genai import make_genai_pipeline
+    from sd3_openvino.runtime.genai import make_genai_pipeline
 
     pipe = make_genai_pipeline(task["folder"])
     loaded = rss()
@@ -162,7 +161,7 @@ def decode_rss(task: dict) -> dict:
     """Peak RSS of one VAE decode of `size` x `size` (random latents), whole or tiled, in a fresh process."""
     import numpy as np
 
-    from sd3_runtime import OVStableDiffusion3Pipeline
+    from sd3_openvino.runtime.pipeline import OVStableDiffusion3Pipeline
 
     pipe = OVStableDiffusion3Pipeline.from_pretrained(task["folder"], compile=False)  # the decode compiles only the VAE
     if task["tiled"]:
@@ -181,7 +180,7 @@ def tiling_psnr(task: dict) -> dict:
     f32, of a generation's final latents."""
     import numpy as np
 
-    from sd3_runtime import OVStableDiffusion3Pipeline
+    from sd3_openvino.runtime.pipeline import OVStableDiffusion3Pipeline
 
     pipe = OVStableDiffusion3Pipeline.from_pretrained(task["folder"], ov_config=F32)
     pipe.set_progress_bar_config(disable=True)
@@ -207,9 +206,9 @@ def both_runtimes_timed(task: dict) -> dict:
     """Whole images of ours and genai alternating in this process, each split into its stages."""
     import openvino_genai
 
-    from sd3_genai import make_genai_pipeline
-    from sd3_runtime import OVStableDiffusion3Pipeline
-    from sd3_steps import TaylorSeerConfig
+    from sd3_openvino.runtime.genai import make_genai_pipeline
+    from sd3_openvino.runtime.pipeline import OVStableDiffusion3Pipeline
+    from sd3_openvino.runtime.steps import TaylorSeerConfig
 
     ours = OVStableDiffusion3Pipeline.from_pretrained(task["folder"])
     ours.set_progress_bar_config(disable=True)

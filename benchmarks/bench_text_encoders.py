@@ -55,7 +55,7 @@ def build_t5_checkpoint(work_dir: Path, *, layers: int, t5_layers: int) -> Path:
     from transformers import T5Config, T5EncoderModel
 
     from sd3_helper import staged_dir
-    from sd3_tiny_model import train_t5_tokenizer
+    from sd3_openvino.export.tiny_model import train_t5_tokenizer
 
     base = build_checkpoint(work_dir, layers=layers)
     folder = work_dir / f"{base.name}-t5xxl-{t5_layers}-layers"

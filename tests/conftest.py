@@ -10,14 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sd3_helper  # noqa: E402
+from sd3_openvino.runtime.image_processing import psnr  # noqa: E402,F401  (one psnr, shared by the tests)
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # exact arithmetic on CPUs whose default is bf16 (AMX)
-
-
-def psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two images with values in [0, 1]."""
-    mse = float(np.mean((np.asarray(image, dtype=np.float64) - np.asarray(reference, dtype=np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +71,7 @@ def ov_pipeline(converted):
 @pytest.fixture(scope="session")
 def int8_vae_folder(converted, tmp_path_factory) -> Path:
     """The tiny model in int8-hybrid with `quantize_vae=True` (few calibration samples: a fast test fixture)."""
-    from sd3_quantization import quantize_sd3
+    from sd3_openvino.export.quantization import quantize_sd3
 
     output_dir = tmp_path_factory.mktemp("int8-vae") / "tiny-sd3-int8-hybrid-int8-vae"
     return quantize_sd3(converted("fp16"), output_dir, num_samples=8, num_inference_steps=4, quantize_vae=True, vae_num_samples=2)

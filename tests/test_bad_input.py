@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import sd3_conversion
+import sd3_openvino.export.conversion as sd3_conversion
 import sd3_helper
 from conftest import F32
 
@@ -88,7 +88,7 @@ def test_long_prompt_is_cut_with_a_warning_that_says_what_was_dropped(ov_pipelin
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("sd3_runtime")
+    logger = logging.getLogger("sd3_openvino.runtime.pipeline")
     logger.addHandler(handler)
     try:
         ov_pipeline("fp32").encode_prompt("a cat " * 100 + "zebra", do_classifier_free_guidance=False, max_sequence_length=32)

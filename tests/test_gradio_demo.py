@@ -38,7 +38,7 @@ from gradio_helper import (  # noqa: E402
 )
 from notebook_utils import ov_model_dir, resolve_model_id, tiny_loras  # noqa: E402
 from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3  # noqa: E402
-from sd3_layout import SizeRules  # noqa: E402
+from sd3_openvino.core.layout import SizeRules  # noqa: E402
 
 ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show; multiples of the tiny model's 4

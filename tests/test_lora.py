@@ -7,9 +7,9 @@ import torch
 from conftest import F32
 
 import sd3_helper
-from sd3_conversion import linear_node_name
-from sd3_genai import genai_adapter_config
-from sd3_tiny_model import TINY_LORA_TARGETS, make_tiny_lora
+from sd3_openvino.export.conversion import linear_node_name
+from sd3_openvino.runtime.genai import genai_adapter_config
+from sd3_openvino.export.tiny_model import TINY_LORA_TARGETS, make_tiny_lora
 
 GENERATION = dict(prompt="a red fox in the snow", num_inference_steps=3, guidance_scale=5.0, height=64, width=64)
 SEED = 0
@@ -180,7 +180,7 @@ def test_cli_lora_argument_names_a_bad_scale():
 @pytest.fixture(scope="module")
 def second_lora(tmp_path_factory, tiny_checkpoint):
     """Another rank and alpha (scaling 2), other layers, and layers in both CLIP text encoders."""
-    from sd3_tiny_model import TINY_TEXT_ENCODER_LORA_TARGETS
+    from sd3_openvino.export.tiny_model import TINY_TEXT_ENCODER_LORA_TARGETS
 
     return make_tiny_lora(
         tiny_checkpoint,
@@ -202,7 +202,7 @@ def runtime_pipeline(converted):
 
 
 def test_runtime_adapters_match_diffusers_at_every_step(runtime_pipeline, tiny_checkpoint, tiny_lora, second_lora):
-    from sd3_lora import lora_module_paths
+    from sd3_openvino.runtime.lora import lora_module_paths
 
     ours, reference = runtime_pipeline, sd3_helper.load_sd3_pipeline(tiny_checkpoint)
     reference.set_progress_bar_config(disable=True)
@@ -249,7 +249,7 @@ def test_switching_adapters_compiles_nothing(runtime_pipeline, tiny_lora, second
 
 
 def test_adapters_survive_reshape_and_are_shared_with_from_pipe(runtime_pipeline, tiny_lora):
-    from sd3_image_pipelines import OVStableDiffusion3Img2ImgPipeline
+    from sd3_openvino.runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline
 
     runtime_pipeline.load_lora_weights(str(tiny_lora), adapter_name="a")
     with_lora = diffusers_image(runtime_pipeline)
@@ -316,7 +316,7 @@ def test_a_folder_without_named_layers_is_refused_with_the_fix(tmp_path):
     import openvino as ov
     from openvino import opset13 as ops
 
-    from sd3_lora import add_lora_states
+    from sd3_openvino.runtime.lora import add_lora_states
 
     inputs = ops.parameter([1, 4], np.float32, name="x")
     matmul = ops.matmul(inputs, ops.constant(np.ones((3, 4), np.float32)), False, True)

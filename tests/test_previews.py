@@ -15,8 +15,8 @@ import torch
 
 import sd3_helper
 from conftest import F32, psnr
-from sd3_image_processing import ImageProcessor
-from sd3_previews import PREVIEW_DECODER, LatentRGBMap, area_mean, random_latents
+from sd3_openvino.runtime.image_processing import ImageProcessor
+from sd3_openvino.runtime.previews import PREVIEW_DECODER, LatentRGBMap, area_mean, random_latents
 
 ROOT = Path(__file__).resolve().parents[1]
 TAESD_ATOL = 1e-4  # our IR's preview vs diffusers' AutoencoderTiny decode, f32; measured: 6e-8
@@ -272,7 +272,7 @@ def test_bad_preview_input_is_named(preview_pipe, channels):
 TORCH_FREE_PREVIEWS = """
 import sys
 import numpy as np
-import sd3_runtime
+import sd3_openvino.runtime.pipeline as sd3_runtime
 pipe = sd3_runtime.OVStableDiffusion3Pipeline.from_pretrained(sys.argv[1])
 pipe.set_progress_bar_config(disable=True)
 previews = []

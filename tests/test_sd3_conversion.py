@@ -9,7 +9,7 @@ import openvino as ov
 import pytest
 import torch
 
-import sd3_conversion
+import sd3_openvino.export.conversion as sd3_conversion
 import sd3_helper
 
 INT4_SUBMODELS = ["transformer", "text_encoder_3"]

@@ -8,10 +8,10 @@ import openvino as ov
 import pytest
 import torch
 
-import sd3_conversion
+import sd3_openvino.export.conversion as sd3_conversion
 import sd3_helper
-import sd3_layout
-import sd3_quantization
+import sd3_openvino.core.layout as sd3_layout
+import sd3_openvino.export.quantization as sd3_quantization
 from conftest import F32, psnr
 
 NUM_SAMPLES = 8  # transformer calls recorded for calibration: 2 images of 4 steps

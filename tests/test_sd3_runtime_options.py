@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sd3_helper
-import sd3_submodels
+import sd3_openvino.runtime.submodels as sd3_submodels
 from conftest import F32
 
 
@@ -128,7 +128,7 @@ def test_prompt_cache_encodes_a_repeated_prompt_once(converted, ov_pipeline):
 
 
 def test_prompt_cache_follows_text_encoder_adapters(converted, tiny_checkpoint, tmp_path):
-    from sd3_tiny_model import TINY_TEXT_ENCODER_LORA_TARGETS
+    from sd3_openvino.export.tiny_model import TINY_TEXT_ENCODER_LORA_TARGETS
 
     lora = sd3_helper.make_tiny_lora(tiny_checkpoint, tmp_path / "te-lora", seed=3, targets=(), text_encoder_targets=TINY_TEXT_ENCODER_LORA_TARGETS)
     pipeline = load(converted("fp32"), ov_config=F32)

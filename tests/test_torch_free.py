@@ -19,11 +19,11 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift as diffusers_calculate_shift
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps as diffusers_retrieve_timesteps
 
-from sd3_image_processing import ImageProcessor, interpolate_nearest
-from sd3_layout import SCHEDULER_CONFIG, TOKENIZERS
-from sd3_noise import TorchCPUGenerator, randn_like_torch, randn_tensor, torch_normal_kernel
-from sd3_scheduler import FlowMatchEulerScheduler, calculate_shift, retrieve_timesteps
-from sd3_tokenizers import load_tokenizer
+from sd3_openvino.runtime.image_processing import ImageProcessor, interpolate_nearest
+from sd3_openvino.core.layout import SCHEDULER_CONFIG, TOKENIZERS
+from sd3_openvino.runtime.noise import TorchCPUGenerator, randn_like_torch, randn_tensor, torch_normal_kernel
+from sd3_openvino.runtime.scheduler import FlowMatchEulerScheduler, calculate_shift, retrieve_timesteps
+from sd3_openvino.runtime.tokenizers import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULER_ATOL = 1e-6  # measured: 0 (bit-identical) on every case below
@@ -420,7 +420,7 @@ def test_generator_stream_continues_like_torch():
 SCALAR_KERNEL_PROBE = """
 import sys, numpy as np, torch
 sys.path.insert(0, ".")
-from sd3_noise import randn_like_torch, torch_normal_kernel
+from sd3_openvino.runtime.noise import randn_like_torch, torch_normal_kernel
 assert torch_normal_kernel() == "default" and torch.backends.cpu.get_cpu_capability() == "DEFAULT"
 errors = [np.abs(randn_like_torch(shape, seed=seed) - torch.randn(shape, generator=torch.Generator().manual_seed(seed)).numpy()).max()
           for shape, seed in [((1, 16, 64, 64), 0), ((2, 16, 5, 7), 42)]]

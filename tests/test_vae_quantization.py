@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import sd3_helper
-import sd3_layout
-import sd3_quantization
+import sd3_openvino.core.layout as sd3_layout
+import sd3_openvino.export.quantization as sd3_quantization
 from conftest import F32, psnr
 from test_interop import PROMPT, SEED, genai_image
 

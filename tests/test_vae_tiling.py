@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sd3_helper
-from sd3_vae_tiling import VaeTiling, blend_h, blend_v
+from sd3_openvino.runtime.vae_tiling import VaeTiling, blend_h, blend_v
 
 PARITY_ATOL = 1e-3  # max abs pixel difference in [0, 1]; measured here: 1.5e-6 at f32 (decode; encode + decode)
 TILE = 32  # pixels: 16 latent cells of the tiny VAE (scale factor 2), so a 64x96 image is 3x4 overlapping tiles

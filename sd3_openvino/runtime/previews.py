@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 
-from sd3_arrays import as_array
-from sd3_image_processing import ImageProcessor, interpolate_nearest
-from sd3_layout import CONFIG_JSON, is_converted, read_json, vae_scale_factor
-from sd3_submodels import OVSubmodel
+from .arrays import as_array
+from .image_processing import ImageProcessor, interpolate_nearest, psnr
+from ..core.layout import CONFIG_JSON, is_converted, read_json, vae_scale_factor
+from .submodels import OVSubmodel
 
 PREVIEW_DECODER = "vae_preview_decoder"  # a tiny autoencoder's decoder; not in model_index.json, so other runtimes ignore it
 PREVIEW_METHODS = ("linear", "taesd")
@@ -60,12 +60,6 @@ def cells_as_rows(array: np.ndarray, *, margin: int) -> np.ndarray:
     """(B, C, h, w) -> (cells, C), leaving out `margin` cells at every edge."""
     inner = array[:, :, margin : array.shape[2] - margin, margin : array.shape[3] - margin]
     return inner.transpose(0, 2, 3, 1).reshape(-1, array.shape[1])
-
-
-def psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two arrays with values in [0, 1]."""
-    mse = float(np.mean((np.asarray(image, dtype=np.float64) - np.asarray(reference, dtype=np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
 @dataclass(frozen=True)

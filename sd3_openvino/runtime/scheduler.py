@@ -14,8 +14,8 @@ from typing import Mapping
 
 import numpy as np
 
-from sd3_layout import SCHEDULER_CONFIG, incomplete_model_error, read_json
-from sd3_noise import randn_tensor
+from ..core.layout import SCHEDULER_CONFIG, incomplete_model_error, read_json
+from .noise import randn_tensor
 
 SCHEDULER_CLASS = "FlowMatchEulerDiscreteScheduler"  # the diffusers class this module ports
 TIME_SHIFT_TYPES = ("exponential", "linear")

@@ -20,13 +20,14 @@ rsLoRA) exactly as diffusers applies them. The A and B matrices are the normalis
 Imports the layout; torch, diffusers, transformers and peft only inside the functions that read LoRA files.
 """
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sd3_layout import CONFIG_JSON, linear_node_name, read_model_index
+from ..core.layout import CONFIG_JSON, linear_node_name, read_model_index
 
 LORA_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")  # what diffusers' SD3 LoRA loader fills
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name in a LoRA folder
@@ -419,3 +420,24 @@ class LoraAdapters:
                 states.update(stacked_states(path, layers, features=self.features[component, path]))
             if states:
                 submodel.set_states(states)
+
+
+def lora_argument(text: str) -> tuple[str, float]:
+    """`PATH[:SCALE]` from the command line as `(path, scale)`; the scale defaults to 1.0."""
+    path, separator, scale = text.rpartition(":")
+    if not separator or not path:
+        return text, 1.0
+    try:
+        return path, float(scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lora {text!r}: SCALE after the last ':' has to be a number, e.g. my_lora.safetensors:0.8") from None
+
+
+def load_adapters(pipe, lora: list[tuple[str, float]]) -> None:
+    """Load each `(path, scale)` of `lora` into `pipe` (adapters `lora_0`, `lora_1`, ...) and make them all active at
+    their scales."""
+    names = [f"lora_{index}" for index in range(len(lora))]
+    for name, (source, _) in zip(names, lora):
+        pipe.load_lora_weights(source, adapter_name=name)
+    if names:
+        pipe.set_adapters(names, [scale for _, scale in lora])

@@ -352,3 +352,15 @@ class ImageProcessor:
         image = image.convert("RGBA")
         image.alpha_composite(init_image_masked)
         return image.convert("RGB")
+
+
+def psnr(image, reference) -> float:
+    """Peak signal-to-noise ratio in dB of two images: float arrays with values in [0, 1], or PIL images and uint8
+    arrays (0-255), which are scaled to [0, 1] first."""
+
+    def unit_range(value) -> np.ndarray:
+        array = np.asarray(value)
+        return array / 255.0 if array.dtype == np.uint8 else array.astype(np.float64)
+
+    mse = float(np.mean((unit_range(image) - unit_range(reference)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))

@@ -10,8 +10,8 @@ Imports numpy, the noise and the image processing modules.
 
 import numpy as np
 
-from sd3_image_processing import is_torch_tensor
-from sd3_noise import TorchCPUGenerator, is_torch_generator
+from .image_processing import is_torch_tensor
+from .noise import TorchCPUGenerator, is_torch_generator
 
 
 def as_array(value) -> np.ndarray | None:

@@ -23,9 +23,9 @@ from typing import Callable
 
 import numpy as np
 
-from sd3_arrays import as_array, as_generator, check_generator, to_torch, wants_torch
-from sd3_image_processing import ImageProcessor, is_torch_tensor
-from sd3_layout import (
+from .arrays import as_array, as_generator, check_generator, to_torch, wants_torch
+from .image_processing import ImageProcessor, is_torch_tensor
+from ..core.layout import (
     BLOCK_MASK,
     GENERATION_DEFAULTS,
     OV_MODEL_BIN,
@@ -37,12 +37,12 @@ from sd3_layout import (
     has_component,
     read_model_index,
 )
-from sd3_lora import LoraAdapters
-from sd3_noise import randn_tensor
-from sd3_previews import LatentPreviews, check_preview_latents, check_preview_options, preview_output, tiny_decoder_inputs
-from sd3_scheduler import calculate_shift, retrieve_timesteps
-from sd3_steps import SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig
-from sd3_submodels import (
+from .lora import LoraAdapters
+from .noise import randn_tensor
+from .previews import LatentPreviews, check_preview_latents, check_preview_options, preview_output, tiny_decoder_inputs
+from .scheduler import calculate_shift, retrieve_timesteps
+from .steps import SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig
+from .submodels import (
     OVSubmodel,
     check_devices,
     device_for,
@@ -53,7 +53,7 @@ from sd3_submodels import (
     submodel_ov_config,
     trim_heap,
 )
-from sd3_vae_tiling import TILE_OVERLAP_FACTOR, VaeTiling
+from .vae_tiling import TILE_OVERLAP_FACTOR, VaeTiling
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sd3_layout import (
+from ..core.layout import (
     CONFIG_JSON,
     MODEL_INDEX,
     OV_MODEL_BIN,
@@ -22,8 +22,8 @@ from sd3_layout import (
     incomplete_model_error,
     read_json,
 )
-from sd3_scheduler import SCHEDULER_CLASS, FlowMatchEulerScheduler
-from sd3_tokenizers import load_tokenizer as load_text_tokenizer
+from .scheduler import SCHEDULER_CLASS, FlowMatchEulerScheduler
+from .tokenizers import load_tokenizer as load_text_tokenizer
 
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 MADV_DONTNEED = 4  # Linux's madvise advice: drop these pages; a later read of a file mapping reads the file again

@@ -22,11 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from sd3_arrays import as_array, as_generator, wants_torch
-from sd3_image_processing import ImageProcessor, interpolate_nearest, is_torch_tensor
-from sd3_layout import PIPELINE_SUBMODELS
-from sd3_noise import randn_tensor
-from sd3_runtime import OVStableDiffusion3Pipeline, SD3PipelineOutput
+from .arrays import as_array, as_generator, wants_torch
+from .image_processing import ImageProcessor, interpolate_nearest, is_torch_tensor
+from ..core.layout import PIPELINE_SUBMODELS
+from .noise import randn_tensor
+from .pipeline import OVStableDiffusion3Pipeline, SD3PipelineOutput
 
 IMAGE_TYPES = "a PIL image, a numpy array (H, W, C) / (B, H, W, C) in [0, 1], a torch tensor (B, C, H, W) in [-1, 1], or a list of these"
 

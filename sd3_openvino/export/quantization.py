@@ -61,7 +61,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from sd3_conversion import (
+from .conversion import (
     SUBMODEL_EXPORTS,
     checkpoint_fingerprint,
     compress_weights,
@@ -72,7 +72,7 @@ from sd3_conversion import (
     quiet_nncf,
     store_large_constants_in_fp16,
 )
-from sd3_layout import (
+from ..core.layout import (
     CONFIG_JSON,
     COPIED_COMPONENTS,
     HYBRID_WEIGHT_FORMAT,
@@ -93,11 +93,12 @@ from sd3_layout import (
     write_conversion_record,
     write_json_atomically,
 )
-from sd3_lora import check_lora
-from sd3_runtime import OVStableDiffusion3Pipeline
+from ..runtime.image_processing import psnr
+from ..runtime.lora import check_lora
+from ..runtime.pipeline import OVStableDiffusion3Pipeline
 
 SOURCE_WEIGHT_FORMATS = ("fp16", "fp32")  # quantization starts from unquantized weights
-CALIBRATION_PROMPTS_FILE = Path(__file__).resolve().parent / "prompts" / "calibration_prompts.txt"
+CALIBRATION_PROMPTS_FILE = Path(__file__).resolve().parent / "calibration_prompts.txt"
 # Negative prompts drawn for calibration, as in the original tutorial, plus "" (the pipeline's default).
 NEGATIVE_PROMPTS = (
     "",
@@ -354,15 +355,6 @@ def quantize_transformer(
             advanced_parameters=advanced,
         )
     return compress_kept_out_weights(quantized)
-
-
-def psnr(image, reference) -> float:
-    """Peak signal-to-noise ratio in dB of two images with values in [0, 1] (arrays) or two PIL images."""
-    image, reference = np.asarray(image, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if image.max() > 1.0 or reference.max() > 1.0:  # 8-bit pixels
-        image, reference = image / 255.0, reference / 255.0
-    mse = float(np.mean((image - reference) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from sd3_layout import vae_scale_factor
+from ..core.layout import vae_scale_factor
 
 TILE_OVERLAP_FACTOR = 0.25  # diffusers' AutoencoderKL.tile_overlap_factor
 

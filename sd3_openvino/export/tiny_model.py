@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from sd3_conversion import quiet_progress_bars
-from sd3_layout import staged_dir
+from .conversion import quiet_progress_bars
+from ..core.layout import staged_dir
 
 LATENT_CHANNELS = 4  # the tiny VAE's latent channels by default (SD3's has 16)
 # Transformer options that give each family its block types (the real models: SD3 Medium 24 plain blocks;

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from sd3_layout import (
+from ..core.layout import (
     BLOCK_MASK,
     CONFIG_JSON,
     COPIED_COMPONENTS,
@@ -53,8 +53,8 @@ from sd3_layout import (
     write_conversion_record,
     write_json_atomically,
 )
-from sd3_lora import LORA_COMPONENTS, LORA_WEIGHT_NAME, check_lora, read_lora_state_dict
-from sd3_previews import PREVIEW_DECODER, check_tiny_autoencoder
+from ..runtime.lora import LORA_COMPONENTS, LORA_WEIGHT_NAME, check_lora, read_lora_state_dict
+from ..runtime.previews import PREVIEW_DECODER, check_tiny_autoencoder
 
 IR_WEIGHT_FORMATS = tuple(name for name in WEIGHT_FORMATS if name != HYBRID_WEIGHT_FORMAT)  # what this module writes
 

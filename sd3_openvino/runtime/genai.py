@@ -5,7 +5,7 @@ Imports the layout and `sd3_lora`'s file name: openvino.genai reads the folder i
 
 from pathlib import Path
 
-from sd3_layout import (
+from ..core.layout import (
     CONFIG_JSON,
     GENERATION_DEFAULTS,
     OV_TOKENIZER_XML,
@@ -16,7 +16,7 @@ from sd3_layout import (
     read_json,
     read_model_index,
 )
-from sd3_lora import LORA_WEIGHT_NAME
+from .lora import LORA_WEIGHT_NAME
 
 GENAI_TASKS = {"text-to-image": "Text2ImagePipeline", "image-to-image": "Image2ImagePipeline", "inpainting": "InpaintingPipeline"}
 

@@ -1,0 +1,155 @@
+"""The command line of `python sd3_helper.py {tiny-model,convert,generate}`: argument parsing, the image and LoRA
+arguments checked before any model loads, and one error line (exit status 2) for a user's mistake."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..core.layout import GENERATION_DEFAULTS, WEIGHT_FORMATS
+from ..runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
+from ..runtime.lora import check_lora, load_adapters, lora_argument
+from ..runtime.pipeline import OVStableDiffusion3Pipeline
+from ..runtime.steps import TaylorSeerConfig
+from .conversion import convert_preview_decoder
+from .convert import convert_sd3
+from .tiny_model import make_tiny_sd3
+
+DESCRIPTION = "Stable Diffusion 3 with OpenVINO: convert a checkpoint, run it with a small OpenVINO pipeline."
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sd3_helper.py", description=DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tiny = commands.add_parser("tiny-model", help="write a tiny random-weight SD3 checkpoint (offline)")
+    tiny.add_argument("output_dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+
+    convert = commands.add_parser("convert", help="convert an SD3 checkpoint to OpenVINO IR")
+    convert.add_argument("checkpoint", help="hub id (e.g. stabilityai/stable-diffusion-3-medium-diffusers) or local folder")
+    convert.add_argument("output_dir", type=Path)
+    convert.add_argument("--weight-format", choices=WEIGHT_FORMATS, default="fp16")
+    convert.add_argument("--no-t5", action="store_true", help="skip the T5-XXL text encoder (saves ~9.5 GB of RAM)")
+    convert.add_argument("--overwrite", action="store_true", help="convert again even if already converted")
+    convert.add_argument("--quantize-vae", action="store_true", help="with --weight-format int8-hybrid: the VAE in int8 too (faster decode)")
+    convert.add_argument(
+        "--lora", action="append", type=lora_argument, default=[], metavar="PATH[:SCALE]", help="fuse a LoRA at SCALE (default 1.0); repeatable"
+    )
+    convert.add_argument(
+        "--preview-decoder", default=None, metavar="TINY_AUTOENCODER",
+        help="also convert a tiny autoencoder's decoder for live previews (hub id or folder, e.g. madebyollin/taesd3)",
+    )
+
+    generate = commands.add_parser("generate", help="generate an image with a converted model")
+    generate.add_argument("model_dir", type=Path)
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--negative-prompt", default=None)
+    generate.add_argument("--output", type=Path, default=Path("image.png"))
+    generate.add_argument("--steps", type=int, default=GENERATION_DEFAULTS.num_inference_steps)
+    generate.add_argument("--guidance", type=float, default=GENERATION_DEFAULTS.guidance_scale)
+    generate.add_argument("--seed", type=int, default=42)
+    generate.add_argument("--height", type=int, default=None, help="default: the model's native size")
+    generate.add_argument("--width", type=int, default=None)
+    generate.add_argument("--device", default="CPU")
+    generate.add_argument("--image", type=Path, default=None, help="start from this image (image-to-image, or inpainting with --mask)")
+    generate.add_argument("--mask", type=Path, default=None, help="repaint where this mask is white (needs --image)")
+    generate.add_argument("--strength", type=float, default=None, help="with --image: how much to change it, 0-1 (default 0.6)")
+    generate.add_argument(
+        "--step-cache", action="store_true", help="TaylorSeer step caching, openvino.genai's default: faster, a slightly different image"
+    )
+    generate.add_argument(
+        "--lora", action="append", type=lora_argument, default=[], metavar="PATH[:SCALE]",
+        help="apply a LoRA at SCALE (default 1.0) at run time, without converting again; repeatable",
+    )
+    return parser.parse_args(argv)
+
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def check_image_path(path: Path) -> None:
+    """Raise a named error now if an image cannot be saved at `path` (unknown extension, a folder, a parent that
+    is a file, no write permission), so that no finished image is thrown away later. Creates missing parents."""
+    from PIL import Image
+
+    Image.init()
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format not in Image.SAVE:
+        raise ValueError(f"`--output` {str(path)!r} needs an image extension Pillow can write, such as .png, .jpg or .webp.")
+    if path.is_dir():
+        raise IsADirectoryError(f"`--output` {str(path)!r} is a folder; name the image file, e.g. {str(path / 'image.png')!r}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise FileExistsError(f"`--output` {str(path)!r} cannot be written: a part of its folder is a file ({error.filename}).") from error
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"`--output` {str(path)!r} cannot be written: no write permission in {str(path.parent)!r}.")
+
+
+def _read_image(path: Path, *, flag: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB") if flag == "--image" else image.convert("L")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"`{flag}` {str(path)!r} does not exist.") from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"`{flag}` {str(path)!r} is not an image Pillow can read ({error}).") from error
+
+
+def _image_arguments(args: argparse.Namespace) -> dict:
+    """The image-to-image / inpainting arguments of `generate`, read and checked before any model loads."""
+    if args.image is None:
+        if args.mask is not None or args.strength is not None:
+            raise ValueError("`--mask` and `--strength` need `--image`: the picture to change.")
+        return {}
+    arguments = {"image": _read_image(args.image, flag="--image")}
+    if args.mask is not None:
+        arguments["mask_image"] = _read_image(args.mask, flag="--mask")
+    if args.strength is not None:
+        arguments["strength"] = args.strength
+    return arguments
+
+
+def _generate(args: argparse.Namespace) -> Path:
+    check_image_path(args.output)
+    image_arguments = _image_arguments(args)
+    lora = check_lora(args.lora)
+    pipe_class = OVStableDiffusion3InpaintPipeline if args.mask else OVStableDiffusion3Img2ImgPipeline if args.image else OVStableDiffusion3Pipeline
+    pipe = pipe_class.from_pretrained(args.model_dir, device=args.device)
+    load_adapters(pipe, lora)
+    image = pipe(
+        args.prompt,
+        **image_arguments,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        height=args.height,
+        width=args.width,
+        generator=args.seed,  # torch.Generator().manual_seed(seed)'s noise, without importing torch
+        taylorseer=TaylorSeerConfig() if args.step_cache else None,
+    ).images[0]
+    image.save(args.output)
+    return args.output
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python sd3_helper.py`; returns the exit status."""
+    args = _parse_args(argv)
+    try:
+        if args.command == "tiny-model":
+            print(make_tiny_sd3(args.output_dir, seed=args.seed))
+        elif args.command == "convert":
+            options = dict(load_t5=not args.no_t5, weight_format=args.weight_format, quantize_vae=args.quantize_vae, lora=args.lora)
+            options["overwrite"] = args.overwrite
+            print(convert_sd3(args.checkpoint, args.output_dir, **options))
+            if args.preview_decoder:
+                print(convert_preview_decoder(args.preview_decoder, args.output_dir, overwrite=args.overwrite))
+        else:
+            print(_generate(args))
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
