@@ -25,6 +25,7 @@ import numpy as np
 from .arrays import as_array, as_generator, wants_torch
 from .image_processing import ImageProcessor, interpolate_nearest, is_torch_tensor
 from ..core.layout import PIPELINE_SUBMODELS
+from .checks import check_strength
 from .noise import randn_tensor
 from .pipeline import OVStableDiffusion3Pipeline, SD3PipelineOutput
 
@@ -73,19 +74,6 @@ def _spatial_size(value) -> tuple[int, int]:
     if is_torch_tensor(value):
         return shape[-2], shape[-1]
     return (shape[0], shape[1]) if len(shape) <= 3 and (len(shape) == 2 or shape[-1] in (1, 3, 4)) else (shape[1], shape[2])
-
-
-def check_strength(strength, *, num_inference_steps: int) -> None:
-    """`strength` is a number in [0, 1] that leaves at least one denoising step."""
-    if isinstance(strength, bool) or not isinstance(strength, Real):
-        raise TypeError(f"`strength` has to be a number between 0 and 1 but is {type(strength).__name__}: {strength!r:.80}.")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"`strength` has to be between 0 and 1 but is {strength!r}.")
-    if isinstance(num_inference_steps, int) and not isinstance(num_inference_steps, bool) and num_inference_steps * strength < 1:
-        raise ValueError(
-            f"`strength` {strength} with `num_inference_steps` {num_inference_steps} leaves no denoising step "
-            f"({num_inference_steps} x {strength} < 1). Use `strength` >= {1 / num_inference_steps:.4g} or more steps."
-        )
 
 
 class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
