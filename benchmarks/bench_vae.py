@@ -38,7 +38,7 @@ CALIBRATION_SEED, HELD_OUT_SEED = 0, 1
 
 def variants() -> dict:
     """name -> VaeQuantization: the choices tried, from everything in int8 to more layers kept in 16 bits."""
-    from sd3_openvino.export.quantization import VAE_IGNORED_LAYERS, VaeQuantization
+    from sd3_openvino.export.vae_quantization import VAE_IGNORED_LAYERS, VaeQuantization
 
     ends = ("first_convolution", "last_convolution")
     base = (*ends, "attention", "normalization", "residual_add")  # NNCF's transformer rules keep these last two out too
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def vae_samples(folder: Path, *, size: int, samples: int, seed: int) -> dict:
     """`collect_vae_calibration_data` of the fp16 folder: decoder latents and encoder pixels."""
     from sd3_helper import OVStableDiffusion3Pipeline
-    from sd3_openvino.export.quantization import collect_vae_calibration_data, load_calibration_prompts
+    from sd3_openvino.export.calibration import collect_vae_calibration_data, load_calibration_prompts
 
     pipe = OVStableDiffusion3Pipeline.from_pretrained(folder)
     return collect_vae_calibration_data(pipe, prompts=load_calibration_prompts(), num_samples=samples, seed=seed, height=size, width=size)
@@ -128,7 +128,7 @@ def search_variants(folder: Path, *, args: argparse.Namespace) -> list[dict]:
     """Quantize the decoder with each of `variants()`; its PSNR on held-out latents and its decode time."""
     import openvino as ov
 
-    from sd3_openvino.export.quantization import quantize_vae_model
+    from sd3_openvino.export.vae_quantization import quantize_vae_model
 
     core = ov.Core()
     calibration = vae_samples(folder, size=args.size, samples=args.samples, seed=CALIBRATION_SEED)["vae_decoder"]

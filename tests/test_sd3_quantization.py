@@ -10,7 +10,7 @@ import torch
 
 import sd3_openvino.export.conversion as sd3_conversion
 import sd3_helper
-import sd3_openvino.core.layout as sd3_layout
+import sd3_openvino.core.files as sd3_layout
 import sd3_openvino.export.quantization as sd3_quantization
 from conftest import F32, psnr
 

@@ -160,7 +160,9 @@ def test_quantize_vae_needs_int8_hybrid(tiny_checkpoint, converted, tmp_path):
 
 def test_cli_quantize_vae(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(sd3_helper, "convert_sd3_hybrid", lambda checkpoint, output_dir, **kwargs: calls.append(kwargs) or output_dir)
+    import sd3_openvino.export.convert as convert_module
+
+    monkeypatch.setattr(convert_module, "convert_sd3_hybrid", lambda checkpoint, output_dir, **kwargs: calls.append(kwargs) or output_dir)
     assert sd3_helper.main(["convert", str(tiny_checkpoint), str(tmp_path / "out"), "--weight-format", "int8-hybrid", "--quantize-vae"]) == 0
     assert calls == [{"load_t5": True, "quantize_vae": True, "lora": [], "overwrite": False}]
     assert sd3_helper.main(["convert", str(tiny_checkpoint), str(tmp_path / "out"), "--weight-format", "int8", "--quantize-vae"]) == 2

@@ -1,0 +1,1 @@
+"""The bottom layer: the converted folder's layout and reading, safe writes, presets and defaults (standard library only)."""

@@ -1,4 +1,4 @@
-"""The converted folder: its layout, safe writes, what it records, and the rules every layer shares.
+"""The converted folder: its layout, how it is read, what it records, and the rules every layer shares.
 
 This is the bottom layer; it imports no other module of the project. A folder written by `convert_sd3` is the
 layout that optimum-intel and openvino.genai load:
@@ -11,19 +11,14 @@ layout that optimum-intel and openvino.genai load:
     vae_decoder/, vae_encoder/
     tokenizer/, tokenizer_2/, tokenizer_3/, scheduler/
 
-Every writer uses `staged_dir`: a folder is written beside its final place under a hidden name and renamed
-into place only when complete, so an interrupted write never leaves files that look finished.
+How a folder is written (staging, publishing, the conversion record, clean-up) is `core/files.py`; this module
+only names and reads.
 """
 
 import json
-import os
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 MODEL_INDEX = "model_index.json"
 OV_MODEL_XML = "openvino_model.xml"
@@ -32,7 +27,7 @@ CONFIG_JSON = "config.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
 OV_TOKENIZER_XML = "openvino_tokenizer.xml"  # openvino.genai reads the tokenizers from these
 
-WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "int8-hybrid")  # int8-hybrid: see sd3_quantization.py
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "int8-hybrid")  # int8-hybrid: see export/quantization.py
 HYBRID_WEIGHT_FORMAT = "int8-hybrid"
 RT_INFO_WEIGHT_FORMAT = ["sd3_helper", "weight_format"]  # where a converted IR records its weight format
 
@@ -115,59 +110,6 @@ class SizeRules:
             )
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Safe writes
-# ----------------------------------------------------------------------------------------------------------
-
-
-def publish(staging_dir: Path, final_dir: Path) -> None:
-    """Move a finished staging folder to `final_dir`, replacing an older one without a moment of absence."""
-    if final_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=final_dir.parent))
-        final_dir.rename(retired / final_dir.name)
-        staging_dir.rename(final_dir)
-        shutil.rmtree(retired)
-    else:
-        staging_dir.rename(final_dir)
-
-
-@contextmanager
-def staged_dir(final_dir: str | Path) -> Iterator[Path]:
-    """Yield an empty hidden folder beside `final_dir`; publish it as `final_dir` when the block ends normally.
-
-    If the block raises, the staging folder is removed and `final_dir` (new or old) is left as it was.
-
-        with staged_dir(output_dir / "transformer") as staging:
-            ov.save_model(model, staging / OV_MODEL_XML)
-    """
-    final_dir = Path(final_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.partial-", dir=final_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the published folder gets the usual permissions
-    try:
-        yield staging
-        publish(staging, final_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_json_atomically(data: dict, path: Path) -> None:
-    """Write `data` as JSON to `path` through a temporary file, so `path` is never half-written."""
-    tmp_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_path, path)
-
-
-def remove_stale_staging(output_dir: Path) -> None:
-    """Delete staging folders left in `output_dir` by a writer that was killed."""
-    for stale in output_dir.glob(".*.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    for stale in output_dir.glob(".*.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def folder_size(path: str | Path) -> int:
     """The size in bytes of all files under `path`."""
     return sum(file.stat().st_size for file in Path(path).rglob("*") if file.is_file())
@@ -200,25 +142,22 @@ def check_bin_size(xml_path: Path, bin_path: Path, model_dir: Path) -> None:
 
 
 def recorded_weight_format(submodel_dir: Path) -> str | None:
-    """The weight format a converted IR records in its rt_info (None for IRs written by other tools)."""
-    import openvino as ov
+    """The weight format a converted IR records in its rt_info (None for IRs written by other tools).
 
-    model = ov.Core().read_model(submodel_dir / OV_MODEL_XML)
-    return model.get_rt_info(RT_INFO_WEIGHT_FORMAT).astype(str) if model.has_rt_info(RT_INFO_WEIGHT_FORMAT) else None
+    Read from `openvino_model.xml` with the standard library: the model's own `<rt_info>` is a child of `<net>`
+    (layers have rt_info of their own, one level deeper), after the layers and edges, which are dropped as read."""
+    import xml.etree.ElementTree as ElementTree
 
-
-def refuse_other_weight_format(output_dir: Path, submodels: list[str], *, weight_format: str) -> None:
-    """Raise a ValueError if a finished submodel of `output_dir` holds another weight format than `weight_format`.
-
-    Writers call it before touching anything, so a complete folder stays complete when they refuse.
-    """
-    for name in sorted(submodels):
-        recorded = recorded_weight_format(output_dir / name)
-        if recorded not in (None, weight_format):
-            raise ValueError(
-                f"`{output_dir / name}` was converted with weight_format={recorded!r}, not {weight_format!r}. "
-                "Pass `overwrite=True` to convert it again, or choose another `output_dir`."
-            )
+    section, key = RT_INFO_WEIGHT_FORMAT
+    depth = 0
+    for event, element in ElementTree.iterparse(submodel_dir / OV_MODEL_XML, events=("start", "end")):
+        depth += 1 if event == "start" else -1
+        if event == "end" and depth == 1:  # a child of <net>
+            if element.tag == "rt_info":
+                value = element.find(f"{section}/{key}")
+                return None if value is None else value.get("value")
+            element.clear()
+    return None
 
 
 def read_json(path: Path, *, model_dir: Path) -> dict:
@@ -283,81 +222,14 @@ def check_sd3_index(model_index: dict, *, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Where a folder came from: refuse to mix two conversions, never write into the source
+# Where a folder came from (written and compared by `core/files.py`)
 # ----------------------------------------------------------------------------------------------------------
 
 CONVERSION_RECORD = "openvino_conversion.json"  # the source and options a folder was converted with
 INFORMATIONAL_SOURCE_KEYS = ("path",)  # recorded for the reader, not compared (a moved checkpoint is the same)
 
 
-def check_output_outside_source(source: str | Path, output_dir: str | Path) -> None:
-    """Raise a ValueError if `output_dir` is the local folder `source`, lies inside it, or contains it."""
-    source_path, output_path = Path(source), Path(output_dir)
-    if not source_path.is_dir():
-        return  # a hub id, or a folder that is not there
-    source_resolved, output_resolved = source_path.resolve(), output_path.resolve()
-    if output_resolved == source_resolved:
-        relation = "is"
-    elif source_resolved in output_resolved.parents:
-        relation = "is inside"
-    elif output_resolved in source_resolved.parents:
-        relation = "contains"
-    else:
-        return
-    raise ValueError(
-        f"`output_dir` {str(output_dir)!r} {relation} the source folder {str(source)!r}: writing there would replace "
-        "or mix with the source's files. Choose an `output_dir` outside the source folder."
-    )
-
-
 def read_conversion_record(output_dir: Path) -> dict | None:
     """What `output_dir` records it was converted from and with which options, or None if it records nothing."""
     path = Path(output_dir) / CONVERSION_RECORD
     return read_json(path, model_dir=Path(output_dir)) if path.is_file() else None
-
-
-def _comparable(record: dict) -> dict:
-    source = {key: value for key, value in record.get("source", {}).items() if key not in INFORMATIONAL_SOURCE_KEYS}
-    return {"source": source, "options": record.get("options", {})}
-
-
-def refuse_other_conversion(output_dir: Path, record: dict) -> None:
-    """Raise a ValueError if `output_dir` holds a conversion of another source or with other options than `record`.
-
-    Writers call it before touching anything (with `overwrite=False`), so a folder is never a mix of two.
-    """
-    existing = read_conversion_record(output_dir)
-    if existing is None or _comparable(existing) == _comparable(record):
-        return
-    old, new = _comparable(existing), _comparable(record)
-    differences = [
-        f"{part} {key}: {old[part].get(key)!r} there, {new[part].get(key)!r} now"
-        for part in ("source", "options")
-        for key in sorted(set(old[part]) | set(new[part]))
-        if old[part].get(key) != new[part].get(key)
-    ]
-    raise ValueError(
-        f"`{output_dir}` holds a conversion of another source or with other options ({'; '.join(differences)}). "
-        "Pass `overwrite=True` to replace it, or choose another `output_dir`."
-    )
-
-
-def write_conversion_record(output_dir: Path, record: dict) -> None:
-    """Record in `output_dir` what it is converted from and how (atomically)."""
-    write_json_atomically(record, Path(output_dir) / CONVERSION_RECORD)
-
-
-@contextmanager
-def removed_on_failure(output_dir: Path) -> Iterator[Path]:
-    """Create `output_dir` (and missing parents); if the block raises before a finished submodel is published in
-    it, remove what this call created. Folders that existed before are never removed; a folder with finished
-    submodels is kept, so the next call resumes."""
-    output_dir = Path(output_dir)
-    created = next((folder for folder in reversed([output_dir, *output_dir.parents]) if not folder.exists()), None)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        yield output_dir
-    except BaseException:
-        if created is not None and not any(is_converted(xml.parent) for xml in output_dir.rglob(OV_MODEL_XML)):
-            shutil.rmtree(created, ignore_errors=True)
-        raise

@@ -13,7 +13,7 @@ weight takes in each format, so one table serves every format. A bottom-layer mo
 from dataclasses import dataclass
 
 # Bytes per weight as stored. int4: 4-bit groups of 64 (+ scales) for ~80 % of the transformer and all of T5,
-# 8 bits for the rest (see sd3_conversion.INT4_SETTINGS); CLIP and the VAE are 8-bit in int4 and int8-hybrid.
+# 8 bits for the rest (see export/ir.py INT4_SETTINGS); CLIP and the VAE are 8-bit in int4 and int8-hybrid.
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.6, "int8-hybrid": 1.0}
 SMALL_PARTS_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 1.0, "int8-hybrid": 1.0}  # CLIP-L/G, VAE
 CLIP_AND_VAE_PARAMETERS_B = 0.124 + 0.695 + 0.084  # CLIP-L, CLIP-G (with projections), the VAE

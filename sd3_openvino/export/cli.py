@@ -11,8 +11,8 @@ from ..runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStabl
 from ..runtime.lora import check_lora, load_adapters, lora_argument
 from ..runtime.pipeline import OVStableDiffusion3Pipeline
 from ..runtime.steps import TaylorSeerConfig
-from .conversion import convert_preview_decoder
 from .convert import convert_sd3
+from .preview_decoder import convert_preview_decoder
 from .tiny_model import make_tiny_sd3
 
 DESCRIPTION = "Stable Diffusion 3 with OpenVINO: convert a checkpoint, run it with a small OpenVINO pipeline."

@@ -20,7 +20,7 @@ def convert_sd3(
     """Convert an SD3 checkpoint to OpenVINO IR in the optimum-intel / openvino.genai layout; return `output_dir`.
 
     `checkpoint` is a hub id or a local diffusers folder. `weight_format` is `fp32`, `fp16`, `int8` (NNCF 8-bit
-    weights in every submodel), `int4` (4-bit transformer and T5, see `conversion.INT4_SETTINGS`) or
+    weights in every submodel), `int4` (4-bit transformer and T5, see `ir.INT4_SETTINGS`) or
     `int8-hybrid` (the transformer's activations and weights in int8, calibrated by `quantize_sd3` with its
     defaults, the other submodels int8 weights; for its options call `quantize_sd3` on an fp16 folder).
     Without `load_t5`, T5-XXL is neither loaded nor converted, and the pipeline runs without it.

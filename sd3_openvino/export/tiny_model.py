@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .conversion import quiet_progress_bars
-from ..core.layout import staged_dir
+from ..core.files import staged_dir
+from .loading import quiet_progress_bars
 
 LATENT_CHANNELS = 4  # the tiny VAE's latent channels by default (SD3's has 16)
 # Transformer options that give each family its block types (the real models: SD3 Medium 24 plain blocks;
@@ -107,71 +107,47 @@ def _clip_text_encoder(*, hidden_size: int, vocab_size: int, pad_token_id: int, 
     return CLIPTextModelWithProjection(config).eval()
 
 
-def make_tiny_sd3(
-    output_dir: str | Path, *, seed: int = 0, family: str = "sd3", latent_channels: int = LATENT_CHANNELS, inpainting: bool = False
-) -> Path:
-    """Write a tiny random-weight SD3 checkpoint in diffusers format to `output_dir` and return its path.
+CLIP_L_WIDTH, CLIP_G_WIDTH, T5_WIDTH = 32, 48, 96  # all different, as in the real model (768, 1280, 4096)
 
-    `family` picks the transformer's block types (`TINY_FAMILIES`: "sd3", "sd3.5-medium" with qk-norm and
-    dual-attention blocks, "sd3.5-large" with qk-norm). `latent_channels` is the VAE's (SD3's real VAE has 16; diffusers' inpainting pipeline works only with 16).
-    With `inpainting=True` the transformer reads 2 * latent_channels + 1 input channels (latents, mask and
-    masked-image latents), like the 33-channel SD3 inpainting models.
 
-    Everything is built from configs on this machine (no download). The same `seed` always gives the same
-    weights and tokenizers. The folder loads with `diffusers.StableDiffusion3Pipeline.from_pretrained`.
-    An existing complete checkpoint at `output_dir` is replaced; the folder appears atomically, so an
-    interrupted call never leaves a half-written checkpoint behind.
-    """
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
+def _tiny_text_encoders(tokenizers: tuple, *, seed: int) -> tuple:
+    """CLIP-L-like, CLIP-G-like and T5 encoders sized for `tokenizers`, seeded by `seed`, `seed + 1`, `seed + 2`."""
     from transformers import T5Config, T5EncoderModel
 
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"`family` must be one of {list(TINY_FAMILIES)} but is {family!r}.")
-    output_dir = Path(output_dir)
-    clip_l_width, clip_g_width, t5_width = 32, 48, 96  # all different, as in the real model (768, 1280, 4096)
-
-    tokenizer = train_clip_tokenizer(vocab_size=600, pad_token="<|endoftext|>")
-    tokenizer_2 = train_clip_tokenizer(vocab_size=600, pad_token="!")  # SD3's CLIP-G tokenizer pads with "!"
-    tokenizer_3 = train_t5_tokenizer(vocab_size=400)
-
-    text_encoder = _clip_text_encoder(
-        hidden_size=clip_l_width,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        seed=seed,
-    )
-    text_encoder_2 = _clip_text_encoder(
-        hidden_size=clip_g_width,
-        vocab_size=len(tokenizer_2),
-        pad_token_id=tokenizer_2.pad_token_id,
-        eos_token_id=tokenizer_2.eos_token_id,
-        seed=seed + 1,
-    )
-    torch.manual_seed(seed + 2)
-    text_encoder_3 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_3),
-            d_model=t5_width,
-            d_kv=16,
-            d_ff=128,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=tokenizer_3.pad_token_id,
-            eos_token_id=tokenizer_3.eos_token_id,
-            decoder_start_token_id=tokenizer_3.pad_token_id,
+    tokenizer, tokenizer_2, tokenizer_3 = tokenizers
+    text_encoders = [
+        _clip_text_encoder(
+            hidden_size=width,
+            vocab_size=len(clip_tokenizer),
+            pad_token_id=clip_tokenizer.pad_token_id,
+            eos_token_id=clip_tokenizer.eos_token_id,
+            seed=seed + index,
         )
-    ).eval()
+        for index, (width, clip_tokenizer) in enumerate(((CLIP_L_WIDTH, tokenizer), (CLIP_G_WIDTH, tokenizer_2)))
+    ]
+    torch.manual_seed(seed + 2)
+    t5_config = T5Config(
+        vocab_size=len(tokenizer_3),
+        d_model=T5_WIDTH,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer_3.pad_token_id,
+        eos_token_id=tokenizer_3.eos_token_id,
+        decoder_start_token_id=tokenizer_3.pad_token_id,
+    )
+    return (*text_encoders, T5EncoderModel(t5_config).eval())
 
-    torch.manual_seed(seed + 3)
-    transformer = SD3Transformer2DModel(
+
+def _tiny_transformer(*, family: str, latent_channels: int, inpainting: bool, seed: int):
+    """An MMDiT of `family`'s block types reading the tiny text encoders' widths, seeded by `seed`."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(
         sample_size=32,  # default latent size, so the default image is 32 * vae_scale_factor pixels
         patch_size=2,
         in_channels=2 * latent_channels + 1 if inpainting else latent_channels,
@@ -179,14 +155,19 @@ def make_tiny_sd3(
         **TINY_FAMILIES[family],
         attention_head_dim=8,
         num_attention_heads=4,
-        joint_attention_dim=t5_width,  # CLIP embeddings are zero-padded to the T5 width
+        joint_attention_dim=T5_WIDTH,  # CLIP embeddings are zero-padded to the T5 width
         caption_projection_dim=32,  # = heads * head_dim
-        pooled_projection_dim=clip_l_width + clip_g_width,
+        pooled_projection_dim=CLIP_L_WIDTH + CLIP_G_WIDTH,
         pos_embed_max_size=48,  # images up to 48 * patch_size * vae_scale_factor pixels
     ).eval()
 
-    torch.manual_seed(seed + 4)
-    vae = AutoencoderKL(
+
+def _tiny_vae(*, latent_channels: int, seed: int):
+    """A two-block `AutoencoderKL` (vae_scale_factor 2) with SD3's scaling and shift factors, seeded by `seed`."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -202,17 +183,40 @@ def make_tiny_sd3(
         use_post_quant_conv=False,
     ).eval()
 
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+
+def make_tiny_sd3(
+    output_dir: str | Path, *, seed: int = 0, family: str = "sd3", latent_channels: int = LATENT_CHANNELS, inpainting: bool = False
+) -> Path:
+    """Write a tiny random-weight SD3 checkpoint in diffusers format to `output_dir` and return its path.
+
+    `family` picks the transformer's block types (`TINY_FAMILIES`: "sd3", "sd3.5-medium" with qk-norm and
+    dual-attention blocks, "sd3.5-large" with qk-norm). `latent_channels` is the VAE's (SD3's real VAE has 16; diffusers' inpainting pipeline works only with 16).
+    With `inpainting=True` the transformer reads 2 * latent_channels + 1 input channels (latents, mask and
+    masked-image latents), like the 33-channel SD3 inpainting models.
+
+    Everything is built from configs on this machine (no download). The same `seed` always gives the same
+    weights; the tokenizers are trained afresh each call, and their vocabularies may order tied merges
+    differently. The folder loads with `diffusers.StableDiffusion3Pipeline.from_pretrained`.
+    An existing complete checkpoint at `output_dir` is replaced; the folder appears atomically, so an
+    interrupted call never leaves a half-written checkpoint behind.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"`family` must be one of {list(TINY_FAMILIES)} but is {family!r}.")
+    output_dir = Path(output_dir)
+    tokenizers = (
+        train_clip_tokenizer(vocab_size=600, pad_token="<|endoftext|>"),
+        train_clip_tokenizer(vocab_size=600, pad_token="!"),  # SD3's CLIP-G tokenizer pads with "!"
+        train_t5_tokenizer(vocab_size=400),
+    )
+    text_encoders = _tiny_text_encoders(tokenizers, seed=seed)
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        text_encoder_3=text_encoder_3,
-        tokenizer_3=tokenizer_3,
+        transformer=_tiny_transformer(family=family, latent_channels=latent_channels, inpainting=inpainting, seed=seed + 3),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=_tiny_vae(latent_channels=latent_channels, seed=seed + 4),
+        **{f"text_encoder{suffix}": encoder for suffix, encoder in zip(("", "_2", "_3"), text_encoders)},
+        **{f"tokenizer{suffix}": tokenizer for suffix, tokenizer in zip(("", "_2", "_3"), tokenizers)},
     )
     with staged_dir(output_dir) as staging, quiet_progress_bars():
         pipe.save_pretrained(staging)
