@@ -2,22 +2,25 @@
 
 `OVStableDiffusion3Img2ImgPipeline` and `OVStableDiffusion3InpaintPipeline` follow diffusers'
 `StableDiffusion3Img2ImgPipeline` and `StableDiffusion3InpaintPipeline` (0.39): the same pre- and post-processing
-(`sd3_image_processing.ImageProcessor`, diffusers' `VaeImageProcessor` in numpy), the same VAE sampling and noise (the generator is used in the same order), the same
-strength schedule. They are the text-to-image pipeline of `sd3_runtime` with its steps reused: the subclasses only
-add what starts the latents (the encoded image), and for inpainting what conditions every step (the mask).
+(`image_processing.ImageProcessor`, diffusers' `VaeImageProcessor` in numpy), the same VAE sampling and noise (the
+generator is used in the same order), the same strength schedule.
+
+They are the text-to-image pipeline of `runtime/pipeline.py` with its steps reused. Each `generate` checks its
+arguments, builds the call's `ImageInputs` (`prepare_image_inputs`, `prepare_inpaint_inputs`), and hands them to
+`generate_from_image`, which runs the text-to-image steps. The subclasses only change what starts the latents (the
+encoded image), and for inpainting what conditions every step (the mask). Each class calls only its direct parent.
 
 One deliberate difference: diffusers' inpainting pipeline decodes `latents / scaling_factor` without adding the
 VAE's `shift_factor` back (its image-to-image and text-to-image pipelines add it). We add it, so the unmasked part
 of the image keeps its colours; the tests compare against diffusers with that one line fixed.
 
 Like the runtime, they work in numpy and import torch only to read torch tensors or a `torch.Generator` a user
-passes (and then hand torch tensors back, see `sd3_arrays`).
+passes (and then hand torch tensors back, see `arrays.py`).
 
-Imports the layout, the arrays, image processing and noise modules, and the runtime.
+Imports the layout, the arrays, checks, image processing and noise modules, and the text-to-image pipeline.
 """
 
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Callable
 
 import numpy as np
@@ -87,7 +90,7 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         if self.vae_encoder is None:
             raise FileNotFoundError(f"`{self.model_dir / 'vae_encoder'}` is missing: image-to-image and inpainting need the VAE encoder.")
 
-    # -- The image ---------------------------------------------------------------------------------------
+    # -- The image -----------------------------------------------------------------------------------------
 
     def check_image(self, image, *, name: str = "image") -> None:
         """Raise a TypeError naming `name` if it is not an image diffusers accepts."""
@@ -131,7 +134,7 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         latents = np.concatenate(samples)
         return (latents - np.float32(config.get("shift_factor") or 0.0)) * np.float32(config["scaling_factor"])
 
-    # -- Hooks of `generate` -----------------------------------------------------------------------------
+    # -- Hooks of `generate` -------------------------------------------------------------------------------
 
     def strength_timesteps(self, timesteps: np.ndarray, *, image_inputs: ImageInputs | None) -> np.ndarray:
         """The last `strength` share of the schedule (diffusers' `get_timesteps`)."""
@@ -167,7 +170,7 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
             )
         return np.concatenate([array] * (batch_size // array.shape[0]), axis=0)
 
-    # -- The call ----------------------------------------------------------------------------------------
+    # -- The call ------------------------------------------------------------------------------------------
 
     def __call__(self, *args, **kwargs) -> SD3PipelineOutput | tuple:
         """Generate images; see `generate`."""
@@ -180,12 +183,20 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         0.3 keeps most of it. Every other argument is `OVStableDiffusion3Pipeline.generate`'s. The image is resized
         to `height` x `width` (the model's native size by default), as diffusers does.
         """
-        strength = self.default_strength if strength is None else strength
         height, width = self.call_size(kwargs)
         self.check_image(image)
-        check_strength(strength, num_inference_steps=kwargs.get("num_inference_steps", self.default_num_inference_steps))
-        image_inputs = ImageInputs(image=self.preprocess_image(image, height=height, width=width), strength=strength, torch_inputs=wants_torch(image))
-        return super().generate(prompt, **{**kwargs, "height": height, "width": width}, image_inputs=image_inputs)
+        strength = self.call_strength(strength, kwargs)
+        image_inputs = self.prepare_image_inputs(image, strength=strength, height=height, width=width)
+        return self.generate_from_image(prompt, image_inputs=image_inputs, **{**kwargs, "height": height, "width": width})
+
+    def generate_from_image(self, prompt, *, image_inputs: ImageInputs, **kwargs) -> SD3PipelineOutput | tuple:
+        """The text-to-image steps of `OVStableDiffusion3Pipeline.generate`, started from `image_inputs` (the
+        `strength_timesteps` and `initial_latents` of this class, and the mask of inpainting)."""
+        return super().generate(prompt, **kwargs, image_inputs=image_inputs)
+
+    def prepare_image_inputs(self, image, *, strength: float, height: int, width: int) -> ImageInputs:
+        """The image preprocessed at `height` x `width`, with the call's `strength`."""
+        return ImageInputs(image=self.preprocess_image(image, height=height, width=width), strength=strength, torch_inputs=wants_torch(image))
 
     def call_size(self, kwargs: dict) -> tuple[int, int]:
         """`height` and `width` of a call (the native size when not given), checked before images are resized."""
@@ -193,6 +204,12 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         width = self.size_rules.default if kwargs.get("width") is None else kwargs["width"]
         self.check_size(height=height, width=width)
         return height, width
+
+    def call_strength(self, strength: float | None, kwargs: dict) -> float:
+        """`strength` of a call (`default_strength` when not given), checked against its `num_inference_steps`."""
+        strength = self.default_strength if strength is None else strength
+        check_strength(strength, num_inference_steps=kwargs.get("num_inference_steps", self.default_num_inference_steps))
+        return strength
 
 
 class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
@@ -257,18 +274,28 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
         back onto the original image. `masked_image_latents` replace the encoded masked image. Every other
         argument is `OVStableDiffusion3Pipeline.generate`'s.
         """
-        strength = self.default_strength if strength is None else strength
         height, width = self.call_size(kwargs)
         self.check_image(image)
         self.check_mask(mask_image, image=image)
-        check_strength(strength, num_inference_steps=kwargs.get("num_inference_steps", self.default_num_inference_steps))
+        strength = self.call_strength(strength, kwargs)
+        image_inputs = self.prepare_inpaint_inputs(
+            image, mask_image=mask_image, masked_image_latents=masked_image_latents, strength=strength,
+            padding_mask_crop=padding_mask_crop, height=height, width=width,
+        )  # fmt: skip
+        return self.generate_from_image(prompt, image_inputs=image_inputs, **{**kwargs, "height": height, "width": width})
+
+    def prepare_inpaint_inputs(
+        self, image, *, mask_image, masked_image_latents, strength: float, padding_mask_crop: int | None, height: int, width: int
+    ) -> ImageInputs:
+        """The image and mask preprocessed at `height` x `width` (cropped to the mask's box grown by
+        `padding_mask_crop` pixels when given), with what `finish_images` needs to paste the result back."""
         if padding_mask_crop is not None and (isinstance(padding_mask_crop, bool) or not isinstance(padding_mask_crop, int) or padding_mask_crop < 0):
             raise ValueError(f"`padding_mask_crop` has to be None or an int >= 0 (pixels) but is {padding_mask_crop!r}.")
         crops_coords, resize_mode = None, "default"
         if padding_mask_crop is not None:
             crops_coords = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
             resize_mode = "fill"
-        image_inputs = ImageInputs(
+        return ImageInputs(
             image=self.preprocess_image(image, height=height, width=width, crops_coords=crops_coords, resize_mode=resize_mode),
             strength=strength,
             mask=self.mask_processor.preprocess(mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords),
@@ -278,7 +305,6 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
             mask_image=mask_image,
             crops_coords=crops_coords,
         )
-        return super(OVStableDiffusion3Img2ImgPipeline, self).generate(prompt, **{**kwargs, "height": height, "width": width}, image_inputs=image_inputs)
 
     def initial_latents(self, *, batch_size: int, height: int, width: int, generator, latents, timesteps, image_inputs):
         """Noise, or the encoded image noised to the first timestep when `strength` < 1, and the mask's

@@ -1,4 +1,5 @@
-"""Live previews of the latents a denoising loop holds, at almost no cost, in numpy.
+"""Live previews of the latents a denoising loop holds, cheaply, in numpy, and `LatentPreviewMixin`, which gives the
+pipelines their `preview_images`.
 
 Two ways to see what the latents of a step will become:
 
@@ -14,11 +15,13 @@ Both take the latents of the denoising loop (what `callback_on_step_end` gets), 
 `/ scaling_factor + shift_factor`: the linear map is fitted in that space, and TAESD3 is trained on it (its
 `config.json` says `scaling_factor` 1, no shift; the values are read from there, as diffusers' pipeline reads them).
 
-Imports numpy, the layout, the arrays, the image processing and `sd3_submodels` (the tiny decoder is an `OVSubmodel`).
+Imports numpy, the layout, the arrays, the image processing and `runtime/submodels.py` (the tiny decoder is an
+`OVSubmodel`).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
+import threading
 from typing import Callable
 
 import numpy as np
@@ -198,7 +201,7 @@ def check_preview_options(*, method: str, output_type: str, size) -> None:
 
 def preview_output(images: np.ndarray, *, output_type: str, size: tuple[int, int] | None):
     """(B, h, w, 3) previews in [0, 1] as PIL images or the array, resized (nearest) to `size` = (width, height).
-    PIL images are resized after the conversion to 8 bits: 30 times cheaper than converting the large array."""
+    PIL images are resized after the conversion to 8 bits, so that only the small array is converted."""
     resized = size is not None and tuple(size) != (images.shape[2], images.shape[1])
     if output_type == "pil":
         pil_images = ImageProcessor.numpy_to_pil(images)
@@ -233,3 +236,63 @@ class LatentPreviews:
         if self.decoder is None:
             self.decoder = load_preview_decoder(self.model_dir, vae_config=self.vae_config, core=core, device=device, ov_config=ov_config)
         return self.decoder
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The pipelines' preview API
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LatentPreviewMixin:
+    """`preview_images` for a pipeline: works on its `previews` (a `LatentPreviews`), its VAE decoder and its call lock."""
+
+    previews: LatentPreviews
+    vae_decoder: OVSubmodel
+    vae_scale_factor: int
+    model_dir: Path
+    _call_lock: threading.RLock
+
+    def preview_images(self, latents, *, method: str = "linear", size: tuple[int, int] | None = None, output_type: str = "pil"):
+        """What (B, C, h, w) `latents` of the denoising loop (numpy or torch: `callback_kwargs["latents"]`) look like, cheaply.
+
+        `method="linear"`: a linear map from latent channels to RGB, fitted from this model's VAE on first use (one
+        small VAE call, once for this pipeline and those `from_pipe` makes from it), then one small matrix product per
+        preview: images of h x w pixels. `method="taesd"`: the tiny autoencoder's decoder converted into the folder
+        (`convert_preview_decoder`): full-size images, sharper, at a small share of a step's cost (see docs/speed.md).
+        `size=(width, height)` resizes them (nearest), e.g. to the image's size. `output_type` "pil" gives PIL images,
+        "np" a (B, H, W, 3) float32 array in [0, 1].
+
+            def show(pipe, step, timestep, callback_kwargs):
+                pipe.preview_images(callback_kwargs["latents"])[0].save(f"step-{step}.png")
+                return {}
+        """
+        check_preview_options(method=method, output_type=output_type, size=size)
+        channels = self.vae_decoder.config["latent_channels"]
+        latents = check_preview_latents(latents, latent_channels=channels, vae_scale_factor=self.vae_scale_factor)
+        if method == "linear":
+            rgb_map = self.previews.rgb_map
+            if rgb_map is None:
+                with self._call_lock:  # the fit runs the VAE, which serves one call at a time
+                    rgb_map = self.previews.linear_map(self._preview_fit_decode())
+            images = rgb_map.apply(latents)
+        else:
+            with self._call_lock:
+                images = self._tiny_decode(latents)
+        return preview_output(images, output_type=output_type, size=size)
+
+    def _preview_fit_decode(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The VAE decode the linear preview map is fitted with: the pipeline's own, or a dynamic copy of the decoder
+        while `reshape` holds it at one call's shape (the fit decodes small latents)."""
+        decoder = self.vae_decoder
+        shape = (decoder.shapes or {}).get("latent_sample")
+        if shape is None or all(size == -1 for axis, size in enumerate(shape) if axis != 1):
+            return self.vae_decode
+        copy = OVSubmodel(self.model_dir / decoder.name, core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
+        return lambda latents: copy(latent_sample=latents)["sample"]
+
+    def _tiny_decode(self, latents: np.ndarray) -> np.ndarray:
+        """(B, C, h, w) latents of the denoising loop -> (B, H, W, 3) images in [0, 1] by the folder's tiny decoder."""
+        decoder = self.vae_decoder
+        tiny = self.previews.tiny_decoder(core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
+        images = self.run_submodel(tiny, latent_sample=tiny_decoder_inputs(latents, config=tiny.config))["sample"]
+        return ImageProcessor.denormalize(images).transpose(0, 2, 3, 1)

@@ -146,7 +146,7 @@ def check_devices(device: str | dict[str, str], *, available: list[str]) -> None
 
 def submodel_ov_config(ov_config: dict | None, *, submodel: str, device: str, cache_dir: Path | None) -> dict:
     """OpenVINO properties of one submodel: `ov_config` (shared, or its entry when keyed by submodel name),
-    the compiled-model cache, and f32 for text encoders on a GPU (they lose accuracy in f16 and cost a few ms)."""
+    the compiled-model cache, and f32 for text encoders on a GPU (they lose accuracy in f16, and run once a prompt)."""
     ov_config = ov_config or {}
     per_submodel = bool(ov_config) and set(ov_config) <= set(PIPELINE_SUBMODELS)
     config = dict(ov_config.get(submodel, {}) if per_submodel else ov_config)
@@ -163,7 +163,7 @@ def release_file_pages(path: Path) -> int:
 
     OpenVINO memory-maps `openvino_model.bin`. On a submodel's first inference the CPU plugin copies every weight into
     buffers of its own (repacked, in its inference precision), and the file pages it read stay resident as clean
-    duplicates: 1.9 GB of the 2-layer SD3-Medium-shaped fp16 folder's 2.0 GB. `madvise(MADV_DONTNEED)` hands them back
+    duplicates, nearly the whole file (docs/memory.md has the figures). `madvise(MADV_DONTNEED)` hands them back
     to the page cache; should OpenVINO read the mapping again, the kernel reads the file again (a read-only mapping
     holds nothing else, so nothing is lost).
     """

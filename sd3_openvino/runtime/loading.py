@@ -1,0 +1,91 @@
+"""Loading a converted folder into a pipeline, and pipelines that share another's compiled models (diffusers'
+`DiffusionPipeline.from_pretrained` and `from_pipe`), as `PipelineLoaderMixin`.
+
+Everything loads from local files. Imports the layout and `runtime/submodels.py`; `openvino` is imported when a
+folder is loaded.
+"""
+
+from pathlib import Path
+
+from ..core.layout import PIPELINE_SUBMODELS, TOKENIZERS, check_sd3_index, has_component, read_model_index
+from .submodels import OVSubmodel, check_devices, device_for, load_scheduler, load_tokenizer, submodel_ov_config
+
+
+class PipelineLoaderMixin:
+    """`from_pretrained`, `from_pipe`, `compile` and `submodels` for a pipeline class whose `__init__` takes
+    `submodels`, `tokenizers`, `scheduler` and `model_dir`, and whose `submodel_names` says which submodels it runs."""
+
+    submodel_names: tuple[str, ...]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        *,
+        device: str | dict[str, str] = "CPU",
+        ov_config: dict | None = None,
+        cache_dir: str | Path | None = None,
+        compile: bool = True,
+    ) -> "PipelineLoaderMixin":
+        """Load a folder written by `convert_sd3` (or optimum-cli) and compile its models for `device`.
+
+        `device` is one OpenVINO device for all submodels ("CPU", "GPU", "AUTO") or a dict by submodel name
+        (`{"transformer": "GPU", "text_encoder": "CPU"}`; unnamed submodels run on CPU). `ov_config` holds
+        OpenVINO properties for all submodels (`{"INFERENCE_PRECISION_HINT": "f32"}`) or a dict of them by
+        submodel name. Text encoders on a GPU run in f32 unless `ov_config` says otherwise. `cache_dir` keeps
+        OpenVINO's compiled models there, so later loads skip compilation. With `compile=False` the models are
+        compiled on first use (or call `compile()` after `reshape()`). Everything loads from local files only.
+        """
+        import openvino as ov
+
+        model_dir = Path(model_dir)
+        model_index = read_model_index(model_dir)
+        check_sd3_index(model_index, where=f"`{model_dir}`")
+        core = ov.Core()
+        check_devices(device, available=core.available_devices)
+        has_t5 = has_component(model_index, "text_encoder_3")
+        submodels = {}
+        for name in cls.submodel_names:
+            if name == "text_encoder_3" and not has_t5:
+                continue
+            submodel_device = device_for(device, name)
+            config = submodel_ov_config(ov_config, submodel=name, device=submodel_device, cache_dir=cache_dir)
+            submodels[name] = OVSubmodel(model_dir / name, core=core, device=submodel_device, ov_config=config)
+        tokenizers = {name: load_tokenizer(model_dir, name=name) for name in TOKENIZERS if name != "tokenizer_3" or has_t5}
+        scheduler = load_scheduler(model_dir, model_index=model_index)
+        pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=model_dir)
+        if compile:
+            pipe.compile()
+        return pipe
+
+    @classmethod
+    def from_pipe(cls, pipe: "PipelineLoaderMixin") -> "PipelineLoaderMixin":
+        """A pipeline of this class that shares `pipe`'s compiled submodels, tokenizers and call lock (diffusers'
+        `from_pipe`): nothing is compiled again; a submodel `pipe` lacks (the VAE encoder) is loaded from its folder."""
+        submodels = dict(pipe.submodels)
+        for name in cls.submodel_names:
+            if name not in submodels and name != "text_encoder_3":
+                decoder = pipe.vae_decoder
+                submodels[name] = OVSubmodel(pipe.model_dir / name, core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
+        tokenizers = {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2, "tokenizer_3": pipe.tokenizer_3}
+        scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)  # schedulers hold per-call state
+        new_pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=pipe.model_dir)
+        new_pipe._call_lock = pipe._call_lock  # the shared infer requests serve one call at a time
+        new_pipe.vae_tiling = pipe.vae_tiling  # diffusers' `from_pipe` shares the VAE and its tiling
+        new_pipe.prompt_cache, new_pipe.release_text_encoders = pipe.prompt_cache, pipe.release_text_encoders  # and the text encoders' options
+        new_pipe.lora = pipe.lora  # and the LoRA adapters of the models it shares
+        new_pipe.previews = pipe.previews  # and the fitted preview map and tiny decoder
+        new_pipe.set_progress_bar_config(**pipe.progress_bar_config)
+        return new_pipe
+
+    def compile(self) -> None:
+        """Compile every submodel now instead of on first use."""
+        for submodel in self.submodels.values():
+            if submodel.request is None:
+                submodel.compile()
+
+    @property
+    def submodels(self) -> dict[str, OVSubmodel]:
+        """The loaded submodels by name (no `text_encoder_3` without T5)."""
+        candidates = {name: getattr(self, name, None) for name in PIPELINE_SUBMODELS + ("vae_encoder",)}
+        return {name: submodel for name, submodel in candidates.items() if submodel is not None}
