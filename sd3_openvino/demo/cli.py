@@ -1,0 +1,151 @@
+"""The demo's command line: `python gradio_helper.py MODEL_DIR [--device CPU] [--host H] [--port N] [--share]
+[--lora PATH[:SCALE] ...]` serves the demo (`make_demo`) on 127.0.0.1 only by default.
+
+What can be checked in a moment is checked before the model loads: the folder, the LoRA arguments, the port. User
+mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one `error: ...` line.
+"""
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+
+from ..core.layout import read_model_index
+from ..runtime.lora import check_lora, load_adapters, lora_argument  # light: numpy only
+from .ui import make_demo
+
+DEFAULT_PORT, PORTS_TO_TRY = 7860, 100  # like gradio: the first free port of 7860..7959
+LORA_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # `--lora` names a file, not a hub id, when it ends so
+
+
+class UsageError(Exception):
+    """A mistake of the user's (a missing folder, a busy port): reported as one `error:` line, exit status 2."""
+
+
+def _port(text: str) -> int:
+    """`--port` as an int from 1 to 65535; argparse reports anything else with this message and exits 2."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"has to be a whole number from 1 to 65535 but is {text!r}")
+    return int(text)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line's arguments; argparse reports a malformed one (`--port abc`, `--lora x:abc`) and exits 2."""
+    parser = argparse.ArgumentParser(prog="gradio_helper.py", description="Serve the SD3 OpenVINO demo.")
+    parser.add_argument("model_dir", type=Path, help="a folder written by convert_sd3 (or optimum-cli)")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, AUTO, ...")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    parser.add_argument(
+        "--port", type=_port, default=None, help=f"default: the first free port from {DEFAULT_PORT}"
+    )
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        type=lora_argument,
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="load a LoRA adapter (a file, its folder or a hub id; named lora_0, lora_1, ...) for the demo's adapter "
+        "choice, which starts on the first one at its SCALE (default 1.0); repeatable",
+    )
+    return parser.parse_args(argv)
+
+
+def port_is_free(*, host: str, port: int) -> bool:
+    """True when a server can listen on `host:port` now (a bind test, as gradio's own; `host` may be a name)."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise UsageError(f"`--host` {host!r} is not an address of this machine ({error}). Try 127.0.0.1.") from error
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free for uvicorn too
+        try:
+            probe.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(*, host: str, port: int | None) -> int:
+    """`port` if it is free on `host`, else a UsageError; with no `port`, the first free one from `DEFAULT_PORT`."""
+    if port is not None:
+        if not port_is_free(host=host, port=port):
+            raise UsageError(
+                f"`--port` {port} on {host} is in use (is another demo still running?). "
+                "Stop that server, pass another `--port`, or leave it out to take the first free port."
+            )
+        return port
+    candidates = range(DEFAULT_PORT, DEFAULT_PORT + PORTS_TO_TRY)
+    for candidate in candidates:
+        if port_is_free(host=host, port=candidate):
+            return candidate
+    raise UsageError(
+        f"ports {candidates.start}-{candidates.stop - 1} on {host} are all in use. Pass a free one with `--port`."
+    )
+
+
+def check_lora_arguments(lora: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The `--lora` (path, scale) pairs, or a UsageError for a scale that is not a finite number or a local path that
+    does not exist, before the model loads (whether a file is a LoRA for this model shows when it is loaded)."""
+    if not lora:
+        return []
+    try:
+        lora = check_lora(lora)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"`--lora`: {error}") from error
+    for source, _ in lora:
+        path = Path(source).expanduser()
+        # a path: what cannot be a hub id ("name" or "namespace/name")
+        local = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+        if (local or path.suffix in LORA_SUFFIXES) and not path.exists():
+            raise UsageError(
+                f"`--lora` {source!r} does not exist. Pass a LoRA `.safetensors` file, its folder or a hub id "
+                "(namespace/name)."
+            )
+    return lora
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """A UsageError naming `model_dir` if it is not a converted model folder (fast: before the model loads)."""
+    try:
+        read_model_index(model_dir)
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from error
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Check the folder, the LoRA scales and the port (in a moment), then load the model (minutes) and its LoRA
+    adapters, and serve until stopped."""
+    check_model_dir(args.model_dir)
+    lora = check_lora_arguments(args.lora)
+    port = choose_port(host=args.host, port=args.port)
+    from ..runtime.pipeline import OVStableDiffusion3Pipeline  # OpenVINO: loaded once the arguments are checked
+
+    try:
+        pipeline = OVStableDiffusion3Pipeline.from_pretrained(args.model_dir, device=args.device)
+    except (ValueError, OSError, RuntimeError) as error:  # a damaged or foreign folder, an unknown device
+        raise UsageError(str(error)) from error
+    try:
+        load_adapters(pipeline, lora)
+    except (ValueError, TypeError, OSError, RuntimeError) as error:  # not a LoRA, one for another model
+        raise UsageError(f"`--lora`: {error}") from error
+    except Exception as error:  # a hub id without network (httpx's errors), say
+        sources = ", ".join(repr(source) for source, _ in lora)
+        raise UsageError(f"`--lora` {sources} could not be loaded ({type(error).__name__}: {error}).") from error
+    pipeline.set_progress_bar_config(disable=True)  # the UI shows the progress
+    demo = make_demo(pipeline)
+    try:
+        demo.launch(server_name=args.host, server_port=port, share=args.share)
+    except OSError as error:  # another server took the port while the model loaded
+        raise UsageError(f"cannot serve on {args.host}:{port}: {error}") from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python gradio_helper.py`; returns the exit status (2 for a mistake of the user's)."""
+    args = _parse_args(argv)
+    try:
+        serve(args)
+    except UsageError as error:
+        print("error: " + " ".join(str(error).split("\n")), file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,314 @@
+"""What runs the demo's generations, without a UI: the pipeline of each task (`demo_pipelines`), and
+`GenerationRunner`, which checks a request, runs one generation at a time, reports each step with its live preview
+(`LivePreviews`), sets the LoRA adapter choice, and stops a generation on request.
+
+Plain Python (no Gradio), so it can be tested and reused without a UI. Our pipelines are imported where they are
+needed, and torch only where a generation starts (its generator), so importing this module stays light.
+"""
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..runtime.arrays import as_array  # light: numpy only
+from .checks import (
+    MAX_INFERENCE_STEPS,
+    MAX_LORA_SCALE,
+    MIN_LORA_SCALE,
+    NO_ADAPTER,
+    GenerationRequest,
+    RequestLimits,
+    check_request,
+    size_rules_of,
+)
+
+# Live previews: the linear map is cheap, so every step gets one; the tiny decoder (TAESD, when the folder has one)
+# draws sharper ones but runs inside the generation, so only every few steps.
+PREVIEW_INTERVALS = {"linear": 1, "taesd": 3}
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationUpdate:
+    """What `GenerationRunner.stream` yields: one update after each denoising step, then the result."""
+
+    done: int  # the denoising steps done
+    total: int  # the steps that run (`GenerationRequest.denoising_steps`)
+    seed: int  # the seed used
+    image: object = None  # the step's preview (a PIL image of the request's size; None: none this step), or the result
+    final: bool = False  # True for the last update: `image` is the result
+
+
+def is_openvino_pipeline(pipeline) -> bool:
+    """True for our `OVStableDiffusion3Pipeline` (and its image pipelines): they take `taylorseer=` and switch LoRA
+    adapters at run time. diffusers' pipeline gets neither in the demo."""
+    from ..runtime.pipeline import OVStableDiffusion3Pipeline
+
+    return isinstance(pipeline, OVStableDiffusion3Pipeline)
+
+
+def demo_pipelines(pipeline) -> dict:
+    """The pipeline of each task the demo serves, by `TASKS` name, all sharing `pipeline`'s compiled models.
+
+    For an `OVStableDiffusion3Pipeline` (or one of its image pipelines): text to image, and image to image and
+    inpainting built with `from_pipe` (nothing compiles again; the VAE encoder is loaded once if `pipeline` lacks
+    it). For another pipeline (diffusers'), or a folder without `vae_encoder/`, text to image only, with a warning.
+    """
+    from ..runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
+    from ..runtime.pipeline import OVStableDiffusion3Pipeline
+
+    if not is_openvino_pipeline(pipeline):
+        return {"text-to-image": pipeline}
+    text_to_image = pipeline
+    if isinstance(pipeline, OVStableDiffusion3Img2ImgPipeline):  # its call needs an image
+        text_to_image = OVStableDiffusion3Pipeline.from_pipe(pipeline)
+    try:
+        image_to_image = OVStableDiffusion3Img2ImgPipeline.from_pipe(pipeline)
+        inpainting = OVStableDiffusion3InpaintPipeline.from_pipe(image_to_image)  # shares its VAE encoder
+    except (OSError, ValueError) as error:  # no `vae_encoder/` in the folder, a transformer inpainting cannot use
+        logger.warning("The demo offers text to image only: %s", error)
+        return {"text-to-image": text_to_image}
+    return {"text-to-image": text_to_image, "image-to-image": image_to_image, "inpainting": inpainting}
+
+
+class LivePreviews:
+    """The live previews of a generation's steps: the method, which steps get one, and drawing them. A preview
+    never ends a generation: the first that fails turns the previews off (`method` None) with a warning.
+
+    `pipeline` is ours (it has `preview_images`); with `enabled` False (diffusers' pipeline) there are none.
+    """
+
+    def __init__(self, pipeline, *, enabled: bool):
+        self.method = self._warm(pipeline) if enabled else None  # "taesd", "linear", or None: no previews
+
+    @staticmethod
+    def _warm(pipeline) -> str | None:
+        """The previews' method, made ready now so that no generation waits for it: "taesd" when the folder has a
+        tiny decoder (`convert_preview_decoder`), else "linear" (the map is fitted here: one small VAE call, shared
+        with the `from_pipe` pipelines), None when neither works."""
+        from ..runtime.previews import PREVIEW_DECODER
+
+        latents = np.zeros((1, pipeline.vae_decoder.config["latent_channels"], 8, 8), np.float32)  # (B, C, h, w)
+        methods = ["taesd", "linear"] if (pipeline.model_dir / PREVIEW_DECODER).exists() else ["linear"]
+        for method in methods:
+            try:
+                pipeline.preview_images(latents, method=method)
+                return method
+            except (OSError, ValueError, RuntimeError) as error:  # a damaged tiny decoder, a VAE that fails
+                logger.warning("No %s previews in the demo: %s", method, error)
+        return None
+
+    def for_step(self, pipe, latents, *, size: tuple[int, int], done: int, total: int) -> Callable | None:
+        """What draws step `done`'s preview at `size` (width, height) when called, from any thread, outside the
+        generation's lock; None when this step gets none. The linear map's holds a copy of the step's latents; the
+        tiny decoder's is drawn here, in the step (it runs on the shared infer requests), every
+        `PREVIEW_INTERVALS["taesd"]` steps and at the last."""
+        method = self.method
+        if method is None or (done % PREVIEW_INTERVALS[method] and done != total):
+            return None
+        if method == "linear":  # a copy (the loop may reuse its array; numpy or torch), mapped later, outside the lock
+            latents = as_array(latents).copy()
+            return lambda: pipe.preview_images(latents, size=size)[0]
+        try:
+            image = pipe.preview_images(latents, method=method, size=size)[0]
+        except (OSError, ValueError, RuntimeError) as error:
+            self._failed(error)
+            return None
+        return lambda: image
+
+    def draw(self, draw: Callable):
+        """`draw()`, or None if it fails (the previews are then off)."""
+        try:
+            return draw()
+        except (OSError, ValueError, TypeError, RuntimeError) as error:
+            self._failed(error)
+            return None
+
+    def _failed(self, error: Exception) -> None:
+        logger.warning("Live previews are off from now on: %s", error)
+        self.method = None
+
+
+class GenerationRunner:
+    """Runs the demo's pipelines: checks the request, one generation at a time, progress, live previews, and stop.
+
+    `pipeline` serves text to image; `image_to_image` and `inpainting` (optional) are pipelines that share its
+    compiled models (see `demo_pipelines`), so one lock serves all three. The LoRA adapters belong to those shared
+    models too: a request's adapter choice is set under the same lock, just before its generation, and stays set
+    after it.
+    """
+
+    def __init__(
+        self, pipeline, *, image_to_image=None, inpainting=None, max_inference_steps: int = MAX_INFERENCE_STEPS
+    ):
+        self.pipeline = pipeline
+        candidates = {"text-to-image": pipeline, "image-to-image": image_to_image, "inpainting": inpainting}
+        self.pipelines = {task: pipe for task, pipe in candidates.items() if pipe is not None}
+        self.size_rules = size_rules_of(pipeline)
+        self.max_inference_steps = max_inference_steps
+        self.openvino = is_openvino_pipeline(pipeline)  # the step cache, run-time LoRA adapters and previews
+        self.lock = threading.Lock()  # the compiled models hold one infer request each: never run two calls at once
+        self._stop = threading.Event()
+        self._owner: str | None = None  # who started the running generation (a Gradio session)
+        self.previews = LivePreviews(pipeline, enabled=self.openvino)
+
+    @property
+    def preview_method(self) -> str | None:
+        """The live previews' method: "taesd", "linear", or None (diffusers' pipeline, or previews that failed)."""
+        return self.previews.method
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this runner serves, in `TASKS` order."""
+        return tuple(self.pipelines)
+
+    @property
+    def adapters(self) -> list[str]:
+        """The LoRA adapters loaded into the pipeline (in any component), in load order; [] for diffusers' pipeline."""
+        if not self.openvino:
+            return []
+        names = [name for component_names in self.pipeline.get_list_adapters().values() for name in component_names]
+        return list(dict.fromkeys(names))
+
+    def active_adapter(self) -> str:
+        """The adapter the pipeline has active now (the first, when several are), else `NO_ADAPTER`."""
+        active = self.pipeline.get_active_adapters() if self.adapters else []
+        return active[0] if active else NO_ADAPTER
+
+    def active_lora_scale(self) -> float:
+        """The weight the active adapter (`active_adapter`) has now, within the scale slider's ends; 1.0 for none."""
+        adapter = self.active_adapter()
+        if adapter == NO_ADAPTER:
+            return 1.0
+        weights = self.pipeline.lora.weights[adapter]  # component -> weight; the transformer's first
+        weight = weights.get("transformer", next(iter(weights.values()), 1.0))
+        return min(max(weight, MIN_LORA_SCALE), MAX_LORA_SCALE)
+
+    def limits(self) -> RequestLimits:
+        """What a request may ask for now: this runner's tasks, sizes and steps, and the adapters loaded now."""
+        return RequestLimits(
+            tasks=self.tasks,
+            size_rules=self.size_rules,
+            max_inference_steps=self.max_inference_steps,
+            step_cache=self.openvino,
+            pipeline_name=type(self.pipeline).__name__,
+            adapters=tuple(self.adapters),
+        )
+
+    def check(self, **fields) -> GenerationRequest:
+        """The request with every field checked (`check_request`'s keyword arguments: prompt, negative_prompt, seed,
+        randomize_seed, width, height, guidance_scale, num_inference_steps, task, image, mask_image, strength,
+        fast, adapter, lora_scale); a ValueError or TypeError names the first bad field."""
+        return check_request(self.limits(), **fields)
+
+    def generate(self, *, on_step: Callable[[int, int], None] | None = None, owner: str | None = None, **fields):
+        """Generate one image; return `(image, seed used)`. `fields` are the request's fields, the keyword
+        arguments of `check`; bad input raises a ValueError or TypeError at once.
+
+        `on_step(done, total)` is called after every denoising step (`total` counts the steps that run: fewer
+        than `num_inference_steps` at a strength below 1). Waits while another generation runs.
+        """
+        request = self.check(**fields)
+        report = None if on_step is None else lambda done, total, draw: on_step(done, total)
+        return self._run(request, on_step=report, owner=owner), request.seed
+
+    def stream(self, *, owner: str | None = None, **fields) -> Iterator[GenerationUpdate]:
+        """Generate one image as `generate` does, reporting as it goes: a `GenerationUpdate` after every denoising
+        step, with the step's live preview when there is one, then the result (`final`). Bad input raises at once.
+
+        The generation runs in a thread of its own. The previews are drawn here, in the caller's thread and outside
+        the lock; a step whose successor is already done gets none, so a slow reader sees the latest. Closing the
+        iterator early (its reader is gone) stops the generation after its current step.
+        """
+        request = self.check(**fields)
+        updates = queue.SimpleQueue()  # ("step", done, total, draw) per step, then ("result", image) / ("error", error)
+        cancelled = threading.Event()
+
+        def on_step(done: int, total: int, draw: Callable | None) -> None:
+            updates.put(("step", done, total, draw))
+
+        def work() -> None:
+            try:
+                image = self._run(request, on_step=on_step, owner=owner, previews=True, cancelled=cancelled)
+                updates.put(("result", image))
+            except BaseException as error:  # raised again in the reader's thread
+                updates.put(("error", error))
+
+        threading.Thread(target=work, name="demo-generation", daemon=True).start()
+        done, total = 0, request.denoising_steps
+        try:
+            while True:
+                kind, *payload = updates.get()
+                if kind == "error":
+                    raise payload[0]
+                if kind == "result":
+                    yield GenerationUpdate(done=done, total=total, seed=request.seed, image=payload[0], final=True)
+                    return
+                done, total, draw = payload
+                image = None if draw is None or not updates.empty() else self.previews.draw(draw)
+                yield GenerationUpdate(done=done, total=total, seed=request.seed, image=image)
+        finally:
+            cancelled.set()  # nobody reads on: stop after the current step (nothing to stop once the result is in)
+
+    def _run(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: Callable | None = None,
+        owner: str | None = None,
+        previews: bool = False,
+        cancelled: threading.Event | None = None,
+    ):
+        """Generate the checked `request`, one generation at a time; return the image.
+
+        `on_step(done, total, draw)` is called after every denoising step. With `previews`, `draw` (else None) makes
+        the step's preview when called (`LivePreviews.for_step`). `cancelled`, once set, stops the generation after
+        its current step.
+        """
+        import torch
+
+        size = (request.width, request.height)
+
+        def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+            done, total = step + 1, request.denoising_steps
+            if on_step is not None:
+                draw = None
+                if previews:
+                    draw = self.previews.for_step(pipe, callback_kwargs["latents"], size=size, done=done, total=total)
+                on_step(done, total, draw)
+            if self._stop.is_set() or (cancelled is not None and cancelled.is_set()):
+                pipe._interrupt = True
+            return callback_kwargs
+
+        with self.lock:
+            self._stop.clear()
+            self._owner = owner
+            try:
+                self._apply_adapter(request)
+                return self.pipelines[request.task](
+                    **request.pipeline_arguments(),
+                    generator=torch.Generator().manual_seed(request.seed),
+                    callback_on_step_end=on_step_end,
+                ).images[0]
+            finally:
+                self._owner = None
+
+    def _apply_adapter(self, request: GenerationRequest) -> None:
+        """Set the request's adapter choice on the shared models (call it holding the lock). States only: instant."""
+        if request.adapter is None or (request.adapter == NO_ADAPTER and not self.adapters):
+            return
+        if request.adapter == NO_ADAPTER:
+            self.pipeline.disable_lora()
+            return
+        self.pipeline.enable_lora()  # after a `disable_lora`, `set_adapters` alone would leave them off
+        self.pipeline.set_adapters([request.adapter], [request.lora_scale])
+
+    def stop(self, *, owner: str | None = None) -> None:
+        """Stop the running generation after its current step (only if `owner` started it, when given)."""
+        if owner is None or owner == self._owner:
+            self._stop.set()
