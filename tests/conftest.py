@@ -1,35 +1,144 @@
-"""Shared fixtures: one tiny SD3 checkpoint and its OpenVINO conversions, built once per test session."""
+"""Shared fixtures: the tiny SD3 checkpoints and their OpenVINO conversions, each built once per test session; and
+the `slow` tier: every test that needs one of them (or a server, a notebook run, a browser) is marked `slow`, so
+`pytest tests/ -m "not slow"` runs the rest in minutes."""
 
+import inspect
 import sys
 from pathlib import Path
 
-import numpy as np
+import openvino
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sd3_helper  # noqa: E402
+from notebook_utils import ov_model_dir  # noqa: E402
 from sd3_openvino.runtime.image_processing import psnr  # noqa: E402,F401  (one psnr, shared by the tests)
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # exact arithmetic on CPUs whose default is bf16 (AMX)
+TINY_CHECKPOINT_NAME = "sd3-tiny"  # `notebook_utils.resolve_model_id("tiny")`'s folder: the notebook runs reuse it
+TINY_VARIANTS = ("family", "latent_channels", "inpainting")  # the `make_tiny_sd3` arguments a variant may set
+# Fixtures that build or convert a model, or launch a server, a notebook or a browser: a test that needs any of them
+# (directly or through another fixture: `item.fixturenames` is the whole closure) is `slow`.
+SLOW_FIXTURES = {
+    # here
+    "tiny_models_dir",
+    "tiny_checkpoints",
+    "tiny_checkpoint",
+    "converted",
+    "diffusers_pipeline",
+    "ov_pipeline",
+    "int8_vae_folder",
+    # in the test files
+    "diffusers_image_pipelines",  # test_image_pipelines: diffusers' pipelines of the tiny checkpoint
+    "ov_image_pipelines",
+    "inpaint_pair",  # test_image_pipelines: the 16-channel tiny variants
+    "optimum_cli_export",  # test_interop: optimum-cli converts the checkpoint
+    "tiny_lora",  # test_lora: LoRA files made from the checkpoint
+    "second_lora",
+    "fused_folder",  # test_lora: a conversion with a fused LoRA
+    "runtime_pipeline",
+    "tiny_taesd",  # test_previews: a tiny autoencoder, converted into a folder
+    "preview_folder",
+    "hybrid",  # test_sd3_quantization: int8-hybrid quantization
+    "sd35",  # test_skip_layer_guidance: the SD3.5-shaped tiny model
+    "tokenizer_pairs",  # test_torch_free
+    "tiled_pipelines",  # test_vae_tiling
+    "tiny_ov_model",  # test_gradio_demo
+    "pipeline",
+    "lora_pipeline",
+    "taesd_pipeline",
+    "server",  # test_gradio_demo: `python gradio_helper.py` in a subprocess
+    "lora_client",  # test_gradio_demo: a demo launched in this process
+    "browser",  # test_gradio_demo, test_jupyterlab: headless Chromium
+    "jupyter_lab",  # test_jupyterlab: a JupyterLab server
+    "executed",  # test_notebook: the notebook run by papermill
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `slow` every test whose fixture closure holds one of `SLOW_FIXTURES`."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test outside the `slow` tier that converts a model fails with a message that says how to file it."""
+    if item.get_closest_marker("slow"):
+        return (yield)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            f"{item.nodeid} converts a model but is not marked slow: add the fixture that converts to `SLOW_FIXTURES` "
+            "in tests/conftest.py, or mark the test `@pytest.mark.slow`."
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openvino, "convert_model", refuse)
+        return (yield)
+
+
+def tiny_variant(**variant) -> dict:
+    """`variant` with `make_tiny_sd3`'s defaults filled in for the rest of `TINY_VARIANTS`."""
+    if unknown := sorted(set(variant) - set(TINY_VARIANTS)):
+        raise TypeError(f"The tiny variants differ in {TINY_VARIANTS}, not in {unknown}.")
+    parameters = inspect.signature(sd3_helper.make_tiny_sd3).parameters
+    return {name: variant.get(name, parameters[name].default) for name in TINY_VARIANTS}
+
+
+def variant_name(*, family: str, latent_channels: int, inpainting: bool) -> str:
+    """The checkpoint folder's name: `sd3-tiny`, plus what differs from `make_tiny_sd3`'s defaults."""
+    defaults = tiny_variant()
+    name = TINY_CHECKPOINT_NAME if family == defaults["family"] else f"{TINY_CHECKPOINT_NAME}-{family}"
+    if latent_channels != defaults["latent_channels"]:
+        name += f"-{latent_channels}ch"
+    return name + ("-inpainting" if inpainting else "")
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    return sd3_helper.make_tiny_sd3(tmp_path_factory.mktemp("checkpoint") / "tiny-sd3")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """`<pytest's base temp>/models`: also the notebook's `models_dir` in test_notebook and test_gradio_demo, so the
+    notebook's runs find the checkpoint and its conversions made here (and the other way round)."""
+    models_dir = tmp_path_factory.getbasetemp() / "models"
+    models_dir.mkdir(exist_ok=True)
+    return models_dir
 
 
 @pytest.fixture(scope="session")
-def converted(tmp_path_factory, tiny_checkpoint):
-    """`converted(weight_format, load_t5)` -> folder; each conversion happens once per session."""
+def tiny_checkpoints(tiny_models_dir):
+    """`tiny_checkpoints(family=, latent_channels=, inpainting=)` -> a tiny checkpoint (`make_tiny_sd3`'s
+    arguments), each variant built once per session."""
+
+    def build(**variant) -> Path:
+        variant = tiny_variant(**variant)
+        checkpoint = tiny_models_dir / variant_name(**variant)
+        if not (checkpoint / "model_index.json").is_file():  # a notebook run may have made it (same seed, same model)
+            sd3_helper.make_tiny_sd3(checkpoint, **variant)
+        return checkpoint
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_checkpoints) -> Path:
+    return tiny_checkpoints()
+
+
+@pytest.fixture(scope="session")
+def converted(tiny_models_dir, tiny_checkpoints):
+    """`converted(weight_format, load_t5, **variant)` -> the folder of `tiny_checkpoints(**variant)` converted;
+    each conversion happens once per session, in the folder the notebook would use for it (`ov_model_dir`)."""
     folders = {}
 
-    def convert(weight_format: str = "fp32", load_t5: bool = True) -> Path:
-        key = (weight_format, load_t5)
+    def convert(weight_format: str = "fp32", load_t5: bool = True, **variant) -> Path:
+        key = (weight_format, load_t5, tuple(sorted(tiny_variant(**variant).items())))
         if key not in folders:
-            output_dir = tmp_path_factory.mktemp("ov") / f"tiny-sd3-{weight_format}{'' if load_t5 else '-no-t5'}"
-            folders[key] = sd3_helper.convert_sd3(tiny_checkpoint, output_dir, load_t5=load_t5, weight_format=weight_format)
+            checkpoint = tiny_checkpoints(**variant)
+            output_dir = ov_model_dir(checkpoint, models_dir=tiny_models_dir, weight_format=weight_format, load_t5=load_t5)
+            folders[key] = sd3_helper.convert_sd3(checkpoint, output_dir, load_t5=load_t5, weight_format=weight_format)
         return folders[key]
 
     return convert

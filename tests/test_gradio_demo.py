@@ -36,8 +36,8 @@ from gradio_helper import (  # noqa: E402
     make_demo,
     size_rules_of,
 )
-from notebook_utils import ov_model_dir, resolve_model_id, tiny_loras  # noqa: E402
-from sd3_helper import OVStableDiffusion3Pipeline, convert_sd3  # noqa: E402
+from notebook_utils import resolve_model_id, tiny_loras  # noqa: E402
+from sd3_helper import OVStableDiffusion3Pipeline  # noqa: E402
 from sd3_openvino.core.layout import SizeRules  # noqa: E402
 
 ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
@@ -119,12 +119,9 @@ def no_analytics():
 
 
 @pytest.fixture(scope="module")
-def tiny_ov_model(tmp_path_factory) -> Path:
-    """The tiny model converted in fp16, in the folder the notebook test would use for it (each is made once)."""
-    models_dir = tmp_path_factory.getbasetemp() / "models"
-    checkpoint = resolve_model_id("tiny", models_dir=models_dir)
-    model_dir = ov_model_dir(checkpoint, models_dir=models_dir, weight_format="fp16", load_t5=True)
-    return convert_sd3(checkpoint, model_dir, weight_format="fp16")
+def tiny_ov_model(converted) -> Path:
+    """The tiny model converted in fp16 (the session's folder, which the notebook test also uses)."""
+    return converted("fp16")
 
 
 @pytest.fixture(scope="module")
@@ -474,14 +471,12 @@ REQUEST = dict(prompt="a photo of a cat", seed=7, width=WIDTH, height=HEIGHT, gu
 
 
 @pytest.fixture(scope="module")
-def lora_pipeline(tiny_ov_model, tmp_path_factory) -> OVStableDiffusion3Pipeline:
+def lora_pipeline(tiny_ov_model, tiny_checkpoint, tiny_models_dir) -> OVStableDiffusion3Pipeline:
     """A pipeline of its own (adapters change its submodels) with the tiny model's two random LoRAs, in f32 so that
     images compare exactly."""
-    models_dir = tmp_path_factory.getbasetemp() / "models"
-    checkpoint = resolve_model_id("tiny", models_dir=models_dir)
     pipe = OVStableDiffusion3Pipeline.from_pretrained(tiny_ov_model, ov_config=F32)
     pipe.set_progress_bar_config(disable=True)
-    for name, folder in tiny_loras(checkpoint, models_dir=models_dir).items():
+    for name, folder in tiny_loras(tiny_checkpoint, models_dir=tiny_models_dir).items():
         pipe.load_lora_weights(folder, adapter_name=name)
     return pipe
 
@@ -908,7 +903,7 @@ def server(tiny_ov_model, tmp_path_factory):
     process.terminate()
     process.wait(timeout=30)
     log = log_path.read_text()  # gradio itself logs a traceback for out-of-range sliders; our code must not
-    own_frames = [f'File "{REPO_ROOT / name}"' for name in ("gradio_helper.py", "sd3_helper.py")]
+    own_frames = [f'File "{REPO_ROOT / name}' for name in ("gradio_helper.py", "sd3_helper.py", "sd3_openvino/")]
     assert not any(frame in log for frame in own_frames), f"the server logged a stack trace of the demo:\n{log}"
 
 

@@ -124,7 +124,7 @@ def mask_as(kind: str, mask: np.ndarray):
 
 
 @pytest.fixture(scope="session")
-def inpaint_pair(tmp_path_factory):
+def inpaint_pair(tiny_checkpoints, converted):
     """`inpaint_pair(concatenating)` -> (ours, diffusers') inpainting pipelines on a tiny checkpoint with 16 latent
     channels (diffusers' inpainting pipeline needs SD3's 16), without T5; built and converted once."""
     from diffusers import StableDiffusion3InpaintPipeline
@@ -133,9 +133,9 @@ def inpaint_pair(tmp_path_factory):
 
     def load(concatenating: bool = False):
         if concatenating not in pairs:
-            name = "tiny-sd3-16ch" + ("-inpainting" if concatenating else "")
-            checkpoint = sd3_helper.make_tiny_sd3(tmp_path_factory.mktemp("checkpoint") / name, latent_channels=16, inpainting=concatenating)
-            model_dir = sd3_helper.convert_sd3(checkpoint, tmp_path_factory.mktemp("ov") / name, weight_format="fp32", load_t5=False)
+            variant = dict(latent_channels=16, inpainting=concatenating)
+            checkpoint = tiny_checkpoints(**variant)
+            model_dir = converted("fp32", False, **variant)
             ours = sd3_helper.OVStableDiffusion3InpaintPipeline.from_pretrained(model_dir, ov_config=F32)
             reference = StableDiffusion3InpaintPipeline.from_pretrained(checkpoint, text_encoder_3=None, tokenizer_3=None)
             for pipe in (ours, reference):

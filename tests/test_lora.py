@@ -7,7 +7,7 @@ import torch
 from conftest import F32
 
 import sd3_helper
-from sd3_openvino.export.conversion import linear_node_name
+from sd3_openvino.core.layout import linear_node_name
 from sd3_openvino.runtime.genai import genai_adapter_config
 from sd3_openvino.export.tiny_model import TINY_LORA_TARGETS, make_tiny_lora
 

@@ -218,6 +218,7 @@ def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed
 PRESET_RUN = dict(height=32, width=32, compare_formats=False, compare_genai=False, image_to_image=False, lora_adapters=False, launch_demo=False)
 
 
+@pytest.mark.slow  # papermill runs the notebook, which builds and converts a tiny model
 @pytest.mark.parametrize("preset", ["sd3.5-medium", "sd3.5-large", "sd3.5-large-turbo"])
 def test_each_preset_runs_headless_on_its_tiny_stand_in(preset, tmp_path_factory):
     """`SD3_MODEL_ID=tiny-<preset>`: the preset's steps, guidance and skip-layer guidance fill the parameters."""

@@ -20,6 +20,7 @@ def test_help(command):
     assert result.returncode == 0 and "usage: sd3_helper.py" in result.stdout
 
 
+@pytest.mark.slow  # builds, converts and generates in subprocesses
 def test_tiny_model_convert_generate(tmp_path):
     checkpoint, model_dir, image_path = tmp_path / "tiny", tmp_path / "tiny-ov", tmp_path / "out" / "image.png"
     assert run("tiny-model", str(checkpoint)).returncode == 0

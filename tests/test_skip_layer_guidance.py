@@ -13,10 +13,10 @@ COMMON = dict(prompt="a photo of a cat", negative_prompt="blurry", guidance_scal
 
 
 @pytest.fixture(scope="session")
-def sd35(tmp_path_factory):
+def sd35(tiny_checkpoints, converted):
     """(tiny SD3.5-Medium-shaped checkpoint, its fp32 conversion without T5, our pipeline, diffusers' pipeline)."""
-    checkpoint = sd3_helper.make_tiny_sd3(tmp_path_factory.mktemp("checkpoint") / "tiny-sd3.5-medium", family="sd3.5-medium")
-    model_dir = sd3_helper.convert_sd3(checkpoint, tmp_path_factory.mktemp("ov") / "tiny-sd3.5-medium", weight_format="fp32", load_t5=False)
+    checkpoint = tiny_checkpoints(family="sd3.5-medium")
+    model_dir = converted("fp32", False, family="sd3.5-medium")
     ours = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(model_dir, ov_config=F32)
     reference = sd3_helper.load_sd3_pipeline(checkpoint, load_t5=False)
     for pipe in (ours, reference):

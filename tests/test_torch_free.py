@@ -1,10 +1,12 @@
 """The torch-free building blocks against what the runtime uses today: the numpy scheduler against diffusers'
 FlowMatchEulerDiscreteScheduler, the image processor against VaeImageProcessor, the tokenizers against transformers,
-the noise against torch.randn; and their import in a fresh interpreter, which must not load torch, nor must the
-runtime's generating from a converted folder."""
+the noise against torch.randn; and, in a fresh interpreter where torch, diffusers, transformers and NNCF cannot be
+imported, the runtime generating from a converted folder: from this repository, and from a copy of only
+`sd3_openvino/{__init__.py,core,runtime}` (the way users take the runtime into their own project)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -28,8 +30,8 @@ from sd3_openvino.runtime.tokenizers import load_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULER_ATOL = 1e-6  # measured: 0 (bit-identical) on every case below
 IMPORT_RSS_LIMIT_MB = 150  # issue 14: the torch-free runtime imports in under 150 MB
-TORCH_FREE_MODULES = ("sd3_noise", "sd3_scheduler", "sd3_image_processing", "sd3_tokenizers")
-HEAVY_MODULES = ("torch", "diffusers", "transformers")
+TORCH_FREE_MODULES = ("noise", "scheduler", "image_processing", "tokenizers")  # of sd3_openvino.runtime
+HEAVY_MODULES = ("torch", "diffusers", "transformers", "nncf", "peft", "accelerate", "optimum")  # blocked in the probes
 LATENT_SHAPE = (2, 16, 8, 8)
 
 # -- The scheduler -----------------------------------------------------------------------------------------
@@ -457,15 +459,28 @@ def test_randn_tensor_follows_diffusers_generator_rules():
 
 # -- Imports ------------------------------------------------------------------------------------------------
 
-IMPORT_PROBE = """
-import json, sys
+BLOCK_HEAVY = """
+import sys
+
+class BlockHeavy:
+    \"\"\"A meta path finder that refuses the heavy packages, as on a machine without them.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {heavy}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: the runtime must work without it)")
+        return None
+
+sys.meta_path.insert(0, BlockHeavy())
+"""
+IMPORT_PROBE = BLOCK_HEAVY + """
+import json
 import psutil
 
 def rss():
     return psutil.Process().memory_info().rss / 2**20
 
 start = rss()
-import {modules}
+{imports}
 modules_mb = rss() - start
 import openvino
 runtime_mb = rss() - start
@@ -476,7 +491,6 @@ print(json.dumps({{**report, "weights_rss": globals().get("weights_rss")}}))
 """
 USE_THE_MODULES = """
 import numpy as np
-import sd3_noise, sd3_scheduler, sd3_image_processing, sd3_tokenizers
 scheduler = sd3_scheduler.FlowMatchEulerScheduler.from_pretrained(folder)
 scheduler.set_timesteps(4)
 latents = sd3_noise.randn_like_torch((1, 16, 8, 8), seed=0)
@@ -489,9 +503,10 @@ for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
 
 
 def test_the_modules_import_and_run_without_torch(converted, record_property):
-    """A fresh interpreter imports the new modules and uses them on a converted folder without loading torch,
-    diffusers or transformers; the import with openvino stays under issue 14's 150 MB."""
-    code = IMPORT_PROBE.format(modules=", ".join(TORCH_FREE_MODULES), use=USE_THE_MODULES, heavy=set(HEAVY_MODULES))
+    """A fresh interpreter where the heavy packages cannot be imported (`BLOCK_HEAVY`) imports the torch-free
+    modules and uses them on a converted folder; the import with openvino stays under issue 14's 150 MB."""
+    imports = ", ".join(f"{name} as sd3_{name}" for name in TORCH_FREE_MODULES)
+    code = IMPORT_PROBE.format(imports=f"from sd3_openvino.runtime import {imports}", use=USE_THE_MODULES, heavy=set(HEAVY_MODULES))
     result = subprocess.run([sys.executable, "-c", code, str(converted())], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -501,19 +516,22 @@ def test_the_modules_import_and_run_without_torch(converted, record_property):
     assert report["with_openvino_mb"] < IMPORT_RSS_LIMIT_MB, f"the import took {report['with_openvino_mb']:.0f} MB (limit {IMPORT_RSS_LIMIT_MB} MB)"
 
 
+RUNTIME_IMPORTS = """
+from sd3_openvino.runtime.pipeline import OVStableDiffusion3Pipeline
+from sd3_openvino.runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
+"""
 GENERATE_WITH_THE_RUNTIME = """
 import numpy as np
-import sd3_image_pipelines, sd3_runtime
-pipe = sd3_runtime.OVStableDiffusion3Pipeline.from_pretrained(folder)
+pipe = OVStableDiffusion3Pipeline.from_pretrained(folder)
 pipe.set_progress_bar_config(disable=True)
 common = dict(num_inference_steps=2, height=32, width=48, generator=3)
 image = pipe("a cat", negative_prompt="blurry", output_type="np", **common).images
 assert isinstance(pipe("a cat", output_type="latent", **common).images, np.ndarray)
 pipe.enable_vae_tiling(tile_sample_min_size=16)
 pipe("a cat", output_type="pil", callback_on_step_end=lambda *args: {}, **common)
-image_pipe = sd3_image_pipelines.OVStableDiffusion3Img2ImgPipeline.from_pipe(pipe)
+image_pipe = OVStableDiffusion3Img2ImgPipeline.from_pipe(pipe)
 image_pipe("a dog", image=image, strength=0.5, output_type="np", **common)
-inpaint = sd3_image_pipelines.OVStableDiffusion3InpaintPipeline.from_pipe(pipe)
+inpaint = OVStableDiffusion3InpaintPipeline.from_pipe(pipe)
 inpaint("a dog", image=image, mask_image=(image[..., 0] > 0.5).astype(np.float32), strength=0.8, **common)
 mapped, rss_of = None, {}
 for line in open("/proc/self/smaps"):  # resident bytes of each mapping of an IR's weights
@@ -528,23 +546,75 @@ weights_rss = {path.split("/")[-2]: value for path, value in rss_of.items()}
 
 def test_the_runtime_imports_and_generates_without_torch(converted, record_property):
     """Issue 14: a fresh interpreter imports the runtime and the image pipelines and generates from a converted
-    folder (text-to-image, latents, VAE tiling, a callback, image-to-image, inpainting) with an int seed, without
-    loading torch, diffusers or transformers; importing the runtime with openvino stays under 150 MB; and the text
+    folder (text-to-image, latents, VAE tiling, a callback, image-to-image, inpainting) with an int seed, with torch,
+    diffusers, transformers and NNCF blocked (`BLOCK_HEAVY`); importing the runtime with openvino stays under 150 MB; and the text
     encoders' `openvino_model.bin` pages are not resident after their first inference (`run_submodel`: the
     weights live on in OpenVINO's own buffers; other submodels may read a few small constants from the file again)."""
     folder = converted("fp16")  # converted to the inference precision when compiled: the mapped file is read once
-    code = IMPORT_PROBE.format(modules="sd3_runtime, sd3_image_pipelines", use=GENERATE_WITH_THE_RUNTIME, heavy=set(HEAVY_MODULES))
+    code = IMPORT_PROBE.format(imports=RUNTIME_IMPORTS, use=GENERATE_WITH_THE_RUNTIME, heavy=set(HEAVY_MODULES))
     result = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     record_property("runtime_import_rss_mb", round(report["modules_mb"], 1))
     record_property("runtime_import_with_openvino_rss_mb", round(report["with_openvino_mb"], 1))
-    print(f"\nimport sd3_runtime, sd3_image_pipelines: {report['modules_mb']:.0f} MB, with openvino {report['with_openvino_mb']:.0f} MB")
+    print(f"\nimport the runtime's pipelines: {report['modules_mb']:.0f} MB, with openvino {report['with_openvino_mb']:.0f} MB")
     assert report["loaded"] == [], f"generating with the runtime loaded {report['loaded']}"
     assert sorted(report["weights_rss"]) == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder", "vae_encoder"]
     record_property("resident_weight_file_bytes", report["weights_rss"])
     assert [report["weights_rss"][name] for name in ("text_encoder", "text_encoder_2", "text_encoder_3")] == [0, 0, 0], report["weights_rss"]
     assert report["with_openvino_mb"] < IMPORT_RSS_LIMIT_MB, f"the import took {report['with_openvino_mb']:.0f} MB (limit {IMPORT_RSS_LIMIT_MB} MB)"
+
+
+COPIED_RUNTIME = BLOCK_HEAVY + """
+import json
+from pathlib import Path
+
+copy, folder, repository = (Path(argument).resolve() for argument in sys.argv[1:4])
+sys.path.insert(0, str(copy))
+on_path = [entry for entry in sys.path if entry and Path(entry).resolve() == repository]
+import numpy as np
+import sd3_openvino
+from sd3_openvino.runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline
+from sd3_openvino.runtime.pipeline import OVStableDiffusion3Pipeline
+
+pipe = OVStableDiffusion3Pipeline.from_pretrained(folder)
+pipe.set_progress_bar_config(disable=True)
+common = dict(num_inference_steps=2, height=32, width=48, generator=3, output_type="np")
+image = pipe("a cat", negative_prompt="blurry", **common).images
+again = OVStableDiffusion3Img2ImgPipeline.from_pipe(pipe)("a dog", image=image, strength=0.5, **common).images
+print(json.dumps({{
+    "package": sd3_openvino.__file__,
+    "repository_on_path": on_path,
+    "shapes": [list(image.shape), list(again.shape)],
+    "in_range": bool(all(np.isfinite(x).all() and 0 <= x.min() and x.max() <= 1 for x in (image, again))),
+    "loaded": sorted({{name.split(".")[0] for name in sys.modules}} & {heavy}),
+}}))
+"""
+
+
+def copy_the_runtime(destination: Path) -> Path:
+    """`sd3_openvino/__init__.py`, `core/` and `runtime/` (and nothing else) copied into `destination`."""
+    package = destination / "sd3_openvino"
+    package.mkdir(parents=True)
+    shutil.copy2(ROOT / "sd3_openvino" / "__init__.py", package / "__init__.py")
+    for layer in ("core", "runtime"):
+        shutil.copytree(ROOT / "sd3_openvino" / layer, package / layer, ignore=shutil.ignore_patterns("__pycache__"))
+    return destination
+
+
+def test_a_copy_of_core_and_runtime_alone_generates_without_torch(converted, tmp_path):
+    """The way users take the runtime into their own project: only `sd3_openvino/{__init__.py,core,runtime}` in an
+    empty folder, run from there in an isolated interpreter (`-I`: no repository, no PYTHONPATH on `sys.path`) with
+    the heavy packages blocked, generates text-to-image and image-to-image from a converted folder."""
+    copy = copy_the_runtime(tmp_path / "project")
+    code = COPIED_RUNTIME.format(heavy=set(HEAVY_MODULES))
+    arguments = [str(copy), str(converted("fp16")), str(ROOT)]
+    result = subprocess.run([sys.executable, "-I", "-c", code, *arguments], cwd=copy, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(report["package"]).parent == copy / "sd3_openvino" and report["repository_on_path"] == []
+    assert report["shapes"] == [[1, 32, 48, 3], [1, 32, 48, 3]] and report["in_range"]
+    assert report["loaded"] == [], f"the copied runtime loaded {report['loaded']}"
 
 
 def test_an_int_seed_gives_the_torch_generator_image(ov_pipeline):
