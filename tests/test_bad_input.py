@@ -182,7 +182,7 @@ def test_conversion_records_its_source_and_refuses_another(converted, tiny_check
 
 def test_failed_conversion_leaves_nothing_it_created(tiny_checkpoint, tmp_path, monkeypatch):
     output = tmp_path / "new" / "deeper" / "out"
-    with pytest.raises(FileNotFoundError, match="Could not load the SD3 checkpoint"):
+    with pytest.raises(FileNotFoundError, match="The checkpoint `.*no-such-checkpoint` does not exist"):
         sd3_helper.convert_sd3(tmp_path / "no-such-checkpoint", output)
     assert not (tmp_path / "new").exists()
 
@@ -208,6 +208,21 @@ def test_non_sd3_checkpoint_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"is not an SD3 checkpoint: `_class_name` is 'StableDiffusionPipeline'"):
         sd3_helper.convert_sd3(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# -- Presets -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, 5, ["sd3.5-medium"], b"tiny"], ids=["none", "int", "list", "bytes"])
+def test_presets_name_an_argument_of_the_wrong_type(value):
+    from sd3_helper import get_preset, preset_for
+
+    for function, argument in ((preset_for, "model_id"), (get_preset, "key")):
+        with pytest.raises(TypeError, match=rf"`{argument}` has to be a str \(a preset key such as 'sd3.5-medium', a hub id or a local folder\) but is {type(value).__name__}"):
+            function(value)
+    with pytest.raises(ValueError, match=r"`sd3-large` is not a model preset; choose one of"):
+        get_preset("sd3-large")
+    assert preset_for(Path("/models/sd3")) is None and preset_for("tiny-sd3.5-medium").key == "sd3.5-medium"
 
 
 # -- Damaged or foreign converted folders: named errors, never the network ----------------------------------

@@ -872,14 +872,14 @@ def free_loopback_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_ov_model, tmp_path_factory):
-    """`python gradio_helper.py MODEL_DIR --port N` as a user starts it; yields (url, process)."""
+    """`python gradio_helper.py MODEL_DIR --port N` as a user starts it (with a small upload limit); yields (url, process)."""
     import httpx
 
     port = free_loopback_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "gradio_helper.py", str(tiny_ov_model), "--port", str(port)],
+            [sys.executable, "gradio_helper.py", str(tiny_ov_model), "--port", str(port), "--max-file-size", str(UPLOAD_LIMIT_MB)],
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -905,6 +905,32 @@ def server(tiny_ov_model, tmp_path_factory):
     log = log_path.read_text()  # gradio itself logs a traceback for out-of-range sliders; our code must not
     own_frames = [f'File "{REPO_ROOT / name}' for name in ("gradio_helper.py", "sd3_helper.py", "sd3_openvino/")]
     assert not any(frame in log for frame in own_frames), f"the server logged a stack trace of the demo:\n{log}"
+
+
+UPLOAD_LIMIT_MB = 1  # the served demo's `--max-file-size` (default 50): small, so the test's file is small
+
+
+def test_an_upload_over_the_limit_is_refused(server):
+    import httpx
+
+    limit = UPLOAD_LIMIT_MB * 1024 * 1024
+    upload = f"{server[0]}gradio_api/upload"  # where gradio 6 takes the files of image inputs
+    refused = httpx.post(upload, files={"files": ("big.png", b"\0" * (limit + 1), "image/png")}, timeout=60)
+    assert refused.status_code == 413 and f"File size exceeded maximum allowed size of {limit} bytes" in refused.text
+    accepted = httpx.post(upload, files={"files": ("small.png", b"\0" * (limit - 1024), "image/png")}, timeout=60)
+    assert accepted.status_code == 200, accepted.text
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "ten"])
+def test_the_upload_limit_is_a_whole_number_of_megabytes(bad, capsys):
+    from sd3_openvino.demo.cli import main
+    from sd3_openvino.demo.ui import MAX_FILE_SIZE_MB
+
+    assert MAX_FILE_SIZE_MB == 50
+    with pytest.raises(SystemExit) as exit:
+        main(["no-such-model", "--max-file-size", bad])
+    assert exit.value.code == 2
+    assert f"--max-file-size: has to be a whole number of megabytes from 1 but is '{bad}'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

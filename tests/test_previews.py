@@ -3,6 +3,7 @@ decoder (TAESD) converted into the folder, against diffusers' `AutoencoderTiny`;
 torch-free, and with named errors."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -267,6 +268,18 @@ def test_bad_preview_input_is_named(preview_pipe, channels):
         preview_pipe.preview_images(latents_of((1, channels, 8, 8)), output_type="latent")
     with pytest.raises(TypeError, match=r"`size` has to be None or \(width, height\) in pixels"):
         preview_pipe.preview_images(latents_of((1, channels, 8, 8)), size=512)
+
+
+@pytest.mark.parametrize("size", [(100_000, 100_000), (64, 10**9), (0, 64), (64, -8)])
+def test_a_preview_size_beyond_the_model_s_sides_is_refused_before_anything_is_allocated(preview_pipe, channels, size):
+    maximum = preview_pipe.size_rules.maximum
+    message = rf"`size` has to be \(width, height\) with sides from 1 to {maximum} pixels .* but is {re.escape(str(size))}"
+    for method in ("linear", "taesd"):  # refused before the map is fitted or the tiny decoder runs
+        with pytest.raises(ValueError, match=message):
+            preview_pipe.preview_images(latents_of((1, channels, 8, 8)), method=method, size=size, output_type="np")
+    with pytest.raises(TypeError, match=r"`size` has to be None or \(width, height\) in pixels, e.g. \(512, 512\), but is \(64.0, 64\)"):
+        preview_pipe.preview_images(latents_of((1, channels, 8, 8)), size=(64.0, 64))
+    assert preview_pipe.preview_images(latents_of((1, channels, 8, 8)), size=(maximum, maximum))[0].size == (maximum, maximum)
 
 
 TORCH_FREE_PREVIEWS = """

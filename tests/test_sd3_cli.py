@@ -1,5 +1,6 @@
 """The command line, end to end in subprocesses: tiny-model -> convert -> generate a PNG."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,55 @@ HELPER = Path(__file__).resolve().parents[1] / "sd3_helper.py"
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(HELPER), *args], capture_output=True, text=True, timeout=600)
+
+
+def fake_checkpoint(folder: Path, *, without: str | None = None) -> Path:
+    """A checkpoint's folders and config files (no weights): what the conversion checks before it loads anything."""
+    from sd3_openvino.core.layout import CHECKPOINT_COMPONENT_FILES
+
+    libraries = {"transformer": "diffusers", "vae": "diffusers", "scheduler": "diffusers"}
+    index = {"_class_name": "StableDiffusion3Pipeline"}
+    for name, config_file in CHECKPOINT_COMPONENT_FILES.items():
+        index[name] = [libraries.get(name, "transformers"), "SomeClass"]
+        if name != without:
+            (folder / name).mkdir(parents=True)
+            (folder / name / config_file).write_text("{}")
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+CONVERT_USER_ERRORS = {
+    "missing-folder": (lambda tmp: [str(tmp / "no-such-checkpoint"), str(tmp / "out")], "`{tmp}/no-such-checkpoint` does not exist"),
+    "missing-vae": (lambda tmp: [str(fake_checkpoint(tmp / "ckpt", without="vae")), str(tmp / "out")], "`vae/` in `{tmp}/ckpt` is missing"),
+    "missing-t5": (lambda tmp: [str(fake_checkpoint(tmp / "ckpt", without="text_encoder_3")), str(tmp / "out")], "`text_encoder_3/` in `{tmp}/ckpt` is missing"),
+    "output-inside-source": (lambda tmp: [str(fake_checkpoint(tmp / "ckpt")), str(tmp / "ckpt" / "ov")], "is inside the source folder"),
+    "missing-lora": (
+        lambda tmp: [str(fake_checkpoint(tmp / "ckpt")), str(tmp / "out"), "--lora", str(tmp / "style.safetensors")],
+        "style.safetensors' does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize(("arguments", "message"), CONVERT_USER_ERRORS.values(), ids=CONVERT_USER_ERRORS.keys())
+def test_convert_reports_a_user_error_in_one_line_before_importing_diffusers(tmp_path, arguments, message):
+    """No diffusers warning ("Multiple distributions found for package optimum") above the error: the checks run
+    before diffusers is imported."""
+    result = run("convert", *arguments(tmp_path))
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr and "login" not in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt" / "ov").exists()
+
+
+def test_the_checks_ask_for_t5_s_folder_only_with_t5(tmp_path):
+    from sd3_openvino.core.layout import check_local_checkpoint
+
+    checkpoint = fake_checkpoint(tmp_path / "ckpt", without="tokenizer_3")
+    with pytest.raises(FileNotFoundError, match=r"`tokenizer_3/` in .* is missing"):
+        check_local_checkpoint(checkpoint, load_t5=True)
+    assert check_local_checkpoint(checkpoint, load_t5=False)["vae"] == ["diffusers", "SomeClass"]
+    (checkpoint / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "X"]}))
+    with pytest.raises(ValueError, match=r"The `model_index.json` of `.*ckpt` lists no `text_encoder`, which the conversion reads"):
+        check_local_checkpoint(checkpoint, load_t5=False)
 
 
 @pytest.mark.parametrize("command", [[], ["tiny-model"], ["convert"], ["generate"]])

@@ -139,7 +139,7 @@ def test_unknown_weight_format(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_model_says_how_to_fix(tmp_path):
+def test_missing_model_says_how_to_fix(tmp_path, monkeypatch):
     for loader in (
         lambda: sd3_helper.convert_sd3(tmp_path / "no-such-model", tmp_path / "out"),
         lambda: sd3_helper.load_sd3_pipeline(tmp_path / "no-such-model"),
@@ -147,7 +147,50 @@ def test_missing_model_says_how_to_fix(tmp_path):
         with pytest.raises(FileNotFoundError) as raised:
             loader()
         message = str(raised.value)
-        assert "no-such-model" in message and "huggingface-cli login" in message and "local folder" in message
+        assert "no-such-model` does not exist" in message and "local folder" in message and "hub id" in message
+        assert "login" not in message and "license" not in message, "hub advice is for hub ids only"
+    from diffusers import DiffusionPipeline
+
+    def unreachable(*args, **kwargs):
+        raise OSError("simulated: gated repository")
+
+    monkeypatch.setattr(DiffusionPipeline, "load_config", unreachable)
+    with pytest.raises(FileNotFoundError, match=r"Could not load the SD3 checkpoint `no-such-org/no-such-model`.*accept the license.*huggingface-cli login"):
+        sd3_helper.convert_sd3("no-such-org/no-such-model", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("component", ["vae", "text_encoder_2", "scheduler/scheduler_config.json"])
+def test_a_checkpoint_without_a_component_fails_before_any_work(tiny_checkpoint, tmp_path, monkeypatch, component):
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    missing = checkpoint / component
+    shutil.rmtree(missing) if missing.is_dir() else missing.unlink()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a submodel was loaded before the checkpoint was checked")
+
+    monkeypatch.setattr(sd3_conversion, "load_component", no_work)
+    shown = f"{component}/" if missing.suffix != ".json" else component
+    for weight_format in ("fp16", "int8-hybrid"):
+        with pytest.raises(FileNotFoundError, match=rf"^`{shown}` in `{checkpoint}` is missing: its `model_index.json` names") as raised:
+            sd3_helper.convert_sd3(checkpoint, tmp_path / "out", weight_format=weight_format)
+        assert "login" not in str(raised.value) and "hub" not in str(raised.value)
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match=rf"`{shown}` in `{checkpoint}` is missing"):
+        sd3_helper.load_sd3_pipeline(checkpoint)
+
+
+def test_t5_s_folder_is_needed_only_with_t5(tiny_checkpoint, tmp_path):
+    from sd3_openvino.core.layout import check_local_checkpoint
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    shutil.rmtree(checkpoint / "text_encoder_3")
+    with pytest.raises(FileNotFoundError, match=r"`text_encoder_3/` in .* is missing"):
+        check_local_checkpoint(checkpoint, load_t5=True)
+    assert check_local_checkpoint(checkpoint, load_t5=False)["vae"] == ["diffusers", "AutoencoderKL"]
+    assert check_local_checkpoint("stabilityai/stable-diffusion-3-medium-diffusers") is None  # a hub id: checked on download
 
 
 def test_interrupted_conversion_resumes_and_loads(tiny_checkpoint, tmp_path, monkeypatch, capsys):

@@ -222,6 +222,72 @@ def check_sd3_index(model_index: dict, *, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The source: a diffusers checkpoint, checked before a conversion loads anything
+# ----------------------------------------------------------------------------------------------------------
+
+# The components a conversion reads from a diffusers checkpoint, and the file each one's folder must hold.
+CHECKPOINT_COMPONENT_FILES = {
+    "transformer": CONFIG_JSON,
+    "text_encoder": CONFIG_JSON,
+    "text_encoder_2": CONFIG_JSON,
+    "text_encoder_3": CONFIG_JSON,  # with T5 only
+    "vae": CONFIG_JSON,
+    "tokenizer": "tokenizer_config.json",
+    "tokenizer_2": "tokenizer_config.json",
+    "tokenizer_3": "tokenizer_config.json",  # with T5 only
+    "scheduler": SCHEDULER_CONFIG,
+}
+HUB_ID = re.compile(r"(\w|\w[\w.-]*\w)/(\w|\w[\w.-]*\w)")  # "namespace/name", as the Hugging Face hub spells repository ids
+
+
+def is_hub_id(checkpoint: str | Path) -> bool:
+    """True when `checkpoint` means a Hugging Face hub id: a str "namespace/name" that is no local folder."""
+    return isinstance(checkpoint, str) and HUB_ID.fullmatch(checkpoint) is not None and not Path(checkpoint).exists()
+
+
+def check_local_checkpoint(checkpoint: str | Path, *, load_t5: bool = True) -> dict | None:
+    """The `model_index.json` of the local diffusers checkpoint `checkpoint` once every component a conversion reads
+    (T5 and its tokenizer only with `load_t5`) has its folder and its config file; None for a hub id (checked when
+    it is downloaded). A FileNotFoundError names what is missing, a ValueError a checkpoint of another kind: before
+    any work, with the standard library only."""
+    if is_hub_id(checkpoint):
+        return None
+    folder = Path(checkpoint).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"The checkpoint `{checkpoint}` {'is a file' if folder.exists() else 'does not exist'}. Pass a local folder in "
+            "diffusers format (it contains `model_index.json`) or a Hugging Face hub id such as "
+            "`stabilityai/stable-diffusion-3-medium-diffusers`."
+        )
+    index_path = folder / MODEL_INDEX
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"`{MODEL_INDEX}` in `{checkpoint}` is missing: it is no checkpoint in diffusers format. Pass the folder "
+            "that holds `model_index.json` (`save_pretrained` writes it, as does a download of the whole model repository)."
+        )
+    try:
+        model_index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"`{index_path}` is not valid JSON ({error}); download or save the checkpoint again.") from error
+    check_sd3_index(model_index if isinstance(model_index, dict) else {}, where=f"`{checkpoint}`")
+    for name, config_file in CHECKPOINT_COMPONENT_FILES.items():
+        if name in ("text_encoder_3", "tokenizer_3") and not (load_t5 and has_component(model_index, name)):
+            continue
+        if not has_component(model_index, name):
+            raise ValueError(
+                f"The `{MODEL_INDEX}` of `{checkpoint}` lists no `{name}`, which the conversion reads; an SD3 checkpoint "
+                "in diffusers format lists transformer, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler and vae."
+            )
+        missing = f"`{name}/`" if not (folder / name).is_dir() else f"`{name}/{config_file}`"
+        if not (folder / name / config_file).is_file():
+            raise FileNotFoundError(
+                f"{missing} in `{checkpoint}` is missing: its `{MODEL_INDEX}` names the component `{name}`, which the "
+                "conversion reads. Copy the whole checkpoint folder again (each component's folder with its files)."
+            )
+    return model_index
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Where a folder came from (written and compared by `core/files.py`)
 # ----------------------------------------------------------------------------------------------------------
 

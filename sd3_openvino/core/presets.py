@@ -7,9 +7,10 @@
          skip_guidance_layers=preset.skip_guidance_layers)
 
 Settings are those of each model card. Sizes are estimated from the parameter counts (in billions) and the bytes a
-weight takes in each format, so one table serves every format. A bottom-layer module: it imports nothing.
+weight takes in each format, so one table serves every format. A bottom-layer module: it imports the standard library only.
 """
 
+import os
 from dataclasses import dataclass
 
 # Bytes per weight as stored. int4: 4-bit groups of 64 (+ scales) for ~80 % of the transformer and all of T5,
@@ -69,15 +70,29 @@ MODEL_PRESETS = {
 TINY_PREFIX = "tiny"  # "tiny" or "tiny-<preset key>": the offline stand-in of a preset
 
 
+def check_preset_name(value, *, name: str) -> str:
+    """`value` if it is a str, else a TypeError naming the argument `name`, the type received and what to pass."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` has to be a str (a preset key such as 'sd3.5-medium', a hub id or a local folder) but is "
+            f"{type(value).__name__}: {value!r:.80}."
+        )
+    return value
+
+
 def get_preset(key: str) -> ModelPreset:
-    """The preset `key` (e.g. "sd3.5-medium"), or a ValueError listing the keys."""
+    """The preset `key` (e.g. "sd3.5-medium"), a ValueError listing the keys, or a TypeError if `key` is no str."""
+    check_preset_name(key, name="key")
     if key not in MODEL_PRESETS:
         raise ValueError(f"`{key}` is not a model preset; choose one of {list(MODEL_PRESETS)} (or pass a hub id or a local folder).")
     return MODEL_PRESETS[key]
 
 
-def preset_for(model_id: str) -> ModelPreset | None:
-    """The preset a model id stands for: a preset key, its hub id, or "tiny" / "tiny-<key>" (None otherwise)."""
+def preset_for(model_id: str | os.PathLike) -> ModelPreset | None:
+    """The preset a model id stands for: a preset key, its hub id, or "tiny" / "tiny-<key>" (None otherwise; a
+    TypeError if `model_id` is no str)."""
+    model_id = os.fspath(model_id) if isinstance(model_id, os.PathLike) else model_id  # a local folder as a Path
+    check_preset_name(model_id, name="model_id")
     if model_id == TINY_PREFIX:
         return MODEL_PRESETS["sd3-medium"]
     if model_id.startswith(f"{TINY_PREFIX}-"):

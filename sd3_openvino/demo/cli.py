@@ -1,5 +1,6 @@
 """The demo's command line: `python gradio_helper.py MODEL_DIR [--device CPU] [--host H] [--port N] [--share]
-[--lora PATH[:SCALE] ...]` serves the demo (`make_demo`) on 127.0.0.1 only by default.
+[--lora PATH[:SCALE] ...] [--max-file-size MB]` serves the demo (`make_demo`) on 127.0.0.1 only by default, and
+refuses uploads over `MAX_FILE_SIZE_MB` (status 413).
 
 What can be checked in a moment is checked before the model loads: the folder, the LoRA arguments, the port. User
 mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one `error: ...` line.
@@ -11,11 +12,10 @@ import sys
 from pathlib import Path
 
 from ..core.layout import read_model_index
-from ..runtime.lora import check_lora, load_adapters, lora_argument  # light: numpy only
-from .ui import make_demo
+from ..runtime.lora import LORA_SUFFIXES, check_lora, load_adapters, lora_argument  # noqa: F401 (LORA_SUFFIXES: gradio_helper's)
+from .ui import MAX_FILE_SIZE_MB, make_demo
 
 DEFAULT_PORT, PORTS_TO_TRY = 7860, 100  # like gradio: the first free port of 7860..7959
-LORA_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # `--lora` names a file, not a hub id, when it ends so
 
 
 class UsageError(Exception):
@@ -29,6 +29,13 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _megabytes(text: str) -> int:
+    """`--max-file-size` as a whole number of megabytes from 1; argparse reports anything else and exits 2."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"has to be a whole number of megabytes from 1 but is {text!r}")
+    return int(text)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line's arguments; argparse reports a malformed one (`--port abc`, `--lora x:abc`) and exits 2."""
     parser = argparse.ArgumentParser(prog="gradio_helper.py", description="Serve the SD3 OpenVINO demo.")
@@ -39,6 +46,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--port", type=_port, default=None, help=f"default: the first free port from {DEFAULT_PORT}"
     )
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
+    parser.add_argument(
+        "--max-file-size", type=_megabytes, default=MAX_FILE_SIZE_MB, metavar="MB",
+        help=f"refuse uploads larger than this (default: {MAX_FILE_SIZE_MB} MB)",
+    )
     parser.add_argument(
         "--lora",
         action="append",
@@ -85,24 +96,13 @@ def choose_port(*, host: str, port: int | None) -> int:
 
 
 def check_lora_arguments(lora: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """The `--lora` (path, scale) pairs, or a UsageError for a scale that is not a finite number or a local path that
-    does not exist, before the model loads (whether a file is a LoRA for this model shows when it is loaded)."""
-    if not lora:
-        return []
+    """The `--lora` (path, scale) pairs, or a UsageError for a scale out of range or a local path that does not
+    exist (`check_lora`), before the model loads (whether a file is a LoRA for this model shows when it is loaded)."""
     try:
-        lora = check_lora(lora)
-    except (ValueError, TypeError) as error:
-        raise UsageError(f"`--lora`: {error}") from error
-    for source, _ in lora:
-        path = Path(source).expanduser()
-        # a path: what cannot be a hub id ("name" or "namespace/name")
-        local = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
-        if (local or path.suffix in LORA_SUFFIXES) and not path.exists():
-            raise UsageError(
-                f"`--lora` {source!r} does not exist. Pass a LoRA `.safetensors` file, its folder or a hub id "
-                "(namespace/name)."
-            )
-    return lora
+        return check_lora(lora, argument="`--lora`")
+    except (OSError, ValueError, TypeError) as error:  # a missing file names `--lora` itself; a bad scale does not
+        message = str(error)
+        raise UsageError(message if message.startswith("`--lora`") else f"`--lora`: {message}") from error
 
 
 def check_model_dir(model_dir: Path) -> None:
@@ -135,7 +135,7 @@ def serve(args: argparse.Namespace) -> None:
     pipeline.set_progress_bar_config(disable=True)  # the UI shows the progress
     demo = make_demo(pipeline)
     try:
-        demo.launch(server_name=args.host, server_port=port, share=args.share)
+        demo.launch(server_name=args.host, server_port=port, share=args.share, max_file_size=f"{args.max_file_size}mb")
     except OSError as error:  # another server took the port while the model loaded
         raise UsageError(f"cannot serve on {args.host}:{port}: {error}") from error
 

@@ -41,6 +41,7 @@ EXAMPLE_PROMPTS = (
     "a watercolor painting of a lighthouse at sunset",
     "a cozy cabin in the snowy mountains, warm light in the windows",
 )
+MAX_FILE_SIZE_MB = 50  # the largest upload `python gradio_helper.py` accepts (`--max-file-size`); gradio has no limit
 TAB_LABELS = {"text-to-image": "Text to image", "image-to-image": "Image to image", "inpainting": "Inpainting"}
 API_NAMES = {"text-to-image": "generate", "image-to-image": "image_to_image", "inpainting": "inpaint"}
 ELEM_ID_PREFIXES = {"text-to-image": "", "image-to-image": "image-to-image-", "inpainting": "inpainting-"}
@@ -373,6 +374,10 @@ def make_demo(
     While a generation runs, the result image shows the live preview of its latest step (our pipelines:
     `preview_images`, see `LivePreviews`), and the final image replaces it. diffusers' pipeline shows the final
     image only. The API endpoints are listed in this module's docstring.
+
+    Gradio stores every upload, of any size, unless the demo is launched with a limit: pass one to `launch`, as
+    `python gradio_helper.py` does (`demo.launch(max_file_size=f"{MAX_FILE_SIZE_MB}mb")`); gradio answers a larger
+    upload with status 413. (gradio sets the limit in `launch`, so one set on the Blocks here would be replaced.)
     """
     import gradio as gr
 

@@ -158,8 +158,9 @@ def convert_to_openvino(
     (see `loading.fuse_loras`); the conversion record names them, so another LoRA or scale is another conversion.
 
     The work behind `sd3_helper.convert_sd3` for every format but int8-hybrid (see there). Refused before anything
-    is written: an `output_dir` that is the source folder, inside it or around it, and (unless `overwrite=True`)
-    one that holds a conversion of another source or with other options. Submodels are converted one at a time
+    is written: an `output_dir` that is the source folder, inside it or around it, a local checkpoint that lacks a
+    component it reads (`check_local_checkpoint`), and (unless `overwrite=True`) one that holds a conversion of
+    another source or with other options. Submodels are converted one at a time
     and freed before the next; finished ones are skipped unless `overwrite=True`; `model_index.json` is written
     last, so a folder that has it is complete. A call that fails before a submodel is finished removes the
     folders it created.
@@ -169,9 +170,9 @@ def convert_to_openvino(
         raise ValueError(f"`weight_format` {weight_format!r} is made by `sd3_helper.convert_sd3`; this function writes {list(IR_WEIGHT_FORMATS)}.")
     output_dir = Path(output_dir)
     check_output_outside_source(checkpoint, output_dir)
-    model_index, revision = load_model_index_and_revision(checkpoint)
-    has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
     lora = check_lora(lora)
+    model_index, revision = load_model_index_and_revision(checkpoint, load_t5=load_t5)  # a local folder's parts first
+    has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
     for source, _ in lora:
         read_lora_state_dict(source)  # a bad LoRA fails before anything is written
     record = conversion_record(checkpoint, revision=revision, weight_format=weight_format, load_t5=has_t5, lora=lora)

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from ..core.layout import HYBRID_WEIGHT_FORMAT
-from .conversion import convert_to_openvino
+from ..core.files import check_output_outside_source
+from ..core.layout import HYBRID_WEIGHT_FORMAT, check_local_checkpoint
+from ..runtime.lora import check_lora
+from .conversion import check_weight_format, convert_to_openvino
 from .quantization import convert_sd3_hybrid
 
 
@@ -33,7 +35,14 @@ def convert_sd3(
     Submodels are loaded in 16 bits (f32 for `fp32`), converted one at a time and freed before the next.
     Finished submodels are skipped unless `overwrite=True`; `model_index.json` is written last, so a folder
     that has it is complete.
+
+    What can be checked in a moment is checked before any work and before diffusers is imported: the options, the
+    output folder, a local checkpoint's components (`check_local_checkpoint`) and the LoRA paths.
     """
+    check_weight_format(weight_format)
+    check_output_outside_source(checkpoint, output_dir)
+    check_local_checkpoint(checkpoint, load_t5=load_t5)
+    check_lora(lora)
     if weight_format == HYBRID_WEIGHT_FORMAT:
         return convert_sd3_hybrid(checkpoint, output_dir, load_t5=load_t5, quantize_vae=quantize_vae, lora=lora, overwrite=overwrite)
     if quantize_vae:

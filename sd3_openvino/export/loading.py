@@ -7,11 +7,18 @@ from typing import Iterator
 
 import torch
 
-from ..core.layout import check_sd3_index
+from ..core.layout import check_local_checkpoint, check_sd3_index, is_hub_id
 from ..runtime.lora import read_lora_state_dict
 
 
 def _model_not_found(checkpoint: str | Path, error: Exception) -> FileNotFoundError:
+    """The error for a checkpoint that cannot be read: hub advice (license, login) for a hub id only."""
+    if not is_hub_id(checkpoint):
+        return FileNotFoundError(
+            f"Could not load the SD3 checkpoint in the local folder `{checkpoint}` ({type(error).__name__}: {error}). "
+            "Check that it is a complete checkpoint in diffusers format (each component's folder with its config and "
+            "weights), or copy it again."
+        )
     return FileNotFoundError(
         f"Could not load the SD3 checkpoint `{checkpoint}` ({type(error).__name__}: {error}). "
         "Pass either a local folder in diffusers format (it contains `model_index.json`) or a Hugging Face hub "
@@ -21,8 +28,11 @@ def _model_not_found(checkpoint: str | Path, error: Exception) -> FileNotFoundEr
     )
 
 
-def load_model_index_and_revision(checkpoint: str | Path) -> tuple[dict, str | None]:
-    """`load_model_index`, and the hub revision (commit) it was read from (None for a local folder)."""
+def load_model_index_and_revision(checkpoint: str | Path, *, load_t5: bool = True) -> tuple[dict, str | None]:
+    """`load_model_index`, and the hub revision (commit) it was read from (None for a local folder). A local folder
+    is checked first (`check_local_checkpoint`: each component the conversion reads, T5 only with `load_t5`), without
+    importing diffusers."""
+    check_local_checkpoint(checkpoint, load_t5=load_t5)
     from diffusers import DiffusionPipeline
 
     try:
@@ -34,10 +44,10 @@ def load_model_index_and_revision(checkpoint: str | Path) -> tuple[dict, str | N
     return model_index, revision
 
 
-def load_model_index(checkpoint: str | Path) -> dict:
-    """Read `model_index.json` of an SD3 checkpoint (local folder or hub id), with a clear error if it is absent
-    or describes another kind of pipeline."""
-    return load_model_index_and_revision(checkpoint)[0]
+def load_model_index(checkpoint: str | Path, *, load_t5: bool = True) -> dict:
+    """Read `model_index.json` of an SD3 checkpoint (local folder or hub id), with a clear error if it is absent,
+    describes another kind of pipeline, or (a local folder) lacks a component (T5 only with `load_t5`)."""
+    return load_model_index_and_revision(checkpoint, load_t5=load_t5)[0]
 
 
 def fuse_loras(module: torch.nn.Module, *, component: str, lora: list[tuple[str, float]]) -> None:
@@ -78,7 +88,7 @@ def load_sd3_pipeline(checkpoint: str | Path, *, load_t5: bool = True, torch_dty
     """
     from diffusers import StableDiffusion3Pipeline
 
-    load_model_index(checkpoint)  # fails early, with the helpful message, if the model is unreachable
+    load_model_index(checkpoint, load_t5=load_t5)  # fails early, with the helpful message, if the model is unreachable
     t5_kwargs = {} if load_t5 else {"text_encoder_3": None, "tokenizer_3": None}
     try:
         return StableDiffusion3Pipeline.from_pretrained(str(checkpoint), torch_dtype=torch_dtype, **t5_kwargs)

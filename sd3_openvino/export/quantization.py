@@ -237,7 +237,7 @@ def convert_sd3_hybrid(
     output_dir = Path(output_dir)
     check_output_outside_source(checkpoint, output_dir)
     if (output_dir / MODEL_INDEX).is_file() and not overwrite:
-        model_index, revision = load_model_index_and_revision(checkpoint)
+        model_index, revision = load_model_index_and_revision(checkpoint, load_t5=load_t5)
         has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
         fp16_record = conversion_record(checkpoint, revision=revision, weight_format="fp16", load_t5=has_t5, lora=check_lora(lora))
         vae_calibration = vae_calibration_settings(quantize_vae=quantize_vae)

@@ -29,7 +29,7 @@ import PIL.Image
 
 from .arrays import as_array
 from .image_processing import ImageProcessor, interpolate_nearest, psnr
-from ..core.layout import CONFIG_JSON, is_converted, read_json, vae_scale_factor
+from ..core.layout import CONFIG_JSON, SizeRules, is_converted, read_json, vae_scale_factor
 from .submodels import OVSubmodel
 
 PREVIEW_DECODER = "vae_preview_decoder"  # a tiny autoencoder's decoder; not in model_index.json, so other runtimes ignore it
@@ -187,16 +187,22 @@ def check_preview_latents(latents, *, latent_channels: int, vae_scale_factor: in
     return as_array(latents)
 
 
-def check_preview_options(*, method: str, output_type: str, size) -> None:
-    """Raise a ValueError or TypeError naming a bad `method`, `output_type` or `size`."""
+def check_preview_options(*, method: str, output_type: str, size, maximum_side: int) -> None:
+    """Raise a ValueError or TypeError naming a bad `method`, `output_type` or `size` (each side a positive int of at
+    most `maximum_side` pixels, the largest image side of the model: checked before anything is allocated)."""
     if method not in PREVIEW_METHODS:
         raise ValueError(f"`method` must be one of {list(PREVIEW_METHODS)} but is {method!r}.")
     if output_type not in PREVIEW_OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {list(PREVIEW_OUTPUT_TYPES)} but is {output_type!r}.")
-    sides_ok = isinstance(size, (tuple, list)) and len(size) == 2
-    sides_ok = sides_ok and all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size)
-    if size is not None and not sides_ok:
+    if size is None:
+        return
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(side, int) and not isinstance(side, bool) for side in size)):
         raise TypeError(f"`size` has to be None or (width, height) in pixels, e.g. (512, 512), but is {size!r:.80}.")
+    if not all(0 < side <= maximum_side for side in size):
+        raise ValueError(
+            f"`size` has to be (width, height) with sides from 1 to {maximum_side} pixels (this model's largest image side) "
+            f"but is {tuple(size)}. Pass the image's size, e.g. ({maximum_side}, {maximum_side}) at most, or None."
+        )
 
 
 def preview_output(images: np.ndarray, *, output_type: str, size: tuple[int, int] | None):
@@ -249,6 +255,7 @@ class LatentPreviewMixin:
     previews: LatentPreviews
     vae_decoder: OVSubmodel
     vae_scale_factor: int
+    size_rules: SizeRules  # `size` is checked against its `maximum` side
     model_dir: Path
     _call_lock: threading.RLock
 
@@ -259,14 +266,14 @@ class LatentPreviewMixin:
         small VAE call, once for this pipeline and those `from_pipe` makes from it), then one small matrix product per
         preview: images of h x w pixels. `method="taesd"`: the tiny autoencoder's decoder converted into the folder
         (`convert_preview_decoder`): full-size images, sharper, at a small share of a step's cost (see docs/speed.md).
-        `size=(width, height)` resizes them (nearest), e.g. to the image's size. `output_type` "pil" gives PIL images,
-        "np" a (B, H, W, 3) float32 array in [0, 1].
+        `size=(width, height)` resizes them (nearest), e.g. to the image's size (sides up to `size_rules.maximum`).
+        `output_type` "pil" gives PIL images, "np" a (B, H, W, 3) float32 array in [0, 1].
 
             def show(pipe, step, timestep, callback_kwargs):
                 pipe.preview_images(callback_kwargs["latents"])[0].save(f"step-{step}.png")
                 return {}
         """
-        check_preview_options(method=method, output_type=output_type, size=size)
+        check_preview_options(method=method, output_type=output_type, size=size, maximum_side=self.size_rules.maximum)
         channels = self.vae_decoder.config["latent_channels"]
         latents = check_preview_latents(latents, latent_channels=channels, vae_scale_factor=self.vae_scale_factor)
         if method == "linear":

@@ -6,7 +6,9 @@ need not fit at once: the latents are cut into overlapping tiles of `tile_latent
 decoded alone, and each tile's first rows and columns are blended linearly with the tile above and the tile to its
 left (`blend_v`, `blend_h`) before the overlap is cropped off. Encoding cuts the pixels the same way. Tile sizes come
 from the VAE's `config.json` (`sample_size` pixels, as diffusers reads them), the overlap is diffusers' 0.25, and
-the result equals diffusers' tiled result (tests/test_vae_tiling.py). Only the previous row of tiles is kept.
+the result equals diffusers' tiled result (tests/test_vae_tiling.py) wherever diffusers' is right: for an overlap
+of a whole number of latent cells. For other overlaps (0.3 of a 16-cell tile, say) the crop here follows the
+stride, so the output always has the size asked for. Only the previous row of tiles is kept.
 
 Imports numpy and the layout.
 """
@@ -42,13 +44,16 @@ def blend_h(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
     return b
 
 
-def tiled(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, *, tile: int, output_tile: int, overlap_factor: float) -> np.ndarray:
-    """`run` on `tile` x `tile` windows of (B, C, H, W) `inputs` that overlap by `overlap_factor` of a tile; each
-    output (`output_tile` x `output_tile`) blended with its upper and left neighbours over their overlap, cropped to
-    the part it alone covers, and all put together."""
-    # Adapted from diffusers AutoencoderKL.tiled_decode: one row of tiles at a time instead of all of them
-    stride, blend_extent = int(tile * (1 - overlap_factor)), int(output_tile * overlap_factor)
-    row_limit = output_tile - blend_extent
+def tiled(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, *, tile: int, stride: int, output_tile: int, output_stride: int) -> np.ndarray:
+    """`run` on `tile` x `tile` windows of (B, C, H, W) `inputs`, one every `stride` cells; each output (`output_tile`
+    x `output_tile`, `output_stride` per `stride`) blended with its upper and left neighbours over their overlap,
+    cropped to its first `output_stride` rows and columns (the part no later tile covers), and all put together: an
+    output of exactly H x W input cells' worth for any stride."""
+    # Adapted from diffusers AutoencoderKL.tiled_decode: one row of tiles at a time instead of all of them, and the
+    # crop and blend derived from the stride. diffusers crops each tile to `tile_sample_min_size - blend_extent` but
+    # strides by `int(tile_latent_min_size * (1 - overlap))` latent cells: two roundings that disagree unless the
+    # overlap is a whole number of latent cells, and then each tile adds rows twice (133 x 133 for 128 x 128).
+    blend_extent = output_tile - output_stride  # the overlap of neighbouring outputs
     result_rows, previous_row = [], None
     for i in range(0, inputs.shape[2], stride):
         windows = [np.ascontiguousarray(inputs[:, :, i : i + tile, j : j + tile]) for j in range(0, inputs.shape[3], stride)]
@@ -58,7 +63,7 @@ def tiled(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, *, tile: 
                 blend_v(previous_row[j], decoded, blend_extent)
             if j > 0:
                 blend_h(row[j - 1], decoded, blend_extent)
-        result_rows.append(np.concatenate([decoded[:, :, :row_limit, :row_limit] for decoded in row], axis=3))
+        result_rows.append(np.concatenate([decoded[:, :, :output_stride, :output_stride] for decoded in row], axis=3))
         previous_row = row
     return np.concatenate(result_rows, axis=2)
 
@@ -106,13 +111,24 @@ class VaeTiling:
         """True when images of this shape are bigger than one tile."""
         return pixels_shape[-1] > self.tile_sample_min_size or pixels_shape[-2] > self.tile_sample_min_size
 
+    @property
+    def stride_latent(self) -> int:
+        """Latent cells from one tile to the next, diffusers' `int(tile_latent_min_size * (1 - tile_overlap_factor))`:
+        decoding and encoding both step on this grid, so that a tile's pixels and its latent cells stay aligned."""
+        return int(self.tile_latent_min_size * (1 - self.tile_overlap_factor))
+
+    @property
+    def scale(self) -> int:
+        """Pixels per latent cell."""
+        return self.tile_sample_min_size // self.tile_latent_min_size
+
     def decode(self, decode_tile: Callable[[np.ndarray], np.ndarray], latents: np.ndarray) -> np.ndarray:
-        """(B, C, h, w) latents -> (B, 3, H, W) images, one tile at a time (diffusers' `tiled_decode`)."""
-        sizes = dict(tile=self.tile_latent_min_size, output_tile=self.tile_sample_min_size)
-        return tiled(decode_tile, latents, **sizes, overlap_factor=self.tile_overlap_factor)
+        """(B, C, h, w) latents -> (B, 3, h x scale, w x scale) images, one tile at a time (diffusers' `tiled_decode`)."""
+        sizes = dict(tile=self.tile_latent_min_size, stride=self.stride_latent, output_tile=self.tile_sample_min_size)
+        return tiled(decode_tile, latents, **sizes, output_stride=self.stride_latent * self.scale)
 
     def encode(self, encode_tile: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> np.ndarray:
-        """(B, 3, H, W) images -> (B, 2 x latent_channels, h, w) latent parameters, one tile at a time (diffusers'
-        `_tiled_encode`)."""
-        sizes = dict(tile=self.tile_sample_min_size, output_tile=self.tile_latent_min_size)
-        return tiled(encode_tile, pixels, **sizes, overlap_factor=self.tile_overlap_factor)
+        """(B, 3, H, W) images -> (B, 2 x latent_channels, H / scale, W / scale) latent parameters, one tile at a time
+        (diffusers' `_tiled_encode`, on the latent grid of `decode`)."""
+        sizes = dict(tile=self.tile_sample_min_size, stride=self.stride_latent * self.scale, output_tile=self.tile_latent_min_size)
+        return tiled(encode_tile, pixels, **sizes, output_stride=self.stride_latent)
