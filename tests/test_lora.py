@@ -78,9 +78,13 @@ def test_tiny_lora_targets_the_attention_layers(tiny_lora):
     assert {key.split(".lora_")[0].split(".", 3)[-1] for key in keys} == set(TINY_LORA_TARGETS)
 
 
-@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), "1"])
-def test_genai_adapter_alpha_must_be_finite(tiny_lora, alpha):
-    with pytest.raises(ValueError, match="has to be a finite number"):
+@pytest.mark.parametrize(
+    ("alpha", "message"),
+    [(float("nan"), "has to be a finite number"), (float("inf"), "has to be a finite number"), ("1", "has to be a finite number"),
+     (1e30, "has to be between -100 and 100")],
+)  # fmt: skip
+def test_genai_adapter_alpha_must_be_finite_and_bounded(tiny_lora, alpha, message):
+    with pytest.raises(ValueError, match=message):
         genai_adapter_config([(tiny_lora, alpha)])
 
 
@@ -156,6 +160,13 @@ def test_lora_for_another_model_is_refused(tmp_path, tiny_checkpoint):
 def test_lora_scale_must_be_a_finite_number(tmp_path, tiny_checkpoint, tiny_lora, scale):
     with pytest.raises(ValueError, match="has to be a finite number"):
         sd3_helper.convert_sd3(tiny_checkpoint, tmp_path / "out", lora=[(tiny_lora, scale)])
+
+
+@pytest.mark.parametrize("scale", [1e30, -101])
+def test_fused_lora_scale_beyond_100_is_refused_before_anything_is_written(tmp_path, tiny_checkpoint, tiny_lora, scale):
+    with pytest.raises(ValueError, match="adapter weights beyond \\+-100 overflow the model's activations"):
+        sd3_helper.convert_sd3(tiny_checkpoint, tmp_path / "out", lora=[(tiny_lora, scale)])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -304,11 +315,16 @@ def test_runtime_adapter_bad_input(runtime_pipeline, tiny_lora, tmp_path):
         (not_a_lora, "is not a LoRA"),
         (other_model, "another model"),
         (no_layer, "does not fit"),
-        (tmp_path / "missing.safetensors", "could not be read"),
         (unreachable, "could not be read"),
     ):
         with pytest.raises(ValueError, match=message):
             runtime_pipeline.load_lora_weights(str(path), adapter_name="bad")
+    with pytest.raises(FileNotFoundError, match="`pretrained_model_name_or_path_or_dict` '.*missing.safetensors' does not exist"):
+        runtime_pipeline.load_lora_weights(str(tmp_path / "missing.safetensors"), adapter_name="bad")
+    with pytest.raises(TypeError, match="`pretrained_model_name_or_path_or_dict` has to be"):
+        runtime_pipeline.load_lora_weights(5, adapter_name="bad")
+    with pytest.raises(ValueError, match="adapter weights beyond"):
+        runtime_pipeline.set_adapters(["a"], [1e30])
     assert runtime_pipeline.get_list_adapters() == {"transformer": ["a"]}  # a failed load changes nothing
 
 

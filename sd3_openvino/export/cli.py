@@ -116,7 +116,7 @@ def _image_arguments(args: argparse.Namespace) -> dict:
 def _generate(args: argparse.Namespace) -> Path:
     check_image_path(args.output)
     image_arguments = _image_arguments(args)
-    lora = check_lora(args.lora)
+    lora = check_lora(args.lora, argument="`--lora`")  # a missing file or a bad scale fails before the model loads
     pipe_class = OVStableDiffusion3InpaintPipeline if args.mask else OVStableDiffusion3Img2ImgPipeline if args.image else OVStableDiffusion3Pipeline
     pipe = pipe_class.from_pretrained(args.model_dir, device=args.device)
     load_adapters(pipe, lora)
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny-model":
             print(make_tiny_sd3(args.output_dir, seed=args.seed))
         elif args.command == "convert":
-            options = dict(load_t5=not args.no_t5, weight_format=args.weight_format, quantize_vae=args.quantize_vae, lora=args.lora)
+            lora = check_lora(args.lora, argument="`--lora`")  # before the checkpoint is read
+            options = dict(load_t5=not args.no_t5, weight_format=args.weight_format, quantize_vae=args.quantize_vae, lora=lora)
             options["overwrite"] = args.overwrite
             print(convert_sd3(args.checkpoint, args.output_dir, **options))
             if args.preview_decoder:

@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 from ..core.layout import HYBRID_WEIGHT_FORMAT
-from ..runtime.lora import LORA_WEIGHT_NAME
+from ..runtime.lora import lora_file_in
 
 SAMPLED_BYTES = 1 << 20  # of a large file, the fingerprint reads the first and the last MiB (and its size)
 
@@ -42,7 +42,7 @@ def lora_options(lora: list[tuple[str, float]]) -> list[dict]:
     options = []
     for source, scale in lora:
         path = Path(source)
-        path = path / LORA_WEIGHT_NAME if path.is_dir() else path
+        path = lora_file_in(path, argument="LoRA") if path.is_dir() else path
         options.append({"source": source, "sha256": _file_digest(path) if path.is_file() else None, "scale": scale})
     return options
 

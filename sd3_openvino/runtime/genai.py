@@ -16,32 +16,22 @@ from ..core.layout import (
     read_json,
     read_model_index,
 )
-from .lora import LORA_WEIGHT_NAME
+from .lora import check_lora, lora_source
 
 GENAI_TASKS = {"text-to-image": "Text2ImagePipeline", "image-to-image": "Image2ImagePipeline", "inpainting": "InpaintingPipeline"}
 
 
-def lora_file(path: str | Path) -> Path:
-    """The `.safetensors` file of a LoRA given as that file or as the folder diffusers saved it in."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / LORA_WEIGHT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA file {str(path)!r} not found. Pass a `.safetensors` LoRA file or a folder holding {LORA_WEIGHT_NAME}.")
-    return path
-
-
 def genai_adapter_config(adapters: list[tuple[str | Path, float]]):
-    """An `openvino_genai.AdapterConfig` holding each `(LoRA path, alpha)` of `adapters`."""
-    import math
-
+    """An `openvino_genai.AdapterConfig` holding each `(LoRA file or folder, alpha)` of `adapters`; the sources and
+    alphas are checked as `check_lora` checks them (local files only: genai reads no hub ids)."""
     import openvino_genai
 
     config = openvino_genai.AdapterConfig()
-    for path, alpha in adapters:
-        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-            raise ValueError(f"The alpha of LoRA {str(path)!r} in `adapters` has to be a finite number but is {alpha!r}.")
-        config.add(openvino_genai.Adapter(str(lora_file(path))), float(alpha))
+    for source, alpha in check_lora(adapters, argument="`adapters` LoRA"):
+        path = lora_source(source, argument="`adapters` LoRA")
+        if not isinstance(path, Path):
+            raise ValueError(f"`adapters` LoRA {source!r} has to be a local file or folder: openvino.genai reads no hub ids or state dicts.")
+        config.add(openvino_genai.Adapter(str(path)), alpha)
     return config
 
 

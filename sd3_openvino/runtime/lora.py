@@ -27,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.layout import CONFIG_JSON, linear_node_name, read_model_index
+from ..core.layout import CONFIG_JSON, is_hub_id, linear_node_name, read_model_index
 
 LORA_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")  # what diffusers' SD3 LoRA loader fills
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name in a LoRA folder
+LORA_BIN_WEIGHT_NAME = "pytorch_lora_weights.bin"  # the file name diffusers wrote before safetensors
+LORA_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # a source ending so names a file, not a hub id
+MAX_ADAPTER_WEIGHT = 100.0  # |adapter weight| beyond it overflows the activations (NaN images); typical: -2..2
 PROBE_ADAPTER = "probe"  # the adapter name used while reading a LoRA's layers from empty models
 
 
@@ -43,22 +46,79 @@ def describe_source(source) -> str:
     return "(a state dict)" if isinstance(source, dict) else repr(str(source))
 
 
+def lora_file_in(folder: Path, *, argument: str) -> Path:
+    """The LoRA file in `folder`: diffusers' `pytorch_lora_weights.safetensors`, else the one `.safetensors` file it
+    holds (else diffusers' older `pytorch_lora_weights.bin`). A named error when it holds none, or several."""
+    if (folder / LORA_WEIGHT_NAME).is_file():
+        return folder / LORA_WEIGHT_NAME
+    candidates = sorted(path for path in folder.glob("*.safetensors") if path.is_file())
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        names = ", ".join(path.name for path in candidates[:5])
+        raise ValueError(
+            f"{argument} {str(folder)!r} holds {len(candidates)} `.safetensors` files ({names}) and no {LORA_WEIGHT_NAME}; "
+            f"pass the LoRA file itself, e.g. {str(candidates[0])!r}."
+        )
+    if (folder / LORA_BIN_WEIGHT_NAME).is_file():
+        return folder / LORA_BIN_WEIGHT_NAME
+    raise FileNotFoundError(
+        f"{argument} {str(folder)!r} is a folder without a LoRA file (no `.safetensors` file in it). Pass the LoRA "
+        f"file itself, or the folder diffusers saved it in (it holds {LORA_WEIGHT_NAME})."
+    )
+
+
+def lora_source(source, *, argument: str = "LoRA") -> dict | Path | str:
+    """What a LoRA `source` names, found without network access: a state dict as it is, a local file as its `Path`
+    (a folder as the LoRA file it holds: see `lora_file_in`), or a hub id (`namespace/name`) as it is.
+
+    A source that looks like a path (a `Path`, a file suffix such as `.safetensors`, or anything but `namespace/name`)
+    and does not exist is a FileNotFoundError at once, not a hub request; a source of another type is a TypeError.
+    `argument` names the source in messages."""
+    if isinstance(source, dict):
+        return source
+    if not isinstance(source, (str, Path)):
+        raise TypeError(
+            f"{argument} has to be a LoRA file or folder (str or Path), a hub id (namespace/name) or a state dict, but is "
+            f"{type(source).__name__}: {source!r}."
+        )
+    if isinstance(source, str) and not source.strip():
+        raise ValueError(f"{argument} has to name a LoRA file, its folder or a hub id (namespace/name) but is {source!r}.")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return lora_file_in(path, argument=argument)
+    if path.exists():
+        return path
+    if is_hub_id(source) and path.suffix.lower() not in LORA_SUFFIXES:
+        return source
+    raise FileNotFoundError(
+        f"{argument} {str(source)!r} does not exist. Pass a LoRA `.safetensors` file, its folder or a hub id (namespace/name)."
+    )
+
+
 def read_lora_state_dict(source: str | Path | dict) -> tuple[dict, dict | None]:
     """A LoRA's state dict (peft key names) and its metadata, read by diffusers' `lora_state_dict`, which
-    normalises the formats it knows. `source` is a file, a folder holding `pytorch_lora_weights.safetensors`, a hub
-    id or a state dict. Raises a ValueError naming `source` when it is no LoRA for SD3."""
+    normalises the formats it knows. `source` is a file, a folder holding its LoRA file (see `lora_file_in`), a hub
+    id or a state dict; a local file is read whatever the hub settings (`HF_HUB_OFFLINE=1` too). A missing path is a
+    FileNotFoundError (see `lora_source`); a ValueError names `source` when it is no LoRA for SD3."""
+    resolved = lora_source(source)
     from diffusers import StableDiffusion3Pipeline
 
     described = describe_source(source)
+    if isinstance(resolved, Path):  # folder and file name: diffusers looks for nothing else (offline mode refuses to guess)
+        location = {"pretrained_model_name_or_path_or_dict": str(resolved.parent), "weight_name": resolved.name}
+    else:
+        location = {"pretrained_model_name_or_path_or_dict": dict(resolved) if isinstance(resolved, dict) else resolved}
     try:
-        state_dict, metadata = StableDiffusion3Pipeline.lora_state_dict(
-            dict(source) if isinstance(source, dict) else str(source), return_lora_metadata=True
-        )
-    except Exception as error:  # a missing or damaged file, a hub id without network (httpx errors), a non-LoRA dict
+        state_dict, metadata = StableDiffusion3Pipeline.lora_state_dict(**location, return_lora_metadata=True)
+    except Exception as error:  # a damaged file, a hub id without network (httpx errors), a non-LoRA dict
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}" if str(error).strip() else type(error).__name__
         raise ValueError(f"LoRA {described} could not be read ({reason}). Pass a diffusers/peft LoRA `.safetensors` file or its folder.") from error
-    if not state_dict or not all("lora" in key for key in state_dict):
-        raise ValueError(f"{described} is not a LoRA: its tensor names must all contain 'lora' (found e.g. {next(iter(state_dict), None)!r}).")
+    if not state_dict:
+        raise ValueError(f"{described} is not a LoRA: it holds no tensors.")
+    not_lora = next((key for key in state_dict if "lora" not in key), None)
+    if not_lora is not None:
+        raise ValueError(f"{described} is not a LoRA: its tensor names must all contain 'lora', but it holds {not_lora!r}.")
     prefixes = sorted({key.split(".")[0] for key in state_dict})
     if not set(prefixes) & set(LORA_COMPONENTS):
         raise ValueError(
@@ -69,21 +129,34 @@ def read_lora_state_dict(source: str | Path | dict) -> tuple[dict, dict | None]:
 
 
 def check_scale(scale, *, name: str) -> float:
-    """`scale` as a float; a ValueError names `name` unless it is a finite number (negative scales are valid, as in
-    diffusers)."""
+    """`scale` as a float; a ValueError names `name` unless it is a finite number within +-`MAX_ADAPTER_WEIGHT`
+    (negative scales are valid, as in diffusers)."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not math.isfinite(scale):
         raise ValueError(f"{name} has to be a finite number (negative values are valid) but is {scale!r}.")
+    if abs(scale) > MAX_ADAPTER_WEIGHT:
+        raise ValueError(
+            f"{name} has to be between -{MAX_ADAPTER_WEIGHT:g} and {MAX_ADAPTER_WEIGHT:g} but is {float(scale):g}: adapter weights "
+            f"beyond +-{MAX_ADAPTER_WEIGHT:g} overflow the model's activations; typical values are -2..2."
+        )
     return float(scale)
 
 
-def check_lora(lora: list[tuple[str | Path, float]] | None) -> list[tuple[str, float]]:
-    """`lora` as `[(source, scale), ...]` with finite float scales (negative scales are valid, as in diffusers)."""
+def check_lora(lora: list[tuple[str | Path, float]] | None, *, argument: str = "LoRA") -> list[tuple[str, float]]:
+    """`lora` as `[(source, scale), ...]` with float scales checked by `check_scale`, and each local source checked
+    by `lora_source` (a path that does not exist fails here, before any model loads; hub ids are not looked up).
+    `argument` names a source in messages (`--lora` on the command line)."""
+    if not isinstance(lora, (list, tuple, type(None))):
+        raise TypeError(f"`lora` has to be a list of (path, scale) pairs but is {type(lora).__name__}: {lora!r}.")
     checked = []
     for entry in lora or []:
         if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
             raise TypeError(f"`lora` has to be a list of (path, scale) pairs but holds {entry!r}.")
         source, scale = entry
-        checked.append((str(source), check_scale(scale, name=f"The scale of LoRA {str(source)!r} in `lora`")))
+        scale = check_scale(scale, name=f"The scale of LoRA {str(source)!r} in `lora`")
+        if not isinstance(source, (str, Path)):  # a state dict has no name for the conversion record
+            raise TypeError(f"`lora` has to hold LoRA paths or hub ids (str or Path) but holds {type(source).__name__}: {source!r}.")
+        lora_source(source, argument=argument)
+        checked.append((str(Path(source).expanduser()) if str(source).startswith("~") else str(source), scale))
     return checked
 
 
@@ -180,9 +253,10 @@ def read_lora_layers(source: str | Path | dict, *, model_dir: str | Path) -> dic
         weights = peft_state_dict(state_dict, component=component)
         layers[component] = {path: lora_layer(layer, weights, path=path, source=source) for path, layer in model.named_modules() if isinstance(layer, BaseTunerLayer)}
     if not any(layers.values()):
+        unmatched = next(key for key in state_dict if key.split(".")[0] in LORA_COMPONENTS)
         raise ValueError(
             f"LoRA {describe_source(source)} matches no layer of `{model_dir}`: its layer names are not the SD3 "
-            f"transformer's or CLIP encoders' (e.g. {next(iter(state_dict))!r}). Is it a LoRA for another model?"
+            f"transformer's or CLIP encoders' (e.g. {unmatched!r}). Is it a LoRA for another model?"
         )
     return {component: component_layers for component, component_layers in layers.items() if component_layers}
 
@@ -313,6 +387,7 @@ class LoraAdapters:
     def load(self, source: str | Path | dict, *, adapter_name: str | None = None) -> str:
         """Read the LoRA at `source`, give the layers it touches LoRA states (compiling those submodels again, once)
         and make it the active adapter; returns its name (`default_<n>` by default, as diffusers names them)."""
+        lora_source(source, argument="`pretrained_model_name_or_path_or_dict`")  # a missing path fails here, offline
         if adapter_name is None:
             adapter_name = next(f"default_{index}" for index in range(len(self.layers) + 1) if f"default_{index}" not in self.layers)
         if not isinstance(adapter_name, str) or not adapter_name:

@@ -25,13 +25,18 @@ class LoraLoaderMixin:
         """Load a LoRA (a `.safetensors` file, its folder, a hub id or a state dict; every format diffusers'
         `lora_state_dict` reads) for the transformer and, where it has them, the CLIP text encoders, and make it the
         active adapter at weight 1. The first adapter on a layer compiles its submodel again; later switches
-        (`set_adapters`) do not. `adapter_name` defaults to `default_<n>`. Reading the file imports torch."""
+        (`set_adapters`) do not. `adapter_name` defaults to `default_<n>`. Reading the file imports torch.
+
+        A local file loads whatever the hub settings (`HF_HUB_OFFLINE=1` too); a folder gives its
+        `pytorch_lora_weights.safetensors` or its one `.safetensors` file. Only `namespace/name` is looked up on the
+        hub: a path that does not exist is a FileNotFoundError at once, another type a TypeError."""
         with self._call_lock:
             self.lora.load(pretrained_model_name_or_path_or_dict, adapter_name=adapter_name)
 
     def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | dict | list | None = None) -> None:
         """Make `adapter_names` the active adapters, each at its weight (None: 1; one number for all; a list, one per
-        name; a dict by component, e.g. `{"transformer": 0.8, "text_encoder": 0.5}`). Writes states only."""
+        name; a dict by component, e.g. `{"transformer": 0.8, "text_encoder": 0.5}`). Writes states only. Weights are
+        finite numbers from -100 to 100 (typical values are -2..2; larger ones overflow the activations)."""
         with self._call_lock:
             self.lora.set_adapters(adapter_names, adapter_weights)
 
