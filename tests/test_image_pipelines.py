@@ -308,3 +308,82 @@ def test_from_pipe_adds_at_most_five_percent_to_peak_rss(converted):
     before, after = map(int, result.stdout.split()[-2:])
     print(f"\npeak RSS {before / 1e9:.2f} GB -> {after / 1e9:.2f} GB with image-to-image and inpainting from_pipe")
     assert after <= 1.05 * before
+
+
+# -- Image inputs of every kind (the full table is at the `preprocess` level, in test_image_inputs.py) --------
+
+
+def img2img_np(pipe, image, **kwargs):
+    return pipe("a red ball", image=image, strength=0.75, num_inference_steps=2, generator=torch.Generator().manual_seed(5), output_type="np", **SIZE, **kwargs).images
+
+
+def test_uint8_and_gray_images_give_what_their_float_rgb_equivalents_give(ov_image_pipelines):
+    """A uint8 array is read as 0-255 (today's bug: taken as [-1, 1]); PIL "L" and RGBA are converted to RGB."""
+    pipe = ov_image_pipelines("img2img")
+    pixels = np.array(test_image(), dtype=np.uint8)  # writable, for torch.from_numpy
+    reference = img2img_np(pipe, pixels.astype(np.float32) / 255)
+    np.testing.assert_array_equal(img2img_np(pipe, pixels), reference)
+    np.testing.assert_array_equal(img2img_np(pipe, torch.from_numpy(pixels).permute(2, 0, 1)[None]), reference)
+    gray = test_image().convert("L")
+    np.testing.assert_array_equal(img2img_np(pipe, gray), img2img_np(pipe, gray.convert("RGB")))
+    rgba = test_image().convert("RGBA")
+    rgba.putalpha(128)
+    np.testing.assert_array_equal(img2img_np(pipe, rgba), img2img_np(pipe, test_image()))
+
+
+def test_inpaint_uint8_mask_gives_what_its_float_mask_gives(ov_image_pipelines):
+    pipe = ov_image_pipelines("inpaint")
+    mask = test_mask()
+    reference = img2img_np(pipe, test_image(), mask_image=mask)
+    np.testing.assert_array_equal(img2img_np(pipe, test_image(), mask_image=(mask * 255).astype(np.uint8)), reference)
+    np.testing.assert_array_equal(img2img_np(pipe, test_image(), mask_image=np.repeat(mask[..., None], 3, axis=-1) > 0.5), reference)
+
+
+MASK_COUNTS = {
+    "three-masks-two-images": (2, 3, ValueError, "`mask_image` holds 3 masks but `image` holds 2 images; pass one mask for all images or one mask per image"),
+    "two-masks-one-image": (1, 2, ValueError, "`mask_image` holds 2 masks but `image` holds 1 images"),
+}
+
+
+@pytest.mark.parametrize(("images", "masks", "error", "message"), MASK_COUNTS.values(), ids=MASK_COUNTS.keys())
+def test_inpaint_mask_count_is_checked_by_name(ov_image_pipelines, images, masks, error, message):
+    with pytest.raises(error) as raised:
+        ov_image_pipelines("inpaint")(["a cat"] * images, image=[test_image()] * images, mask_image=[test_mask()] * masks, num_inference_steps=2, **SIZE)
+    assert message in str(raised.value)
+
+
+def test_inpaint_one_mask_for_two_images(ov_image_pipelines):
+    images = ov_image_pipelines("inpaint")(
+        ["a cat", "a dog"], image=[test_image(0), test_image(1)], mask_image=test_mask(), num_inference_steps=2, output_type="np", **SIZE
+    ).images
+    assert images.shape == (2, *SIZE.values(), 3)
+
+
+PADDING_MASK_CROP_CASES = {
+    "empty-mask": (
+        lambda: dict(mask_image=Image.new("L", (64, 48))), ValueError,
+        "`mask_image` is empty (all black): with `padding_mask_crop` the crop is the mask's bounding box",
+    ),
+    "numpy-mask": (lambda: dict(mask_image=test_mask()), TypeError, "`padding_mask_crop` needs `image` and `mask_image` as one PIL image each"),
+    "np-output": (
+        lambda: dict(mask_image=Image.fromarray((test_mask() * 255).astype(np.uint8)), output_type="np"), ValueError,
+        "`output_type` has to be 'pil' but is 'np'",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("make_kwargs", "error", "message"), PADDING_MASK_CROP_CASES.values(), ids=PADDING_MASK_CROP_CASES.keys())
+def test_inpaint_padding_mask_crop_inputs_are_checked_by_name(ov_image_pipelines, make_kwargs, error, message):
+    """diffusers fails on an empty mask with a PIL coordinate error; we refuse it by name rather than crop to the
+    whole image."""
+    with pytest.raises(error) as raised:
+        ov_image_pipelines("inpaint")("a cat", image=test_image(), padding_mask_crop=4, num_inference_steps=2, **SIZE, **make_kwargs())
+    assert message in str(raised.value)
+
+
+def test_from_pipe_keeps_the_static_shapes_of_reshape(converted):
+    pipe = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(converted("fp32", True), ov_config=F32, compile=False).reshape(**SIZE)
+    img2img = sd3_helper.OVStableDiffusion3Img2ImgPipeline.from_pipe(pipe)
+    assert img2img._static_shape == pipe._static_shape
+    with pytest.raises(ValueError, match=r"This pipeline was reshaped to static shapes .* but this call asks for \{'height': 32, 'width': 32\}"):
+        img2img("a cat", image=test_image(), num_inference_steps=2, height=32, width=32)

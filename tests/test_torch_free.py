@@ -237,7 +237,7 @@ PREPROCESS_CASES = {  # id: (processor arguments, image factory, preprocess argu
     "pil-odd-size-resized": (IMAGE_PROCESSOR, lambda: random_pil(67, 45), {"height": 64, "width": 48}),
     "pil-upscaled": (IMAGE_PROCESSOR, lambda: random_pil(21, 37), {"height": 72, "width": 56}),
     "pil-default-size-rounded-down": (IMAGE_PROCESSOR, lambda: random_pil(67, 45), {}),
-    "pil-rgba": (IMAGE_PROCESSOR, lambda: random_pil(30, 30, mode="RGBA"), {"height": 32, "width": 32}),
+    "pil-rgba": ({**IMAGE_PROCESSOR, "do_convert_rgb": True}, lambda: random_pil(32, 32, mode="RGBA"), {"height": 32, "width": 32}),  # ours: always RGB
     "pil-list": (IMAGE_PROCESSOR, lambda: [random_pil(50, 70, seed=1), random_pil(50, 70, seed=2)], {"height": 48, "width": 64}),
     "pil-fill": (IMAGE_PROCESSOR, lambda: random_pil(40, 90), {"height": 64, "width": 64, "resize_mode": "fill"}),
     "pil-fill-tall": (IMAGE_PROCESSOR, lambda: random_pil(90, 40), {"height": 64, "width": 64, "resize_mode": "fill"}),

@@ -151,12 +151,46 @@ def check_embeds(
             fits = len(shape) == 3 and shape[1] > clip_tokens and shape[2] == text_width
         if not fits:
             raise ValueError(f"`{name}` must have shape {expected[kind]} for this model but has shape {shape}; make it with `pipe.encode_prompt`.")
+        check_finite(value, name=name)
     for positive in ("prompt_embeds", "pooled_prompt_embeds"):
         negative = f"negative_{positive}"
         if embeds[positive] is not None and embeds[negative] is not None and embeds[positive].shape != embeds[negative].shape:
             raise ValueError(
                 f"`{positive}` and `{negative}` must have the same shape but have {tuple(embeds[positive].shape)} and {tuple(embeds[negative].shape)}."
             )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finite numbers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def check_finite(value, *, name: str) -> None:
+    """Raise a ValueError naming `name` if `value` (None, a numpy array or a torch tensor: latents, embeddings) holds
+    NaN or infinite values: one NaN spreads to the whole image."""
+    if value is None:
+        return
+    array = value.detach().cpu().float().numpy() if is_torch_tensor(value) else np.asarray(value)
+    if array.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ValueError(
+            f"`{name}` contains NaN or infinite values ({array.size - int(finite.sum())} of {array.size}); pass finite "
+            "values: a NaN spreads to the whole image."
+        )
+
+
+def check_finite_latents(latents: np.ndarray, *, step: int, num_steps: int) -> None:
+    """Raise a FloatingPointError if the latents after denoising step `step` (counted from 0, as `callback_on_step_end`
+    counts) of `num_steps` hold NaN or infinite values: there is no point running the others."""
+    if not np.isfinite(latents).all():
+        raise FloatingPointError(
+            f"The latents became NaN or infinite at denoising step {step + 1} of {num_steps} (counted from 1; "
+            f"`callback_on_step_end` calls it step {step}); the remaining steps were not run. Usual causes: a LoRA "
+            "adapter's scale too large (lower `adapter_weights` in `set_adapters`), bf16 overflow on this CPU (load with "
+            '`ov_config={"INFERENCE_PRECISION_HINT": "f32"}`), or a NaN in an input (a callback\'s `latents`, an image).'
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -26,13 +26,11 @@ from typing import Callable
 import numpy as np
 
 from .arrays import as_array, as_generator, wants_torch
-from .image_processing import ImageProcessor, interpolate_nearest, is_torch_tensor
+from .image_processing import IMAGE_KINDS, ImageBatch, ImageProcessor, interpolate_nearest
 from ..core.layout import PIPELINE_SUBMODELS
-from .checks import check_strength
+from .checks import check_finite, check_strength
 from .noise import randn_tensor
 from .pipeline import OVStableDiffusion3Pipeline, SD3PipelineOutput
-
-IMAGE_TYPES = "a PIL image, a numpy array (H, W, C) / (B, H, W, C) in [0, 1], a torch tensor (B, C, H, W) in [-1, 1], or a list of these"
 
 
 @dataclass
@@ -58,27 +56,6 @@ class StepConditioning:
     after_step: Callable[[np.ndarray, int], np.ndarray] | None = None  # latents after each scheduler step
 
 
-def _is_image(value) -> bool:
-    import PIL.Image
-
-    if isinstance(value, list):
-        return bool(value) and all(_is_image(item) for item in value)
-    return isinstance(value, (PIL.Image.Image, np.ndarray)) or is_torch_tensor(value)
-
-
-def _spatial_size(value) -> tuple[int, int]:
-    """(height, width) of an image argument (the first one of a list)."""
-    import PIL.Image
-
-    value = value[0] if isinstance(value, list) else value
-    if isinstance(value, PIL.Image.Image):
-        return value.height, value.width
-    shape = tuple(value.shape)
-    if is_torch_tensor(value):
-        return shape[-2], shape[-1]
-    return (shape[0], shape[1]) if len(shape) <= 3 and (len(shape) == 2 or shape[-1] in (1, 3, 4)) else (shape[1], shape[2])
-
-
 class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
     """Image-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline."""
 
@@ -92,12 +69,12 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
 
     # -- The image -----------------------------------------------------------------------------------------
 
-    def check_image(self, image, *, name: str = "image") -> None:
-        """Raise a TypeError naming `name` if it is not an image diffusers accepts."""
+    def check_image(self, image, *, name: str = "image") -> ImageBatch:
+        """`image` checked and converted once (`ImageProcessor.as_batch`: PIL images to RGB, arrays to (B, 3, H, W)
+        float, latents recognised), or a TypeError or ValueError naming `name`."""
         if image is None:
-            raise ValueError(f"`{name}` is required: pass {IMAGE_TYPES}.")
-        if not _is_image(image):
-            raise TypeError(f"`{name}` has to be {IMAGE_TYPES}, but is {type(image).__name__}.")
+            raise ValueError(f"`{name}` is required: pass {IMAGE_KINDS}.")
+        return self.image_processor.as_batch(image, name=name)
 
     def preprocess_image(self, image, *, height: int, width: int, **kwargs) -> np.ndarray:
         """diffusers' `VaeImageProcessor.preprocess`: resize to `height` x `width`, (B, 3, H, W) float32 in [-1, 1]
@@ -184,7 +161,7 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         to `height` x `width` (the model's native size by default), as diffusers does.
         """
         height, width = self.call_size(kwargs)
-        self.check_image(image)
+        image = self.check_image(image)
         strength = self.call_strength(strength, kwargs)
         image_inputs = self.prepare_image_inputs(image, strength=strength, height=height, width=width)
         return self.generate_from_image(prompt, image_inputs=image_inputs, **{**kwargs, "height": height, "width": width})
@@ -195,8 +172,10 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         return super().generate(prompt, **kwargs, image_inputs=image_inputs)
 
     def prepare_image_inputs(self, image, *, strength: float, height: int, width: int) -> ImageInputs:
-        """The image preprocessed at `height` x `width`, with the call's `strength`."""
-        return ImageInputs(image=self.preprocess_image(image, height=height, width=width), strength=strength, torch_inputs=wants_torch(image))
+        """The image (an `ImageBatch` from `check_image`, or any image) preprocessed at `height` x `width`, with the
+        call's `strength`."""
+        image = self.check_image(image)
+        return ImageInputs(image=self.preprocess_image(image, height=height, width=width), strength=strength, torch_inputs=image.from_torch)
 
     def call_size(self, kwargs: dict) -> tuple[int, int]:
         """`height` and `width` of a call (the native size when not given), checked before images are resized."""
@@ -241,21 +220,42 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
         """True for a 33-channel inpainting transformer (mask and masked image as extra input channels)."""
         return self.transformer.config["in_channels"] != self.vae_decoder.config["latent_channels"]
 
-    def check_mask(self, mask_image, *, image) -> None:
-        """The mask is an image of the image's size with values in [0, 1]; diffusers converts it to one channel
-        and binarizes it at 0.5 (1 = repaint)."""
-        self.check_image(mask_image, name="mask_image")
-        if _spatial_size(mask_image) != _spatial_size(image):
+    def check_mask(self, mask_image, *, image: ImageBatch) -> ImageBatch:
+        """The mask converted once (`mask_processor.as_batch`): an image with values in [0, 1] (diffusers converts it
+        to one channel and binarizes it at 0.5: 1 repaints), of the image's size, one for all images or one per image."""
+        if mask_image is None:
+            raise ValueError(f"`mask_image` is required: pass {IMAGE_KINDS}.")
+        mask = self.mask_processor.as_batch(mask_image, name="mask_image")
+        if len(mask) not in (1, len(image)):
             raise ValueError(
-                f"`mask_image` is {_spatial_size(mask_image)} (height, width) but `image` is {_spatial_size(image)}; "
-                "pass a mask of the image's size."
+                f"`mask_image` holds {len(mask)} masks but `image` holds {len(image)} images; pass one mask for all "
+                "images or one mask per image."
             )
-        for item in mask_image if isinstance(mask_image, list) else [mask_image]:
-            if (isinstance(item, np.ndarray) or is_torch_tensor(item)) and (float(item.min()) < 0 or float(item.max()) > 1):
-                raise ValueError(
-                    f"`mask_image` values have to be in [0, 1] (binarized at 0.5: 1 repaints) but range from "
-                    f"{float(item.min())} to {float(item.max())}; divide a 0-255 mask by 255."
-                )
+        if not image.is_latents and mask.size != image.size:
+            raise ValueError(f"`mask_image` is {mask.size} (height, width) but `image` is {image.size}; pass a mask of the image's size.")
+        return mask
+
+    @staticmethod
+    def check_padding_mask_crop(padding_mask_crop, *, image: ImageBatch, mask: ImageBatch, output_type) -> None:
+        """`padding_mask_crop` is None, or pixels >= 0 with one PIL image, one PIL mask that is not empty and PIL output
+        (the crop is the mask's bounding box, and the result is pasted back onto the image)."""
+        if padding_mask_crop is None:
+            return
+        if isinstance(padding_mask_crop, bool) or not isinstance(padding_mask_crop, int) or padding_mask_crop < 0:
+            raise ValueError(f"`padding_mask_crop` has to be None or an int >= 0 (pixels) but is {padding_mask_crop!r}.")
+        if not all(isinstance(batch.images, list) and len(batch) == 1 for batch in (image, mask)):
+            raise TypeError(
+                "`padding_mask_crop` needs `image` and `mask_image` as one PIL image each (the result is pasted back onto "
+                f"the image) but got {len(image)} image(s) and {len(mask)} mask(s) as arrays or lists; pass PIL images "
+                "(`PIL.Image.fromarray`) or drop `padding_mask_crop`."
+            )
+        if output_type != "pil":
+            raise ValueError(f"`padding_mask_crop` pastes the result onto the PIL image: `output_type` has to be 'pil' but is {output_type!r}.")
+        if not np.asarray(mask.images[0].convert("L")).any():
+            raise ValueError(
+                "`mask_image` is empty (all black): with `padding_mask_crop` the crop is the mask's bounding box, and an "
+                "empty mask has none. Paint the area to repaint (white) or drop `padding_mask_crop`."
+            )
 
     def generate(
         self,
@@ -275,8 +275,10 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
         argument is `OVStableDiffusion3Pipeline.generate`'s.
         """
         height, width = self.call_size(kwargs)
-        self.check_image(image)
-        self.check_mask(mask_image, image=image)
+        image = self.check_image(image)
+        mask_image = self.check_mask(mask_image, image=image)
+        self.check_padding_mask_crop(padding_mask_crop, image=image, mask=mask_image, output_type=kwargs.get("output_type", "pil"))
+        check_finite(masked_image_latents, name="masked_image_latents")
         strength = self.call_strength(strength, kwargs)
         image_inputs = self.prepare_inpaint_inputs(
             image, mask_image=mask_image, masked_image_latents=masked_image_latents, strength=strength,
@@ -287,22 +289,23 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
     def prepare_inpaint_inputs(
         self, image, *, mask_image, masked_image_latents, strength: float, padding_mask_crop: int | None, height: int, width: int
     ) -> ImageInputs:
-        """The image and mask preprocessed at `height` x `width` (cropped to the mask's box grown by
-        `padding_mask_crop` pixels when given), with what `finish_images` needs to paste the result back."""
-        if padding_mask_crop is not None and (isinstance(padding_mask_crop, bool) or not isinstance(padding_mask_crop, int) or padding_mask_crop < 0):
-            raise ValueError(f"`padding_mask_crop` has to be None or an int >= 0 (pixels) but is {padding_mask_crop!r}.")
+        """The image and mask (`ImageBatch`es from the checks, or any images) preprocessed at `height` x `width`
+        (cropped to the mask's box grown by `padding_mask_crop` pixels when given), with what `finish_images` needs to
+        paste the result back."""
+        image = self.check_image(image)
+        mask_image = self.check_mask(mask_image, image=image)
         crops_coords, resize_mode = None, "default"
         if padding_mask_crop is not None:
-            crops_coords = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
+            crops_coords = self.mask_processor.get_crop_region(mask_image.images[0], width, height, pad=padding_mask_crop)
             resize_mode = "fill"
         return ImageInputs(
             image=self.preprocess_image(image, height=height, width=width, crops_coords=crops_coords, resize_mode=resize_mode),
             strength=strength,
             mask=self.mask_processor.preprocess(mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords),
             masked_image_latents=as_array(masked_image_latents),
-            torch_inputs=wants_torch(image, mask_image, masked_image_latents),
-            original_image=image,
-            mask_image=mask_image,
+            torch_inputs=image.from_torch or mask_image.from_torch or wants_torch(masked_image_latents),
+            original_image=image.images[0] if crops_coords is not None else None,
+            mask_image=mask_image.images[0] if crops_coords is not None else None,
             crops_coords=crops_coords,
         )
 

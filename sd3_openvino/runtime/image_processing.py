@@ -1,11 +1,17 @@
 """Image pre- and post-processing of the SD3 pipelines in numpy and Pillow: diffusers' `VaeImageProcessor` without torch.
 
 `ImageProcessor` takes the same arguments as diffusers' `VaeImageProcessor` and gives the same numbers (tests compare
-them): `preprocess` turns PIL images, numpy arrays (H, W, C) / (B, H, W, C) in [0, 1] or torch tensors (B, C, H, W)
-into (B, C, H, W) float32 in [-1, 1], resized as diffusers resizes (PIL's filter for PIL images, torch's "nearest"
-for arrays); `postprocess` turns decoded (B, C, H, W) images into PIL images or (B, H, W, C) arrays in [0, 1].
-The inpainting pipeline's `mask_processor` is `ImageProcessor(do_normalize=False, do_binarize=True,
-do_convert_grayscale=True)`.
+them): `preprocess` turns images into (B, C, H, W) float32 in [-1, 1], resized as diffusers resizes (PIL's filter for
+PIL images, torch's "nearest" for arrays); `postprocess` turns decoded (B, C, H, W) images into PIL images or
+(B, H, W, C) arrays in [0, 1]. The inpainting pipeline's `mask_processor` is `ImageProcessor(do_normalize=False,
+do_binarize=True, do_convert_grayscale=True)`.
+
+What an image may be (`as_image_batch`, the inputs diffusers documents, converted or refused by name): a PIL image
+in any mode (converted to RGB; masks to L); a numpy array or torch tensor (H, W), (H, W, C), (B, H, W, C) or
+(B, C, H, W), C in 1, 3, 4 (gray is repeated to RGB, RGBA loses its alpha as `convert("RGB")` does; masks keep one
+channel), float in [0, 1] or uint8 in 0-255 (scaled by 1/255 as PIL images are); or a list of these. As in diffusers,
+tensors may be in [-1, 1] (then not normalized again, with a warning), a torch tensor (C, H, W) is channels-first,
+and a channels-first 4-D array whose C is the VAE's latent channels is taken as latents and passed through.
 
 Imports numpy and Pillow; torch only to read a torch tensor a user passes, or for `output_type="pt"`.
 """
@@ -37,17 +43,158 @@ def _to_numpy(value) -> np.ndarray:
     return value.detach().cpu().numpy() if is_torch_tensor(value) else value
 
 
-def _is_image(value) -> bool:
-    return isinstance(value, PIL.Image.Image) or (isinstance(value, np.ndarray) or is_torch_tensor(value)) and value.ndim in (2, 3)
+IMAGE_KINDS = (
+    "a PIL image, a numpy array or torch tensor ((H, W), (H, W, C), (B, H, W, C) or (B, C, H, W) with C in 1, 3, 4; "
+    "floats in [0, 1] or uint8 in 0-255), or a list of these"
+)
+IMAGE_CHANNELS = (1, 3, 4)  # gray, RGB, RGBA
+RANGE_SLACK = 0.1  # images may overshoot [0, 1] (or [-1, 1]) by this much: the ringing of a bicubic or Lanczos resize
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # PIL's convert("L") weights, for masks given in colour
 
 
-def is_image_or_list(images) -> bool:
-    """A PIL image, a 2-D/3-D array or tensor, a 4-D batch, or a list of images (diffusers' `is_valid_image_imagelist`)."""
-    if (isinstance(images, np.ndarray) or is_torch_tensor(images)) and images.ndim == 4:
-        return True
-    if isinstance(images, list):
-        return all(_is_image(image) for image in images)
-    return _is_image(images)
+@dataclass(frozen=True)
+class ImageBatch:
+    """Images as the processors take them (see `as_image_batch`): PIL images (RGB; masks L or RGB) or a (B, C, H, W)
+    float32 array with C = 3 (masks 1), values as given, or latents (C = the VAE's latent channels)."""
+
+    images: list | np.ndarray
+    is_latents: bool = False
+    from_torch: bool = False  # given as torch tensors: the call hands torch tensors back
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the first image."""
+        first = self.images[0]
+        return (first.height, first.width) if isinstance(first, PIL.Image.Image) else tuple(self.images.shape[2:4])
+
+
+def as_image_batch(image, *, name: str = "image", mask: bool = False, latent_channels: int | None = None) -> ImageBatch:
+    """`image` (see the module docstring) as an `ImageBatch`, or a TypeError or ValueError that names `name`, shows what
+    it got and says the fix. `mask`: one channel, values in [0, 1]; `latent_channels`: the VAE's (None: no latents)."""
+    if isinstance(image, ImageBatch):
+        return image
+    items = image if isinstance(image, list) else [image]
+    if not items:
+        raise ValueError(f"`{name}` is an empty list; pass {IMAGE_KINDS}.")
+    is_pil = [isinstance(item, PIL.Image.Image) for item in items]
+    for item in items:
+        if not (isinstance(item, (PIL.Image.Image, np.ndarray)) or is_torch_tensor(item)):
+            what = f"a list holding {type(item).__name__}" if isinstance(image, list) else type(item).__name__
+            raise TypeError(f"`{name}` has to be {IMAGE_KINDS}, but is {what}: {item!r:.80}.")
+    if all(is_pil):
+        return ImageBatch(images=[_convert_mode(item, mask=mask) for item in items])
+    if any(is_pil):
+        raise TypeError(f"`{name}` mixes PIL images and arrays in one list; pass a list of one kind.")
+    arrays = [_as_nchw(item, name=name, mask=mask, latent_channels=latent_channels) for item in items]
+    if len({is_latents for _, is_latents in arrays}) > 1:
+        raise ValueError(f"`{name}` mixes latents and images in one list; pass one kind.")
+    shapes = [array.shape[1:] for array, _ in arrays]
+    if len(set(shapes)) > 1:
+        sizes = [shape[1:] for shape in shapes]
+        raise ValueError(
+            f"`{name}` holds images of different sizes {sizes} (height, width); resize them to one size first, or pass "
+            "PIL images (each is resized to `height` x `width`)."
+        )
+    return ImageBatch(
+        images=np.concatenate([array for array, _ in arrays]), is_latents=arrays[0][1], from_torch=any(is_torch_tensor(item) for item in items)
+    )
+
+
+def _convert_mode(image: PIL.Image.Image, *, mask: bool) -> PIL.Image.Image:
+    """Images to RGB (RGBA loses its alpha, before any resize); masks of modes other than L and RGB to L (RGB masks
+    are resized first and then converted, as diffusers does)."""
+    if mask:
+        return image if image.mode in ("L", "RGB") else image.convert("L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _as_float(value, *, name: str, mask: bool) -> np.ndarray:
+    """A numpy array or torch tensor as float numpy: uint8 scaled by 1/255 (float32), bool (masks only) as 0 and 1."""
+    if is_torch_tensor(value):
+        value = value.detach().cpu()
+        value = value.float() if str(value.dtype) == "torch.bfloat16" else value
+        value = value.numpy()
+    if value.dtype == np.uint8:
+        return value.astype(np.float32) / 255.0
+    if value.dtype == np.bool_ and mask:
+        return value.astype(np.float32)
+    if value.dtype.kind != "f":
+        fix = "pass floats in [0, 1] or uint8 in 0-255"
+        if value.dtype.kind in "iu":
+            fix += " (e.g. `array.astype(np.uint8)` for 0-255 values, `array.astype(np.float32)` for 0 and 1)"
+        if value.dtype == np.bool_:
+            fix += " (a boolean array is a mask: pass it as `mask_image`, or as `array.astype(np.float32)`)"
+        raise TypeError(f"`{name}` has dtype {value.dtype}: {fix}.")
+    return value if value.dtype == np.float64 else value.astype(np.float32)  # float64 until the end, as in diffusers
+
+
+def _layout(shape: tuple, *, torch_input: bool, mask: bool, latent_channels: int | None) -> str | None:
+    """How an array of `shape` is read (diffusers' meanings first): "HW", "HWC", "CHW", "BHW", "BHWC", "BCHW",
+    "latents", or None for a shape no image has."""
+    if len(shape) == 2:
+        return "HW"
+    if len(shape) == 3:
+        if torch_input:  # diffusers: a 3-D tensor is (C, H, W), or (B, H, W) for masks
+            return "BHW" if mask else ("CHW" if shape[0] in IMAGE_CHANNELS else "HWC" if shape[-1] in IMAGE_CHANNELS else None)
+        return "HWC" if shape[-1] in IMAGE_CHANNELS else ("BHW" if mask else None)
+    if len(shape) == 4:
+        channels_first = shape[1] in IMAGE_CHANNELS or shape[1] == latent_channels
+        if torch_input and channels_first or not torch_input and shape[-1] not in IMAGE_CHANNELS and channels_first:
+            return "latents" if shape[1] == latent_channels and not mask else "BCHW"
+        return "BHWC" if shape[-1] in IMAGE_CHANNELS else None
+    return None
+
+
+def _as_nchw(value, *, name: str, mask: bool, latent_channels: int | None) -> tuple[np.ndarray, bool]:
+    """(a (B, C, H, W) float32 array with C = 3 (1 for masks) or the latent channels, whether it is latents)."""
+    torch_input = is_torch_tensor(value)
+    array = _as_float(value, name=name, mask=mask)
+    if array.size == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(array.shape)}); pass {IMAGE_KINDS}.")
+    layout = _layout(array.shape, torch_input=torch_input, mask=mask, latent_channels=None if mask else latent_channels)
+    if layout is None:
+        latents = "" if mask or latent_channels is None else f", or latents (B, {latent_channels}, h, w)"
+        raise ValueError(
+            f"`{name}` has shape {tuple(array.shape)}, which is no image: pass (H, W), (H, W, C), (B, H, W, C) or (B, C, H, W) "
+            f"with C in 1 (gray), 3 (RGB) or 4 (RGBA){latents}."
+        )
+    check_finite_image(array, name=name, mask=mask, latents=layout == "latents")
+    if layout == "latents":
+        return array, True
+    array = {
+        "HW": lambda a: a[None, None], "HWC": lambda a: a.transpose(2, 0, 1)[None], "CHW": lambda a: a[None],
+        "BHW": lambda a: a[:, None], "BHWC": lambda a: a.transpose(0, 3, 1, 2), "BCHW": lambda a: a,
+    }[layout](array)  # fmt: skip
+    if mask:
+        return (array if array.shape[1] == 1 else np.einsum("bchw,c->bhw", array[:, :3], LUMA)[:, None]), False
+    return (np.repeat(array, 3, axis=1) if array.shape[1] == 1 else array[:, :3]), False
+
+
+def check_finite_image(array: np.ndarray, *, name: str, mask: bool, latents: bool = False) -> None:
+    """Raise a ValueError unless float `array` is finite and in range: [0, 1] for masks, [0, 1] or [-1, 1] for images
+    (give or take `RANGE_SLACK`), any range for `latents`."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ValueError(
+            f"`{name}` contains NaN or infinite values ({array.size - int(finite.sum())} of {array.size}); pass finite "
+            f"values{'' if latents else ' in [0, 1]'}: a NaN spreads to the whole image."
+        )
+    if latents:
+        return
+    low, high = float(array.min()), float(array.max())
+    if mask and (low < 0 or high > 1):
+        raise ValueError(
+            f"`{name}` values have to be in [0, 1] (binarized at 0.5: 1 repaints) but range from {low} to {high}; "
+            "divide a 0-255 float mask by 255, or pass it as uint8."
+        )
+    if not mask and (low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK):
+        raise ValueError(
+            f"`{name}` values have to be in [0, 1] (floats; uint8 arrays are read as 0-255; tensors may be in [-1, 1]) but "
+            f"range from {low} to {high}; divide a 0-255 float image by 255, or pass it as uint8."
+        )
 
 
 def interpolate_nearest(images: np.ndarray, *, size: tuple[int, int]) -> np.ndarray:
@@ -87,7 +234,7 @@ class ImageProcessor:
     reducing_gap: int | None = None
     do_normalize: bool = True  # [0, 1] -> [-1, 1]
     do_binarize: bool = False  # values < 0.5 -> 0, others -> 1 (masks)
-    do_convert_rgb: bool = False
+    do_convert_rgb: bool = False  # PIL images are converted to RGB anyway (masks to L): see `as_image_batch`
     do_convert_grayscale: bool = False  # masks: one channel
 
     def __post_init__(self):
@@ -239,6 +386,13 @@ class ImageProcessor:
 
     # -- Pre- and post-processing --------------------------------------------------------------------------
 
+    def as_batch(self, image, *, name: str | None = None) -> ImageBatch:
+        """`image` checked and converted (see `as_image_batch`): masks when `do_convert_grayscale`, else images (or
+        latents with `vae_latent_channels`). `name` (for errors) is "mask_image" or "image" unless given."""
+        mask = self.do_convert_grayscale
+        name = name or ("mask_image" if mask else "image")
+        return as_image_batch(image, name=name, mask=mask, latent_channels=None if mask else self.vae_latent_channels)
+
     def preprocess(
         self,
         image,
@@ -248,50 +402,31 @@ class ImageProcessor:
         resize_mode: str = "default",
         crops_coords: tuple[int, int, int, int] | None = None,
     ) -> np.ndarray:
-        """PIL image(s), numpy array(s) (H, W, C) / (B, H, W, C) in [0, 1], or torch tensor(s) (B, C, H, W) ->
-        (B, C, H, W) float32, resized to `height` x `width` and normalized to [-1, 1] (latents pass through)."""
+        """Images (see the module docstring, or an `ImageBatch` from `as_batch`) -> (B, C, H, W) float32, resized to
+        `height` x `width` and normalized to [-1, 1] (latents pass through)."""
         # Adapted from diffusers.image_processor.VaeImageProcessor.preprocess
-        channels_first = is_torch_tensor(image[0] if isinstance(image, list) and image else image)
-        image = [_to_numpy(item) for item in image] if isinstance(image, list) else _to_numpy(image)
+        batch = self.as_batch(image)
+        if batch.is_latents:
+            return batch.images.astype(np.float32)  # latents need no preprocessing
 
-        # 1. A 3-D grayscale array gets its missing channel (or batch) axis
-        if self.do_convert_grayscale and isinstance(image, np.ndarray) and image.ndim == 3:
-            if channels_first:
-                image = image[:, None]
-            else:
-                image = np.expand_dims(image, axis=0 if image.shape[-1] == 1 else -1)
-        if isinstance(image, list) and image and isinstance(image[0], np.ndarray) and image[0].ndim == 4:
-            image = np.concatenate(image, axis=0)
-        if not (is_image_or_list(image) and (not isinstance(image, list) or image)):
-            raise ValueError(f"`image` has to be a PIL image, a numpy array, a torch tensor or a list of them, but is {type(image).__name__}.")
-        image = image if isinstance(image, list) else [image]
-
-        # 2. To (B, C, H, W) at the requested size
-        if isinstance(image[0], PIL.Image.Image):
+        # 1. To (B, C, H, W) at the requested size
+        if isinstance(batch.images, list):
+            image = batch.images
             if crops_coords is not None:
                 image = [item.crop(crops_coords) for item in image]
             if self.do_resize:
                 height, width = self.get_default_height_width(image[0], height=height, width=width)
                 image = [self.resize(item, height=height, width=width, resize_mode=resize_mode) for item in image]
-            if self.do_convert_rgb:
-                image = [self.convert_to_rgb(item) for item in image]
-            elif self.do_convert_grayscale:
+            if self.do_convert_grayscale:
                 image = [self.convert_to_grayscale(item) for item in image]
             image = self.numpy_to_nchw(self.pil_to_numpy(image))
         else:
-            image = np.concatenate(image, axis=0) if image[0].ndim == 4 else np.stack(image, axis=0)
-            if channels_first:
-                if self.do_convert_grayscale and image.ndim == 3:
-                    image = image[:, None]
-                if image.shape[1] == self.vae_latent_channels:
-                    return image.astype(np.float32)  # latents need no preprocessing
-            else:
-                image = self.numpy_to_nchw(image)
+            image = batch.images
             height, width = self.get_default_height_width(image, height=height, width=width)
             if self.do_resize:
                 image = self.resize(image, height=height, width=width)
 
-        # 3. [0, 1] -> [-1, 1]; masks are binarized instead
+        # 2. [0, 1] -> [-1, 1]; masks are binarized instead
         do_normalize = self.do_normalize
         if do_normalize and image.min() < 0:
             warnings.warn(

@@ -61,7 +61,13 @@ class PipelineLoaderMixin:
     @classmethod
     def from_pipe(cls, pipe: "PipelineLoaderMixin") -> "PipelineLoaderMixin":
         """A pipeline of this class that shares `pipe`'s compiled submodels, tokenizers and call lock (diffusers'
-        `from_pipe`): nothing is compiled again; a submodel `pipe` lacks (the VAE encoder) is loaded from its folder."""
+        `from_pipe`): nothing is compiled again; a submodel `pipe` lacks (the VAE encoder) is loaded from its folder.
+        The static shapes of `pipe.reshape` hold here too (the compiled models are shared, and their shapes with them)."""
+        if not isinstance(pipe, PipelineLoaderMixin):
+            raise TypeError(
+                f"`pipe` has to be a loaded pipeline (e.g. an `OVStableDiffusion3Pipeline`) but is {type(pipe).__name__}: "
+                f"{pipe!r:.80}; to load a converted folder use `{cls.__name__}.from_pretrained(folder)`."
+            )
         submodels = dict(pipe.submodels)
         for name in cls.submodel_names:
             if name not in submodels and name != "text_encoder_3":
@@ -71,6 +77,7 @@ class PipelineLoaderMixin:
         scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)  # schedulers hold per-call state
         new_pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=pipe.model_dir)
         new_pipe._call_lock = pipe._call_lock  # the shared infer requests serve one call at a time
+        new_pipe._static_shape = pipe._static_shape  # the shared compiled models keep `reshape`'s shapes
         new_pipe.vae_tiling = pipe.vae_tiling  # diffusers' `from_pipe` shares the VAE and its tiling
         new_pipe.prompt_cache, new_pipe.release_text_encoders = pipe.prompt_cache, pipe.release_text_encoders  # and the text encoders' options
         new_pipe.lora = pipe.lora  # and the LoRA adapters of the models it shares

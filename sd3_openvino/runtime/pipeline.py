@@ -28,6 +28,8 @@ from .checks import (
     check_callback,
     check_clip_skip,
     check_embeds,
+    check_finite,
+    check_finite_latents,
     check_generators,
     check_guidance_scale,
     check_max_sequence_length,
@@ -155,6 +157,7 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
         generator=None,
         other_prompts: dict | None = None,
         callback_on_step_end: Callable | None = None,
+        latents=None,
     ) -> None:
         """Raise a ValueError or TypeError that names the bad argument, its value and the fix.
 
@@ -172,6 +175,7 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, transformer_config=self.transformer.config,
             clip_tokens=self.tokenizer_max_length,
         )  # fmt: skip
+        check_finite(latents, name="latents")
         check_output_type(output_type)
         check_callback(callback_on_step_end, tensor_inputs=callback_on_step_end_tensor_inputs, allowed=self._callback_tensor_inputs)
         check_taylorseer(taylorseer)
@@ -349,6 +353,7 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
                 callback_kwargs = {name: to_torch(values[name]) if torch_callback else values[name] for name in callback_on_step_end_tensor_inputs}
                 callback_outputs = callback_on_step_end(self, step, to_torch(t) if torch_callback else t, callback_kwargs) or {}
                 latents = as_array(callback_outputs["latents"]) if "latents" in callback_outputs else latents
+            check_finite_latents(latents, step=step, num_steps=len(timesteps))  # one `isfinite` a step: costs nothing measurable
         return latents
 
     # -- 7. Decode -----------------------------------------------------------------------------------------
@@ -414,7 +419,7 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt,
             max_sequence_length=max_sequence_length, clip_skip=clip_skip, output_type=output_type, generator=generator,
             taylorseer=taylorseer, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, latents=latents,
         )  # fmt: skip
         skip_layer_guidance = self.check_skip_layer_guidance(
             layers=skip_guidance_layers, scale=skip_layer_guidance_scale, start=skip_layer_guidance_start,
