@@ -668,9 +668,11 @@ def test_stream_yields_the_previews_of_the_steps_then_the_pipeline_s_own_image(p
         np.testing.assert_array_equal(preview, expected[done - 1])  # what `preview_images` draws of that step
     assert (final.done, final.seed) == (4, 7)
     np.testing.assert_array_equal(np.asarray(final.image), image)  # previews change nothing in the result
+    assert final.summary.startswith("4 steps in ") and "decode" in final.summary  # the call's `PerformanceMetrics`
+    assert all(update.summary is None for update in steps)
 
 
-def test_the_handler_yields_previews_before_the_result_and_reports_every_step(pipeline):
+def test_the_handler_yields_previews_before_the_result_and_reports_every_step(pipeline, capsys):
     handlers, progress = DemoHandlers(GenerationRunner(pipeline)), []
     outputs = list(
         handlers.run("text-to-image", None, lambda value, **details: progress.append((value, details)), **REQUEST)
@@ -679,6 +681,7 @@ def test_the_handler_yields_previews_before_the_result_and_reports_every_step(pi
     assert {(image.size, seed) for image, seed in outputs} == {((WIDTH, HEIGHT), 7)}
     np.testing.assert_array_equal(np.asarray(outputs[-1][0]), direct_image(pipeline))
     assert progress == [((done, 2), {"desc": "Denoising", "unit": "steps"}) for done in (1, 2)]
+    assert "2 steps in " in capsys.readouterr().out  # the timings' notice (`gr.Info` prints outside an event)
 
 
 def test_a_failing_preview_turns_the_previews_off_and_the_generation_goes_on(pipeline, monkeypatch):
@@ -725,6 +728,7 @@ def test_stop_during_a_stream_ends_it_with_the_image_of_the_steps_done():
     *steps, final = [first, *updates]
     assert first.done == 1 and final.final and final.done == fake.steps_run < 40
     assert final.image.size == (16, 8) and all(update.image is None for update in steps)  # no previews: not ours
+    assert final.summary is None  # nor metrics
 
 
 def test_closing_a_stream_early_stops_its_generation():

@@ -42,6 +42,7 @@ class GenerationUpdate:
     seed: int  # the seed used
     image: object = None  # the step's preview (a PIL image of the request's size; None: none this step), or the result
     final: bool = False  # True for the last update: `image` is the result
+    summary: str | None = None  # the last update's timings (`PerformanceMetrics.summary()`; None for other pipelines)
 
 
 def is_openvino_pipeline(pipeline) -> bool:
@@ -215,7 +216,8 @@ class GenerationRunner:
         """
         request = self.check(**fields)
         report = None if on_step is None else lambda done, total, draw: on_step(done, total)
-        return self._run(request, on_step=report, owner=owner), request.seed
+        image, _ = self._run(request, on_step=report, owner=owner)
+        return image, request.seed
 
     def stream(self, *, owner: str | None = None, **fields) -> Iterator[GenerationUpdate]:
         """Generate one image as `generate` does, reporting as it goes: a `GenerationUpdate` after every denoising
@@ -234,8 +236,7 @@ class GenerationRunner:
 
         def work() -> None:
             try:
-                image = self._run(request, on_step=on_step, owner=owner, previews=True, cancelled=cancelled)
-                updates.put(("result", image))
+                updates.put(("result", *self._run(request, on_step=on_step, owner=owner, previews=True, cancelled=cancelled)))
             except BaseException as error:  # raised again in the reader's thread
                 updates.put(("error", error))
 
@@ -247,7 +248,8 @@ class GenerationRunner:
                 if kind == "error":
                     raise payload[0]
                 if kind == "result":
-                    yield GenerationUpdate(done=done, total=total, seed=request.seed, image=payload[0], final=True)
+                    image, summary = payload
+                    yield GenerationUpdate(done=done, total=total, seed=request.seed, image=image, final=True, summary=summary)
                     return
                 done, total, draw = payload
                 image = None if draw is None or not updates.empty() else self.previews.draw(draw)
@@ -264,7 +266,8 @@ class GenerationRunner:
         previews: bool = False,
         cancelled: threading.Event | None = None,
     ):
-        """Generate the checked `request`, one generation at a time; return the image.
+        """Generate the checked `request`, one generation at a time; return the image and the call's timings
+        (`PerformanceMetrics.summary()` of our pipelines, None for others).
 
         `on_step(done, total, draw)` is called after every denoising step. With `previews`, `draw` (else None) makes
         the step's preview when called (`LivePreviews.for_step`). `cancelled`, once set, stops the generation after
@@ -290,11 +293,13 @@ class GenerationRunner:
             self._owner = owner
             try:
                 self._apply_adapter(request)
-                return self.pipelines[request.task](
+                pipeline = self.pipelines[request.task]
+                image = pipeline(
                     **request.pipeline_arguments(),
                     generator=torch.Generator().manual_seed(request.seed),
                     callback_on_step_end=on_step_end,
                 ).images[0]
+                return image, (pipeline.get_performance_metrics().summary() if self.openvino else None)
             finally:
                 self._owner = None
 

@@ -17,7 +17,7 @@ of the image keeps its colours; the tests compare against diffusers with that on
 Like the runtime, they work in numpy and import torch only to read torch tensors or a `torch.Generator` a user
 passes (and then hand torch tensors back, see `arrays.py`).
 
-Imports the layout, the arrays, checks, image processing and noise modules, and the text-to-image pipeline.
+Imports the layout, the arrays, checks, image processing, metrics and noise modules, and the text-to-image pipeline.
 """
 
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from .image_processing import IMAGE_KINDS, ImageBatch, ImageProcessor, interpola
 from ..core.layout import PIPELINE_SUBMODELS
 from .checks import check_finite, check_strength
 from .noise import randn_tensor
+from .metrics import records_call
 from .pipeline import OVStableDiffusion3Pipeline, SD3PipelineOutput
 
 
@@ -153,6 +154,7 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         """Generate images; see `generate`."""
         return self.generate(*args, **kwargs)
 
+    @records_call  # from the image's preprocessing on (see `get_performance_metrics`)
     def generate(self, prompt=None, image=None, strength: float | None = None, **kwargs) -> SD3PipelineOutput | tuple:
         """Restyle `image` (a PIL image, numpy array, torch tensor, or list of them) by `prompt`.
 
@@ -257,6 +259,7 @@ class OVStableDiffusion3InpaintPipeline(OVStableDiffusion3Img2ImgPipeline):
                 "empty mask has none. Paint the area to repaint (white) or drop `padding_mask_crop`."
             )
 
+    @records_call  # from the image's preprocessing on (see `get_performance_metrics`)
     def generate(
         self,
         prompt=None,

@@ -5,6 +5,7 @@ Everything loads from local files. Imports the layout and `runtime/submodels.py`
 folder is loaded.
 """
 
+import time
 from pathlib import Path
 
 from ..core.layout import PIPELINE_SUBMODELS, TOKENIZERS, check_sd3_index, has_component, read_model_index
@@ -38,6 +39,7 @@ class PipelineLoaderMixin:
         """
         import openvino as ov
 
+        started = time.perf_counter()
         model_dir = Path(model_dir)
         model_index = read_model_index(model_dir)
         check_sd3_index(model_index, where=f"`{model_dir}`")
@@ -54,6 +56,7 @@ class PipelineLoaderMixin:
         tokenizers = {name: load_tokenizer(model_dir, name=name) for name in TOKENIZERS if name != "tokenizer_3" or has_t5}
         scheduler = load_scheduler(model_dir, model_index=model_index)
         pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=model_dir)
+        pipe.metrics_recorder.read_time = time.perf_counter() - started  # `load_time` adds each first compilation
         if compile:
             pipe.compile()
         return pipe
@@ -69,10 +72,12 @@ class PipelineLoaderMixin:
                 f"{pipe!r:.80}; to load a converted folder use `{cls.__name__}.from_pretrained(folder)`."
             )
         submodels = dict(pipe.submodels)
+        read_time = pipe.metrics_recorder.read_time
         for name in cls.submodel_names:
             if name not in submodels and name != "text_encoder_3":
                 decoder = pipe.vae_decoder
                 submodels[name] = OVSubmodel(pipe.model_dir / name, core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
+                read_time += submodels[name].read_time
         tokenizers = {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2, "tokenizer_3": pipe.tokenizer_3}
         scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)  # schedulers hold per-call state
         new_pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=pipe.model_dir)
@@ -83,6 +88,8 @@ class PipelineLoaderMixin:
         new_pipe.lora = pipe.lora  # and the LoRA adapters of the models it shares
         new_pipe.previews = pipe.previews  # and the fitted preview map and tiny decoder
         new_pipe.set_progress_bar_config(**pipe.progress_bar_config)
+        new_pipe.metrics_recorder.read_time = read_time  # its own metrics; `load_time` counts the shared folder's reading
+        new_pipe.metrics_recorder.track_memory = pipe.metrics_recorder.track_memory
         return new_pipe
 
     def compile(self) -> None:

@@ -8,7 +8,8 @@ numbered steps; each step is a short method that the image-to-image and inpainti
 The class holds the denoising steps. As diffusers does with its loader mixins, the other concerns live beside it:
 argument checks in `checks.py` (plain functions, shared with the demo), loading a folder and `from_pipe` in
 `loading.py`, prompt encoding and its cache in `prompts.py`, the LoRA API in `lora_api.py`, live previews in
-`previews.py`, static shapes and VAE tiling in `shapes.py`.
+`previews.py`, static shapes and VAE tiling in `shapes.py`, each call's timings (`get_performance_metrics`) in
+`metrics.py`.
 
 Everything runs in numpy: no torch, diffusers or transformers is imported unless a call is given torch objects (a
 `torch.Generator`, torch tensors), and then only to hand torch tensors back (see `arrays.wants_torch`).
@@ -16,6 +17,7 @@ Everything runs in numpy: no torch, diffusers or transformers is imported unless
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,6 +49,7 @@ from .image_processing import ImageProcessor
 from .loading import PipelineLoaderMixin
 from .lora import LoraAdapters
 from .lora_api import LoraLoaderMixin
+from .metrics import MetricsRecorder, PerformanceMetricsMixin, records_call
 from .noise import randn_tensor
 from .previews import LatentPreviewMixin, LatentPreviews
 from .prompts import PromptEncoder, PromptEncodingMixin, prompt_batch_size
@@ -66,7 +69,9 @@ class SD3PipelineOutput:
     images: list | np.ndarray
 
 
-class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraLoaderMixin, LatentPreviewMixin, ShapesMixin):
+class OVStableDiffusion3Pipeline(
+    PipelineLoaderMixin, PromptEncodingMixin, LoraLoaderMixin, LatentPreviewMixin, ShapesMixin, PerformanceMetricsMixin
+):
     """Text-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline."""
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "pooled_prompt_embeds"]
@@ -108,12 +113,15 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
         self._call_lock = threading.RLock()  # infer requests and the scheduler hold per-call state
         self.lora = LoraAdapters(submodels=self.submodels, model_dir=self.model_dir)  # run-time LoRA adapters
         self.previews = LatentPreviews(model_dir=self.model_dir, vae_config=self.vae_decoder.config)  # see `preview_images`
+        self.metrics_recorder = MetricsRecorder(read_time=sum(submodel.read_time for submodel in self.submodels.values()))
 
     def run_submodel(self, submodel: OVSubmodel, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """`submodel(**inputs)`; after the first inference of each compiled model its `openvino_model.bin` pages leave
         RSS (`submodels.release_file_pages`), so that OpenVINO holds the weights once, in its own buffers, not also as
-        the file's pages (docs/memory.md shows what that saves). Images stay bit-identical."""
-        outputs = submodel(**inputs)
+        the file's pages (docs/memory.md shows what that saves). Images stay bit-identical. Each inference is timed
+        into the call's `PerformanceMetrics` (see `get_performance_metrics`)."""
+        with self.metrics_recorder.infer(submodel):
+            outputs = submodel(**inputs)
         if self._pages_released.get(submodel.name) != submodel.compilations:
             release_file_pages(self.model_dir / submodel.name / OV_MODEL_BIN)
             self._pages_released[submodel.name] = submodel.compilations
@@ -289,13 +297,14 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
         mask = np.ones(self.transformer.config["num_layers"], dtype=np.float32)
         mask[list(layers)] = 0.0
         encoder_hidden_states, pooled_projections = text
-        return self.transformer.call_with_states(
-            {BLOCK_MASK: mask},
-            hidden_states=latents,
-            timestep=np.full(latents.shape[0], timestep, dtype=np.float32),
-            encoder_hidden_states=encoder_hidden_states,
-            pooled_projections=pooled_projections,
-        )["out_sample"]
+        with self.metrics_recorder.infer(self.transformer):  # the one inference that does not go through `run_submodel`
+            return self.transformer.call_with_states(
+                {BLOCK_MASK: mask},
+                hidden_states=latents,
+                timestep=np.full(latents.shape[0], timestep, dtype=np.float32),
+                encoder_hidden_states=encoder_hidden_states,
+                pooled_projections=pooled_projections,
+            )["out_sample"]
 
     @staticmethod
     def guide(noise_pred: np.ndarray, *, guidance_scale: float) -> np.ndarray:
@@ -335,6 +344,7 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
         for step, t in enumerate(tqdm(timesteps, **self._progress_bar_config)):
             if self.interrupt:
                 break
+            started = time.perf_counter()
             if cache is None or cache.computes(step):
                 noise_pred = self.predict_noise(latents, timestep=t, text=text, guidance_scale=guidance_scale, model_input=model_input)
                 if cache is not None:
@@ -354,6 +364,7 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
                 callback_outputs = callback_on_step_end(self, step, to_torch(t) if torch_callback else t, callback_kwargs) or {}
                 latents = as_array(callback_outputs["latents"]) if "latents" in callback_outputs else latents
             check_finite_latents(latents, step=step, num_steps=len(timesteps))  # one `isfinite` a step: costs nothing measurable
+            self.metrics_recorder.add_step(time.perf_counter() - started)
         return latents
 
     # -- 7. Decode -----------------------------------------------------------------------------------------
@@ -387,6 +398,7 @@ class OVStableDiffusion3Pipeline(PipelineLoaderMixin, PromptEncodingMixin, LoraL
         """Generate images; see `generate`."""
         return self.generate(*args, **kwargs)
 
+    @records_call  # the call's `PerformanceMetrics` (see `get_performance_metrics`)
     def generate(
         self, prompt: str | list[str] | None = None, prompt_2: str | list[str] | None = None, prompt_3: str | list[str] | None = None,
         height: int | None = None, width: int | None = None, num_inference_steps: int = GENERATION_DEFAULTS.num_inference_steps,

@@ -15,8 +15,8 @@ Both take the latents of the denoising loop (what `callback_on_step_end` gets), 
 `/ scaling_factor + shift_factor`: the linear map is fitted in that space, and TAESD3 is trained on it (its
 `config.json` says `scaling_factor` 1, no shift; the values are read from there, as diffusers' pipeline reads them).
 
-Imports numpy, the layout, the arrays, the image processing and `runtime/submodels.py` (the tiny decoder is an
-`OVSubmodel`).
+Imports numpy, the layout, the arrays, the image processing, `runtime/metrics.py` (a preview during a call is timed)
+and `runtime/submodels.py` (the tiny decoder is an `OVSubmodel`).
 """
 
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ import PIL.Image
 
 from .arrays import as_array
 from .image_processing import ImageProcessor, interpolate_nearest, psnr
+from .metrics import MetricsRecorder
 from ..core.layout import CONFIG_JSON, SizeRules, is_converted, read_json, vae_scale_factor
 from .submodels import OVSubmodel
 
@@ -258,6 +259,7 @@ class LatentPreviewMixin:
     size_rules: SizeRules  # `size` is checked against its `maximum` side
     model_dir: Path
     _call_lock: threading.RLock
+    metrics_recorder: MetricsRecorder  # a preview during a call is timed into its `preview_times`
 
     def preview_images(self, latents, *, method: str = "linear", size: tuple[int, int] | None = None, output_type: str = "pil"):
         """What (B, C, h, w) `latents` of the denoising loop (numpy or torch: `callback_kwargs["latents"]`) look like, cheaply.
@@ -276,16 +278,17 @@ class LatentPreviewMixin:
         check_preview_options(method=method, output_type=output_type, size=size, maximum_side=self.size_rules.maximum)
         channels = self.vae_decoder.config["latent_channels"]
         latents = check_preview_latents(latents, latent_channels=channels, vae_scale_factor=self.vae_scale_factor)
-        if method == "linear":
-            rgb_map = self.previews.rgb_map
-            if rgb_map is None:
-                with self._call_lock:  # the fit runs the VAE, which serves one call at a time
-                    rgb_map = self.previews.linear_map(self._preview_fit_decode())
-            images = rgb_map.apply(latents)
-        else:
-            with self._call_lock:
-                images = self._tiny_decode(latents)
-        return preview_output(images, output_type=output_type, size=size)
+        with self.metrics_recorder.preview():
+            if method == "linear":
+                rgb_map = self.previews.rgb_map
+                if rgb_map is None:
+                    with self._call_lock:  # the fit runs the VAE, which serves one call at a time
+                        rgb_map = self.previews.linear_map(self._preview_fit_decode())
+                images = rgb_map.apply(latents)
+            else:
+                with self._call_lock:
+                    images = self._tiny_decode(latents)
+            return preview_output(images, output_type=output_type, size=size)
 
     def _preview_fit_decode(self) -> Callable[[np.ndarray], np.ndarray]:
         """The VAE decode the linear preview map is fitted with: the pipeline's own, or a dynamic copy of the decoder

@@ -6,6 +6,7 @@ Imports the layout, and the torch-free `sd3_tokenizers` and `sd3_scheduler` (no 
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ class OVSubmodel:
         check_bin_size(xml_path, bin_path, model_dir)
         self.config = read_json(submodel_dir / CONFIG_JSON, model_dir=model_dir)
         check_config_keys(self.config, submodel=submodel_dir.name, path=submodel_dir / CONFIG_JSON, model_dir=model_dir)
+        started = time.perf_counter()
         try:
             self.model = core.read_model(xml_path, bin_path)
         except RuntimeError as error:
@@ -56,14 +58,21 @@ class OVSubmodel:
         self.name, self.xml_path, self.bin_path = submodel_dir.name, xml_path, bin_path
         self.core, self.device, self.ov_config = core, device, dict(ov_config or {})
         self.request = None
+        self.read_time = time.perf_counter() - started  # seconds `read_model` took
         self.compilations = 0  # how many times `compile` has run (a new infer request each time)
+        self.first_compile_time = self.compile_time = None  # seconds of the first and of the last `compile`
         self.shapes = None  # the input shapes of the last `reshape`
         self.states = {}  # state name -> value (None: empty) that every infer request starts with (LoRA adapters)
 
     def compile(self) -> None:
-        """Compile the model for its device and make its infer request (with the states of `set_states`)."""
+        """Compile the model for its device and make its infer request (with the states of `set_states`); the seconds
+        it took are `compile_time` (see `metrics.PerformanceMetrics.compile_times`)."""
+        started = time.perf_counter()
         compiled = self.core.compile_model(self.model, self.device, self.ov_config)
         self.request = compiled.create_infer_request()
+        self.compile_time = time.perf_counter() - started
+        if self.first_compile_time is None:
+            self.first_compile_time = self.compile_time
         self.compilations += 1
         self.write_states(self.states)
 
