@@ -292,6 +292,26 @@ def comparison_table(results: list[FormatResult]) -> str:
     return "\n".join(rows)
 
 
+def bar_charts(panels: dict[str, dict[str, float]], *, title: str = ""):
+    """A matplotlib figure with one bar chart per panel (`{panel title: {bar label: value}}`), side by side, each bar
+    labelled with its value; for the notebook's comparisons (`display(figure)`, `figure.savefig(path)`). Uses
+    `matplotlib.figure.Figure`, not pyplot, so nothing is drawn twice and no global state is touched."""
+    from matplotlib.figure import Figure
+
+    if not panels or not all(isinstance(bars, dict) and bars for bars in panels.values()):
+        raise ValueError(f"`panels` has to map each panel title to a non-empty {{label: value}} dict but is {panels!r:.200}.")
+    figure = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
+    for axes, (panel, bars) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        container = axes.bar(list(bars), list(bars.values()), color=[f"C{index}" for index in range(len(bars))])
+        axes.bar_label(container, fmt="%.3g", padding=2)
+        axes.set_title(panel)
+        axes.margins(y=0.15)
+        axes.tick_params(axis="x", labelrotation=20)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
 def image_grid(images: list, *, labels: list[str], font_size: int = 14):
     """The images side by side in one PIL image, each with its label underneath."""
     from PIL import Image, ImageDraw, ImageFont

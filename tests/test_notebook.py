@@ -90,6 +90,18 @@ def test_transformer_steps_counts_the_steps_the_step_cache_computes():
     assert transformer_steps(config, num_inference_steps=12) == 7
 
 
+def test_bar_charts_draw_one_panel_per_comparison_with_the_values():
+    from notebook_utils import bar_charts
+
+    figure = bar_charts({"latency per image (s)": {"fp16": 1.5, "int8": 0.75}, "size on disk (MB)": {"fp16": 40.0, "int8": 20.0}})
+    heights = [[patch.get_height() for patch in axes.patches] for axes in figure.axes]
+    assert [axes.get_title() for axes in figure.axes] == ["latency per image (s)", "size on disk (MB)"]
+    assert heights == [[1.5, 0.75], [40.0, 20.0]]
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["fp16", "int8"]
+    with pytest.raises(ValueError, match="`panels` has to map each panel title to a non-empty"):
+        bar_charts({"latency per image (s)": {}})
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory) -> dict:
     """Run the whole notebook as papermill does; models go where test_gradio_demo puts them (made once)."""
@@ -179,6 +191,15 @@ def test_step_cache_section_times_both_images(executed):
     main_image = np.asarray(Image.open(executed["output_dir"] / "image.png"))
     np.testing.assert_array_equal(default, main_image)  # the same call as the main image
     np.testing.assert_array_equal(cached, default)
+    assert Image.open(executed["output_dir"] / "step-cache-chart.png").format == "PNG"
+
+
+def test_comparisons_are_plotted_beside_their_tables(executed):
+    for name in ("weight-formats-chart.png", "step-cache-chart.png"):
+        chart = Image.open(executed["output_dir"] / name)
+        assert chart.format == "PNG" and chart.width > 200 and chart.height > 150
+    plotted = [cell for cell in code_cells(executed["notebook"]) if "bar_charts(" in cell.source]
+    assert len(plotted) == 2 and all(any("image/png" in output.get("data", {}) for output in cell.outputs) for cell in plotted)
 
 
 def test_lora_section_shows_the_scales_and_the_second_adapter_then_unloads(executed):
