@@ -292,10 +292,9 @@ def comparison_table(results: list[FormatResult]) -> str:
     return "\n".join(rows)
 
 
-def bar_charts(panels: dict[str, dict[str, float]], *, title: str = ""):
+def bar_chart_figure(panels: dict[str, dict[str, float]], *, title: str = ""):
     """A matplotlib figure with one bar chart per panel (`{panel title: {bar label: value}}`), side by side, each bar
-    labelled with its value; for the notebook's comparisons (`display(figure)`, `figure.savefig(path)`). Uses
-    `matplotlib.figure.Figure`, not pyplot, so nothing is drawn twice and no global state is touched."""
+    labelled with its value. A `matplotlib.figure.Figure`, not pyplot: no global state, nothing drawn twice."""
     from matplotlib.figure import Figure
 
     if not panels or not all(isinstance(bars, dict) and bars for bars in panels.values()):
@@ -310,6 +309,20 @@ def bar_charts(panels: dict[str, dict[str, float]], *, title: str = ""):
     if title:
         figure.suptitle(title)
     return figure
+
+
+def bar_charts(panels: dict[str, dict[str, float]], *, title: str = ""):
+    """`bar_chart_figure(panels)` drawn into a PIL image, which Jupyter shows as a PNG wherever the matplotlib
+    backend is set up or not, and which `.save(path)` writes (like `image_grid`'s)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    figure = bar_chart_figure(panels, title=title)
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(buffer)
+    return Image.open(io.BytesIO(buffer.getvalue()))
 
 
 def image_grid(images: list, *, labels: list[str], font_size: int = 14):

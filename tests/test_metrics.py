@@ -4,6 +4,7 @@ failed call leaving the last good metrics; and `PerformanceMetrics` itself (fast
 
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,9 +16,11 @@ from sd3_openvino.runtime.metrics import MetricsRecorder, peak_rss
 SIZE = dict(height=32, width=32, output_type="np")
 ENCODERS = ["text_encoder", "text_encoder_2", "text_encoder_3"]
 # The stages that run one after another cover most of a call; the rest is argument checks, tokenizing, the
-# scheduler's set-up and numpy pre- and post-processing, a large share only because the tiny model's inferences
-# take a millisecond or two. On the tiny model at 32 x 32 they cover at least half of the call.
+# scheduler's set-up and numpy pre- and post-processing. The tiny model's inferences take a millisecond or two, so
+# that rest could be most of a call on a loaded machine: the model tests add INFER_DELAY to every inference, as a
+# real model's take longer, and then the stages cover at least half of each call.
 MIN_COVERED = 0.5
+INFER_DELAY = 0.03  # seconds
 # A cache that skips steps 1 (of 4): 3 transformer calls.
 STEP_CACHE = TaylorSeerConfig(cache_interval=2, disable_cache_before_step=1, disable_cache_after_step=-1)
 
@@ -42,6 +45,20 @@ def check_stages(metrics: PerformanceMetrics, *, steps: int, transformer_calls: 
     compiling = sum(metrics.compile_times.values())  # inside the inference that needed it, not in its infer time
     assert MIN_COVERED * metrics.total_time <= covered(metrics) + compiling <= metrics.total_time
     assert metrics.load_time > 0 and metrics.peak_rss is None
+
+
+@pytest.fixture(autouse=True)
+def slower_inferences(monkeypatch):
+    """Every submodel inference takes INFER_DELAY longer (see MIN_COVERED); the fast tests make none."""
+    from sd3_openvino.runtime.submodels import OVSubmodel
+
+    infer = OVSubmodel.__call__
+
+    def delayed(self, **inputs):
+        time.sleep(INFER_DELAY)
+        return infer(self, **inputs)
+
+    monkeypatch.setattr(OVSubmodel, "__call__", delayed)
 
 
 @pytest.fixture(scope="module")
