@@ -124,8 +124,24 @@ def test_taylorseer_step_caching_matches_genai(converted, ov_pipeline, monkeypat
     cached = ours(ov_pipeline, True, num_inference_steps=12, height=64, width=64, taylorseer=config)
     assert infers.count("transformer") == genai_infers == 7  # steps 0-2, 5, 8, 10, 11
     assert np.abs(cached - genai).max() <= 1 / 255 + 1e-6
-    uncached = ours(ov_pipeline, True, num_inference_steps=12, height=64, width=64)
+    uncached = ours(ov_pipeline, True, num_inference_steps=12, height=64, width=64, taylorseer=None)
     assert np.abs(uncached - genai).max() > 2 / 255  # the cache changes the image; genai's is the cached one
+
+
+def test_the_step_cache_is_on_by_default_and_none_turns_it_off(ov_pipeline, monkeypatch):
+    """The default call caches steps as openvino.genai's defaults do (12 steps: 3 predicted); `taylorseer=None` computes
+    every step, diffusers' image; with 8 steps or fewer the defaults skip none."""
+    infers = []
+    original_call = sd3_helper.OVSubmodel.__call__
+    monkeypatch.setattr(sd3_helper.OVSubmodel, "__call__", lambda self, **inputs: infers.append(self.name) or original_call(self, **inputs))
+    default = ours(ov_pipeline, True, num_inference_steps=12)
+    assert infers.count("transformer") == 9  # steps 6, 7 and 9 come from the cache
+    explicit = ours(ov_pipeline, True, num_inference_steps=12, taylorseer=sd3_helper.TaylorSeerConfig())
+    infers.clear()
+    uncached = ours(ov_pipeline, True, num_inference_steps=12, taylorseer=None)
+    assert infers.count("transformer") == 12
+    assert np.array_equal(default, explicit) and np.abs(default - uncached).max() > 1 / 255
+    assert np.array_equal(ours(ov_pipeline, True, num_inference_steps=8), ours(ov_pipeline, True, num_inference_steps=8, taylorseer=None))
 
 
 def test_taylorseer_config_errors(ov_pipeline):

@@ -13,6 +13,8 @@ from sd3_helper import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3Inpa
 from sd3_helper import PerformanceMetrics, TaylorSeerConfig
 from sd3_openvino.runtime.metrics import MetricsRecorder, peak_rss
 
+from conftest import F32
+
 SIZE = dict(height=32, width=32, output_type="np")
 ENCODERS = ["text_encoder", "text_encoder_2", "text_encoder_3"]
 # The stages that run one after another cover most of a call; the rest is argument checks, tokenizing, the
@@ -62,9 +64,12 @@ def slower_inferences(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def pipe(ov_pipeline):
-    """A text-to-image pipeline sharing the fixture's compiled models, with metrics (and switches) of its own."""
-    return OVStableDiffusion3Pipeline.from_pipe(ov_pipeline("fp32"))
+def pipe(converted):
+    """A text-to-image pipeline with dynamic shapes (so that no call compiles for its size: see the test of "auto"
+    shapes below), f32, with metrics of its own; the pipelines `from_pipe` share its compiled models."""
+    pipeline = OVStableDiffusion3Pipeline.from_pretrained(converted("fp32"), ov_config=F32, shapes="dynamic")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -90,17 +95,17 @@ def test_skip_layer_guidance_passes_count_as_transformer_calls(pipe):
     check_stages(pipe.get_performance_metrics(), steps=4, transformer_calls=4 + 1, encodes=0)  # 0 < step < 2: step 1
 
 
-def test_image_to_image_and_inpainting_record_the_vae_encoder(ov_pipeline, pipe):
+def test_image_to_image_and_inpainting_record_the_vae_encoder(pipe):
     image = np.full((1, 32, 32, 3), 0.5, dtype=np.float32)
     mask = np.zeros((1, 32, 32, 1), dtype=np.float32)
     mask[:, 8:24, 8:24] = 1.0
     before = pipe.get_performance_metrics()
-    img2img = OVStableDiffusion3Img2ImgPipeline.from_pipe(ov_pipeline("fp32"))
+    img2img = OVStableDiffusion3Img2ImgPipeline.from_pipe(pipe)
     img2img(unique_prompt("img2img"), image=image, strength=0.5, num_inference_steps=4, generator=1, **SIZE)
     metrics = img2img.get_performance_metrics()  # strength 0.5: 2 of 4 steps; the VAE encoder compiles on first use
     check_stages(metrics, steps=2, transformer_calls=2, encodes=1, compiled=["vae_encoder"])
     assert metrics.load_time > pipe.load_time + metrics.compile_times["vae_encoder"]  # it read the VAE encoder too
-    inpaint = OVStableDiffusion3InpaintPipeline.from_pipe(ov_pipeline("fp32"))
+    inpaint = OVStableDiffusion3InpaintPipeline.from_pipe(pipe)
     inpaint(unique_prompt("inpaint"), image=image, mask_image=mask, strength=1.0, num_inference_steps=2, generator=1, **SIZE)
     metrics = inpaint.get_performance_metrics()  # the image and the masked image are encoded, as in diffusers
     check_stages(metrics, steps=2, transformer_calls=2, encodes=2, compiled=["vae_encoder"])
@@ -165,9 +170,22 @@ def test_a_failed_call_leaves_the_last_good_metrics(ov_pipeline):
     assert pipe.get_performance_metrics().num_steps == 3 == len(pipe.get_performance_metrics().step_times)
 
 
-def test_metrics_change_no_image(ov_pipeline, pipe):
+def test_metrics_change_no_image(pipe):
     call = dict(prompt=unique_prompt("same"), num_inference_steps=2, generator=3, **SIZE)
-    np.testing.assert_array_equal(pipe(**call).images, ov_pipeline("fp32")(**call).images)
+    measured = OVStableDiffusion3Pipeline.from_pipe(pipe)
+    measured.enable_memory_metrics()
+    np.testing.assert_array_equal(measured(**call).images, pipe(**call).images)
+
+
+def test_auto_shapes_record_the_compile_for_a_new_size_in_its_call(ov_pipeline):
+    auto = OVStableDiffusion3Pipeline.from_pipe(ov_pipeline("fp32"))  # the default "auto" shapes
+    assert auto.shapes == "auto"
+    auto(unique_prompt("auto, first size"), num_inference_steps=1, guidance_scale=1.0, generator=1, **SIZE)
+    auto(unique_prompt("auto, new size"), num_inference_steps=1, guidance_scale=1.0, generator=1, **{**SIZE, "width": 40})
+    metrics = auto.get_performance_metrics()
+    assert sorted(metrics.compile_times) == ["transformer", "vae_decoder"] and min(metrics.compile_times.values()) > 0
+    assert metrics.transformer_times[0] + metrics.compile_times["transformer"] <= metrics.step_times[0]  # in the step, not the infer
+    assert covered(metrics) + metrics.compile_times["vae_decoder"] <= metrics.total_time
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""Static shapes (`reshape`), the compiled-model cache, and per-submodel devices and configs."""
+"""The shapes policy (`shapes="auto"`, static shapes by `reshape`), the compiled-model cache, and per-submodel devices
+and configs."""
 
 import numpy as np
 import pytest
+import openvino as ov
 import torch
 
 import sd3_helper
@@ -44,12 +46,77 @@ def test_reshape_rejects_a_bad_size(converted):
 
 def test_cache_dir_is_populated_then_reused(converted, tmp_path):
     cache_dir = tmp_path / "ov-cache"
+    call = dict(prompt="a cat", height=32, width=32, num_inference_steps=1, output_type="np")
     cold = load(converted("fp32", load_t5=False), cache_dir=cache_dir)
+    cold(**call)
     cached_files = sorted(path.name for path in cache_dir.iterdir())
     assert len(cached_files) >= 4 and not compiled_property(cold.transformer, "LOADED_FROM_CACHE")
     warm = load(converted("fp32", load_t5=False), cache_dir=cache_dir)
+    warm(**call)
     assert all(compiled_property(submodel, "LOADED_FROM_CACHE") for submodel in warm.submodels.values())
     assert sorted(path.name for path in cache_dir.iterdir()) == cached_files
+
+
+# -- The shapes policy (`from_pretrained(shapes=...)`) -----------------------------------------------------
+
+
+def compiled_inputs(submodel) -> dict[str, str]:
+    """The input shapes the submodel's compiled model runs, by input name, as OpenVINO prints them ("?" for a dynamic
+    dimension). A reshaped port may carry the names of the nodes after it too ("58", "view:0"): the word is the input's."""
+    ports = submodel.request.get_compiled_model().inputs
+    return {min(name for name in port.get_names() if name.isidentifier()): str(port.get_partial_shape()) for port in ports}
+
+
+def test_auto_shapes_compile_each_call_shape_and_give_the_dynamic_images(converted):
+    folder = converted("fp32", load_t5=False)
+    auto, dynamic = load(folder, ov_config=F32), load(folder, ov_config=F32, shapes="dynamic")
+    assert auto.shapes == "auto" and auto.transformer.request is None and auto.vae_decoder.request is None  # wait for a call
+    assert compiled_inputs(auto.text_encoder) == {"input_ids": "[?,77]"}
+    assert compiled_inputs(dynamic.transformer)["hidden_states"] == "[?,4,?,?]"
+    for size, images in ((dict(height=32, width=48), 1), (dict(height=64, width=32), 2), (dict(height=32, width=48), 1)):
+        call = dict(prompt=["a cat"] * images, num_inference_steps=2, output_type="np", **size)
+        expected = dynamic(**call, generator=torch.Generator().manual_seed(4)).images
+        actual = auto(**call, generator=torch.Generator().manual_seed(4)).images
+        assert np.abs(actual - expected).max() <= 1e-5
+        latent_size = f"{size['height'] // 2},{size['width'] // 2}"
+        assert compiled_inputs(auto.transformer) == {
+            "hidden_states": f"[{2 * images},4,{latent_size}]",  # guidance doubles the batch
+            "encoder_hidden_states": f"[{2 * images},333,96]",
+            "pooled_projections": f"[{2 * images},80]",
+            "timestep": f"[{2 * images}]",
+        }
+        assert compiled_inputs(auto.vae_decoder) == {"latent_sample": f"[{images},4,{latent_size}]"}
+    assert auto.transformer.compilations == 3 and len(auto.transformer._compiled) == 1  # one kept: the default bound
+
+
+def test_auto_shapes_keep_max_compiled_shapes_and_compile_a_seen_size_from_cache(converted, tmp_path):
+    folder = converted("fp32", load_t5=False)
+    call = dict(prompt="a cat", num_inference_steps=1, output_type="np")
+    kept = load(folder, max_compiled_shapes=2)
+    for height in (32, 64, 32, 64):
+        kept(**call, height=height, width=32)
+    assert kept.transformer.compilations == 2 and len(kept.transformer._compiled) == 2
+    cached = load(folder, cache_dir=tmp_path / "cache")
+    messages = []
+    cached.on_compile = messages.append
+    for height in (32, 64, 32):
+        cached(**call, height=height, width=32)
+    assert cached.transformer.compilations == 3 and compiled_property(cached.transformer, "LOADED_FROM_CACHE")
+    assert messages == [f"Compiling the transformer and vae_decoder for 32x{height}..." for height in (32, 64, 32)]
+    cached(**call, height=32, width=32)
+    assert len(messages) == 3  # the same shape again: nothing compiles
+
+
+def test_static_shapes_policy_and_bad_policies(converted):
+    folder = converted("fp32", load_t5=False)
+    static = load(folder, shapes="static", compile=False)
+    assert static.shapes == "static" and static._static_shape["height"] == static.size_rules.default
+    with pytest.raises(ValueError, match=r"reshaped to static shapes .*`shapes=\"auto\""):
+        static(prompt="a cat", height=32, width=32, num_inference_steps=1)
+    with pytest.raises(ValueError, match=r"`shapes` has to be one of \('auto', 'dynamic', 'static'\) but is 'fixed'"):
+        load(folder, shapes="fixed")
+    with pytest.raises(TypeError, match=r"`max_compiled_shapes` has to be a positive int .* but is 0"):
+        load(folder, max_compiled_shapes=0)
 
 
 def test_per_submodel_device_and_config_are_honoured(converted):
@@ -59,10 +126,10 @@ def test_per_submodel_device_and_config_are_honoured(converted):
         ov_config={"transformer": {"PERFORMANCE_HINT": "THROUGHPUT"}, "vae_decoder": {"INFERENCE_PRECISION_HINT": "f32"}},
     )
     assert pipeline.transformer.device == "AUTO" and pipeline.text_encoder.device == "CPU"
-    assert str(compiled_property(pipeline.transformer, "PERFORMANCE_HINT")).endswith("THROUGHPUT")
+    assert pipeline("a cat", num_inference_steps=1, output_type="np").images.shape == (1, 64, 64, 3)
+    assert str(compiled_property(pipeline.transformer, "PERFORMANCE_HINT")).endswith("THROUGHPUT")  # compiled by the call
     assert str(compiled_property(pipeline.vae_decoder, "INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
     assert str(compiled_property(pipeline.text_encoder, "PERFORMANCE_HINT")).endswith("LATENCY")
-    assert pipeline("a cat", num_inference_steps=1, output_type="np").images.shape == (1, 64, 64, 3)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +144,17 @@ def test_unavailable_device_is_named(converted, device, message):
     with pytest.raises(ValueError) as raised:
         load(converted("fp32", load_t5=False), device=device, compile=False)
     assert message in str(raised.value)
+
+
+def test_the_cpu_cache_is_weightless_and_smaller_than_a_full_one(converted, tmp_path):
+    transformer_xml = converted("fp32", load_t5=False) / "transformer" / "openvino_model.xml"
+    config = sd3_submodels.submodel_ov_config(None, submodel="transformer", device="CPU", cache_dir=tmp_path / "ours")
+    assert config == {"CACHE_DIR": str(tmp_path / "ours"), "CACHE_MODE": "OPTIMIZE_SIZE"}
+    core = ov.Core()
+    core.compile_model(transformer_xml, "CPU", config)
+    core.compile_model(transformer_xml, "CPU", {"CACHE_DIR": str(tmp_path / "full")})
+    blob_bytes = {name: sum(path.stat().st_size for path in (tmp_path / name).iterdir()) for name in ("ours", "full")}
+    assert blob_bytes["ours"] < blob_bytes["full"] - 0.5 * transformer_xml.with_suffix(".bin").stat().st_size
 
 
 def test_text_encoders_stay_f32_on_gpu():

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..core.layout import PIPELINE_SUBMODELS, TOKENIZERS, check_sd3_index, has_component, read_model_index
+from .shapes import DEFAULT_MAX_COMPILED_SHAPES, check_shapes_policy
 from .submodels import OVSubmodel, check_devices, device_for, load_scheduler, load_tokenizer, submodel_ov_config
 
 
@@ -27,6 +28,8 @@ class PipelineLoaderMixin:
         ov_config: dict | None = None,
         cache_dir: str | Path | None = None,
         compile: bool = True,
+        shapes: str = "auto",
+        max_compiled_shapes: int = DEFAULT_MAX_COMPILED_SHAPES,
     ) -> "PipelineLoaderMixin":
         """Load a folder written by `convert_sd3` (or optimum-cli) and compile its models for `device`.
 
@@ -34,11 +37,18 @@ class PipelineLoaderMixin:
         (`{"transformer": "GPU", "text_encoder": "CPU"}`; unnamed submodels run on CPU). `ov_config` holds
         OpenVINO properties for all submodels (`{"INFERENCE_PRECISION_HINT": "f32"}`) or a dict of them by
         submodel name. Text encoders on a GPU run in f32 unless `ov_config` says otherwise. `cache_dir` keeps
-        OpenVINO's compiled models there, so later loads skip compilation. With `compile=False` the models are
-        compiled on first use (or call `compile()` after `reshape()`). Everything loads from local files only.
+        OpenVINO's compiled models there (weightless on CPU: a few MB each), so later loads, and sizes seen before,
+        skip most of the compilation. With `compile=False` the models are compiled on first use (or call `compile()`
+        after `reshape()`). Everything loads from local files only.
+
+        `shapes` is the shapes policy (`runtime/shapes.py`): "auto" (default) compiles the transformer and VAE decoder
+        for each call's size and batch when it comes (static shapes: about half the memory at 1024x1024, a little
+        faster), keeping `max_compiled_shapes` of them compiled (each a copy of the weights); "dynamic" compiles
+        every model once for any size; "static" is `reshape()` for the default call.
         """
         import openvino as ov
 
+        check_shapes_policy(shapes, max_compiled_shapes=max_compiled_shapes)
         started = time.perf_counter()
         model_dir = Path(model_dir)
         model_index = read_model_index(model_dir)
@@ -57,6 +67,7 @@ class PipelineLoaderMixin:
         scheduler = load_scheduler(model_dir, model_index=model_index)
         pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=model_dir)
         pipe.metrics_recorder.read_time = time.perf_counter() - started  # `load_time` adds each first compilation
+        pipe.set_shapes_policy(shapes, max_compiled_shapes=max_compiled_shapes)
         if compile:
             pipe.compile()
         return pipe
@@ -82,7 +93,8 @@ class PipelineLoaderMixin:
         scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)  # schedulers hold per-call state
         new_pipe = cls(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=pipe.model_dir)
         new_pipe._call_lock = pipe._call_lock  # the shared infer requests serve one call at a time
-        new_pipe._static_shape = pipe._static_shape  # the shared compiled models keep `reshape`'s shapes
+        new_pipe.shapes, new_pipe._static_shape = pipe.shapes, pipe._static_shape  # the shared models keep their shapes policy
+        new_pipe.on_compile = pipe.on_compile
         new_pipe.vae_tiling = pipe.vae_tiling  # diffusers' `from_pipe` shares the VAE and its tiling
         new_pipe.prompt_cache, new_pipe.release_text_encoders = pipe.prompt_cache, pipe.release_text_encoders  # and the text encoders' options
         new_pipe.lora = pipe.lora  # and the LoRA adapters of the models it shares
@@ -93,9 +105,11 @@ class PipelineLoaderMixin:
         return new_pipe
 
     def compile(self) -> None:
-        """Compile every submodel now instead of on first use."""
+        """Compile every submodel now instead of on first use; under the "auto" shapes policy the transformer and VAE
+        decoder wait for the first call (they compile for its size)."""
+        waits_for_call = (self.transformer, self.vae_decoder) if self.shapes == "auto" else ()
         for submodel in self.submodels.values():
-            if submodel.request is None:
+            if submodel.request is None and not (submodel in waits_for_call and submodel.shapes is None):
                 submodel.compile()
 
     @property

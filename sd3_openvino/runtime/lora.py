@@ -402,7 +402,7 @@ class LoraAdapters:
             new_paths = sorted(set(component_layers) - lora_module_paths(submodel.model))
             if new_paths:
                 add_lora_states(submodel.model, new_paths, where=self.model_dir / component)
-                submodel.request = None  # compiled again on next use, with its states
+                submodel.release()  # compiled again on next use, with its states
         self.layers[adapter_name] = layers
         self.weights[adapter_name] = dict.fromkeys(layers, 1.0)
         for component, component_layers in layers.items():

@@ -55,7 +55,7 @@ from .previews import LatentPreviewMixin, LatentPreviews
 from .prompts import PromptEncoder, PromptEncodingMixin, prompt_batch_size
 from .scheduler import calculate_shift, retrieve_timesteps
 from .shapes import ShapesMixin, call_shape
-from .steps import SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig
+from .steps import DEFAULT_STEP_CACHE, SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig
 from .submodels import OVSubmodel, physical_memory, release_file_pages
 
 logger = logging.getLogger(__name__)  # truncation warnings of `encode_prompt` come from here, as in diffusers
@@ -72,7 +72,8 @@ class SD3PipelineOutput:
 class OVStableDiffusion3Pipeline(
     PipelineLoaderMixin, PromptEncodingMixin, LoraLoaderMixin, LatentPreviewMixin, ShapesMixin, PerformanceMetricsMixin
 ):
-    """Text-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline."""
+    """Text-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline; calls run one at a
+    time (thread-safe)."""
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "pooled_prompt_embeds"]
     submodel_names = PIPELINE_SUBMODELS  # the image pipelines add "vae_encoder"
@@ -109,6 +110,8 @@ class OVStableDiffusion3Pipeline(
         self._pages_released = {}  # submodel name -> the compilation after whose first inference its IR pages went
         self._progress_bar_config = {}
         self._interrupt = False
+        self.shapes = "dynamic"  # the shapes policy: the IR's own until `from_pretrained` sets one (see `shapes.py`)
+        self.on_compile = None  # called with a message when a call compiles the models for its shape (the demo's status)
         self._static_shape = None  # set by `reshape`
         self._call_lock = threading.RLock()  # infer requests and the scheduler hold per-call state
         self.lora = LoraAdapters(submodels=self.submodels, model_dir=self.model_dir)  # run-time LoRA adapters
@@ -408,14 +411,15 @@ class OVStableDiffusion3Pipeline(
         prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
         output_type: str = "pil", return_dict: bool = True, clip_skip: int | None = None, callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (read only, as in diffusers)
-        max_sequence_length: int = GENERATION_DEFAULTS.max_sequence_length, mu: float | None = None, taylorseer: TaylorSeerConfig | None = None,
+        max_sequence_length: int = GENERATION_DEFAULTS.max_sequence_length, mu: float | None = None,
+        taylorseer: TaylorSeerConfig | None = DEFAULT_STEP_CACHE,
         skip_guidance_layers: list[int] | None = None, skip_layer_guidance_scale: float = 2.8, skip_layer_guidance_stop: float = 0.2,
         skip_layer_guidance_start: float = 0.01, image_inputs=None,
     ) -> SD3PipelineOutput | tuple:  # fmt: skip
         """Generate images from text; arguments mean what they mean in diffusers' `StableDiffusion3Pipeline` (skip-layer
         guidance too, see `SkipLayerGuidance`); guidance runs when `guidance_scale > 1`. `callback_on_step_end(pipe, step,
         timestep, callback_kwargs)` may return replacements for the tensors and set `pipe._interrupt = True` to stop.
-        `taylorseer=TaylorSeerConfig()` turns on openvino.genai's default step cache. Calls run one at a time (thread-safe).
+        `taylorseer`: the step cache, by default genai's (`DEFAULT_STEP_CACHE`); None computes every step (diffusers' image).
         `generator`: a `torch.Generator`, an int seed, a `TorchCPUGenerator` (the same noise without torch), or a list.
         `latents` and embeddings may be numpy or torch; latent outputs and callback tensors are torch tensors when the call
         was given torch objects (as in diffusers), else numpy, and torch is never imported. Image pipelines set `image_inputs`."""
@@ -444,10 +448,10 @@ class OVStableDiffusion3Pipeline(
         returns_torch = wants_torch(generator, latents, *embeds.values()) or (image_inputs is not None and image_inputs.torch_inputs)
         generator = as_generator(generator)  # a seed: one stream for the whole call
         with self._call_lock:
-            self._check_static_shape(call_shape(
+            self.fit_call_shape(call_shape(
                 height=height, width=width, batch_size=batch_size, num_images_per_prompt=num_images_per_prompt,
                 do_classifier_free_guidance=do_classifier_free_guidance, max_sequence_length=max_sequence_length,
-            ))  # fmt: skip
+            ), transformer_batch_varies=skip_layer_guidance is not None)  # fmt: skip
             self._interrupt = False
 
             # 3. Encode prompt

@@ -258,6 +258,7 @@ class LatentPreviewMixin:
     vae_scale_factor: int
     size_rules: SizeRules  # `size` is checked against its `maximum` side
     model_dir: Path
+    shapes: str  # the shapes policy (`shapes.py`)
     _call_lock: threading.RLock
     metrics_recorder: MetricsRecorder  # a preview during a call is timed into its `preview_times`
 
@@ -291,11 +292,13 @@ class LatentPreviewMixin:
             return preview_output(images, output_type=output_type, size=size)
 
     def _preview_fit_decode(self) -> Callable[[np.ndarray], np.ndarray]:
-        """The VAE decode the linear preview map is fitted with: the pipeline's own, or a dynamic copy of the decoder
-        while `reshape` holds it at one call's shape (the fit decodes small latents)."""
+        """The VAE decode the linear preview map is fitted with: the pipeline's own while its decoder is dynamic, else
+        (static shapes, or the "auto" policy, which compiles it per call size) a dynamic copy (the fit decodes small
+        latents)."""
         decoder = self.vae_decoder
         shape = (decoder.shapes or {}).get("latent_sample")
-        if shape is None or all(size == -1 for axis, size in enumerate(shape) if axis != 1):
+        dynamic = all(size == -1 for axis, size in enumerate(shape) if axis != 1) if shape is not None else self.shapes == "dynamic"
+        if dynamic:
             return self.vae_decode
         copy = OVSubmodel(self.model_dir / decoder.name, core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
         return lambda latents: copy(latent_sample=latents)["sample"]

@@ -173,7 +173,7 @@ class PromptEncoder:
         for name in names:
             submodel = self.text_encoders.get(name)
             if submodel is not None:
-                submodel.request = None
+                submodel.release()
         trim_heap()
 
 

@@ -1,12 +1,39 @@
-"""The shapes the models see, for the pipelines: `ShapesMixin.reshape` fixes every model input for one kind of
-call (and each call checks it is of that kind), and `enable_vae_tiling` has the VAE work tile by tile.
+"""The shapes the models see, for the pipelines: the shapes policy of `from_pretrained(shapes=...)`, `ShapesMixin.reshape`
+(every model input fixed for one kind of call, and each call checked against it), and `enable_vae_tiling` (the VAE
+works tile by tile).
+
+Shapes policies:
+
+- "auto" (the default): the text encoders get their fixed token lengths at load; the transformer and the VAE decoder
+  are compiled for each call's size and batch (static shapes: OpenVINO's CPU plugin plans their memory ahead, which
+  halves the peak at 1024x1024, and runs a little faster), again when a call asks for another one. A pipeline keeps
+  `max_compiled_shapes` of them compiled (each holds its own copy of the weights); `cache_dir` makes a shape seen
+  before compile from OpenVINO's cache (weightless: the blobs point into the IR, a few MB each).
+- "dynamic": every model accepts any size, compiled once (more memory at large sizes; no compilation per size).
+- "static": `reshape()` at load for the default call (the native size, one image, guidance on); another call raises.
 
 Imports the layout (for the generation defaults), `runtime/submodels.py` (type hints) and `runtime/vae_tiling.py`.
 """
 
+import logging
+from typing import Callable
+
 from ..core.layout import GENERATION_DEFAULTS, SizeRules
 from .submodels import OVSubmodel
 from .vae_tiling import TILE_OVERLAP_FACTOR, VaeTiling
+
+SHAPES_POLICIES = ("auto", "dynamic", "static")
+DEFAULT_MAX_COMPILED_SHAPES = 1  # one compiled transformer at a time: each shape kept costs a copy of its weights
+
+logger = logging.getLogger(__name__)
+
+
+def check_shapes_policy(shapes, *, max_compiled_shapes) -> None:
+    """Raise a ValueError or TypeError naming `shapes` or `max_compiled_shapes` unless they are usable."""
+    if shapes not in SHAPES_POLICIES:
+        raise ValueError(f"`shapes` has to be one of {SHAPES_POLICIES} but is {shapes!r:.80}.")
+    if isinstance(max_compiled_shapes, bool) or not isinstance(max_compiled_shapes, int) or max_compiled_shapes < 1:
+        raise TypeError(f"`max_compiled_shapes` has to be a positive int (1 keeps one compiled size) but is {max_compiled_shapes!r:.80}.")
 
 
 def call_shape(
@@ -24,8 +51,10 @@ def call_shape(
 
 
 class ShapesMixin:
-    """`reshape` and VAE tiling for a pipeline, and the check each call makes against `reshape`. `_static_shape` is the
-    `call_shape` of the last `reshape` (None: dynamic shapes); `vae_tiling` a `VaeTiling` (None: whole images)."""
+    """The shapes policy, `reshape` and VAE tiling for a pipeline, and what each call does about its shape
+    (`fit_call_shape`). `shapes` is the policy ("static" after `reshape`); `_static_shape` the `call_shape` of the last
+    `reshape` (None: not reshaped); `vae_tiling` a `VaeTiling` (None: whole images); `on_compile(message)`, when set,
+    hears that a call compiles the models for its shape (the demo shows it)."""
 
     transformer: OVSubmodel
     text_encoder: OVSubmodel
@@ -36,7 +65,42 @@ class ShapesMixin:
     vae_scale_factor: int
     tokenizer_max_length: int
     vae_tiling: VaeTiling | None
+    shapes: str
+    on_compile: Callable[[str], None] | None
     _static_shape: dict | None
+
+    # -- The shapes policy ---------------------------------------------------------------------------------
+
+    def set_shapes_policy(self, shapes: str, *, max_compiled_shapes: int = DEFAULT_MAX_COMPILED_SHAPES) -> None:
+        """Apply a shapes policy ("auto", "dynamic", "static"; see this module's docstring) to the loaded models; the
+        models compile again on next use. `max_compiled_shapes` bounds the shapes kept compiled under "auto"."""
+        check_shapes_policy(shapes, max_compiled_shapes=max_compiled_shapes)
+        if shapes == "static":
+            self.reshape()
+            return
+        self.shapes, self._static_shape = shapes, None
+        for submodel in (self.transformer, self.vae_decoder):
+            submodel.max_compiled_shapes = max_compiled_shapes if shapes == "auto" else 1
+        if shapes == "auto":  # the CLIP encoders' token length is fixed; the batch follows the prompts
+            for encoder in (self.text_encoder, self.text_encoder_2):
+                encoder.reshape({"input_ids": [-1, self.tokenizer_max_length]})
+
+    def fit_call_shape(self, shape: dict, *, transformer_batch_varies: bool = False) -> None:
+        """Make the models ready for a call of `shape` (a `call_shape`): under "static" check it is the reshaped one,
+        under "auto" give the transformer and VAE decoder its shapes (they compile on first use, or come from the
+        shapes kept compiled), under "dynamic" nothing. `transformer_batch_varies`: the call runs the transformer on
+        two batch sizes (skip-layer guidance), so its batch stays dynamic."""
+        if self.shapes == "static":
+            self._check_static_shape(shape)
+        elif self.shapes == "auto":
+            transformer = self._transformer_shapes(shape, dynamic_batch=transformer_batch_varies)
+            decoder = self._vae_decoder_shapes(shape)
+            compiles = [model.name for model, shapes in ((self.transformer, transformer), (self.vae_decoder, decoder)) if model.reshape(shapes)]
+            if compiles:
+                message = f"Compiling the {' and '.join(compiles)} for {shape['width']}x{shape['height']}..."
+                logger.info(message)
+                if self.on_compile is not None:
+                    self.on_compile(message)
 
     # -- Static shapes -------------------------------------------------------------------------------------
 
@@ -54,32 +118,12 @@ class ShapesMixin:
 
         A later call with another size, batch, guidance on/off or `max_sequence_length` raises a ValueError.
         Models compile again on next use (or call `compile()`). With VAE tiling on, the VAE decoder keeps dynamic
-        shapes (its tiles differ in size).
+        shapes (its tiles differ in size). The default shapes policy ("auto") does this per call, without the error.
         """
         height = self.size_rules.default if height is None else height
         width = self.size_rules.default if width is None else width
         self.size_rules.check(height=height, width=width)
-        guidance_copies = 2 if do_classifier_free_guidance else 1
-        text_batch = batch_size * guidance_copies  # positive and negative prompts go through together
-        image_batch = batch_size * num_images_per_prompt
-        latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
-        transformer = self.transformer.config
-        sequence_length = self.tokenizer_max_length + max_sequence_length
-
-        for encoder in (self.text_encoder, self.text_encoder_2):
-            encoder.reshape({"input_ids": [text_batch, self.tokenizer_max_length]})
-        if self.text_encoder_3 is not None:
-            self.text_encoder_3.reshape({"input_ids": [text_batch, max_sequence_length]})
-        transformer_batch = image_batch * guidance_copies
-        self.transformer.reshape(
-            {
-                "hidden_states": [transformer_batch, transformer["in_channels"], latent_height, latent_width],
-                "encoder_hidden_states": [transformer_batch, sequence_length, transformer["joint_attention_dim"]],
-                "pooled_projections": [transformer_batch, transformer["pooled_projection_dim"]],
-                "timestep": [transformer_batch],
-            }
-        )
-        self._static_shape = call_shape(
+        shape = call_shape(
             height=height,
             width=width,
             batch_size=batch_size,
@@ -87,15 +131,40 @@ class ShapesMixin:
             do_classifier_free_guidance=do_classifier_free_guidance,
             max_sequence_length=max_sequence_length,
         )
+        text_batch = batch_size * (2 if do_classifier_free_guidance else 1)  # positive and negative prompts go through together
+        for encoder in (self.text_encoder, self.text_encoder_2):
+            encoder.reshape({"input_ids": [text_batch, self.tokenizer_max_length]})
+        if self.text_encoder_3 is not None:
+            self.text_encoder_3.reshape({"input_ids": [text_batch, max_sequence_length]})
+        for submodel in (self.transformer, self.vae_decoder):
+            submodel.max_compiled_shapes = 1
+        self.transformer.reshape(self._transformer_shapes(shape))
+        self.shapes, self._static_shape = "static", shape
         self._reshape_vae_decoder()
         return self
 
-    def _reshape_vae_decoder(self) -> None:
-        """The VAE decoder's input for the static shapes of `reshape`: dynamic while tiling (tiles differ in size)."""
-        shape, factor = self._static_shape, self.vae_scale_factor
+    def _transformer_shapes(self, shape: dict, *, dynamic_batch: bool = False) -> dict[str, list[int]]:
+        """The transformer's input shapes for a call of `shape` (a `call_shape`); the batch -1 with `dynamic_batch`."""
+        guidance_copies = 2 if shape["do_classifier_free_guidance"] else 1
+        batch = -1 if dynamic_batch else shape["batch_size"] * shape["num_images_per_prompt"] * guidance_copies
+        config = self.transformer.config
+        return {
+            "hidden_states": [batch, config["in_channels"], shape["height"] // self.vae_scale_factor, shape["width"] // self.vae_scale_factor],
+            "encoder_hidden_states": [batch, self.tokenizer_max_length + shape["max_sequence_length"], config["joint_attention_dim"]],
+            "pooled_projections": [batch, config["pooled_projection_dim"]],
+            "timestep": [batch],
+        }
+
+    def _vae_decoder_shapes(self, shape: dict) -> dict[str, list[int]]:
+        """The VAE decoder's input for a call of `shape`: dynamic while tiling (tiles differ in size)."""
+        factor = self.vae_scale_factor
         static = [shape["batch_size"] * shape["num_images_per_prompt"], shape["height"] // factor, shape["width"] // factor]
         images, height, width = [-1, -1, -1] if self.vae_tiling is not None else static
-        self.vae_decoder.reshape({"latent_sample": [images, self.vae_decoder.config["latent_channels"], height, width]})
+        return {"latent_sample": [images, self.vae_decoder.config["latent_channels"], height, width]}
+
+    def _reshape_vae_decoder(self) -> None:
+        """The VAE decoder's input for the static shapes of `reshape`."""
+        self.vae_decoder.reshape(self._vae_decoder_shapes(self._static_shape))
 
     def _check_static_shape(self, shape: dict) -> None:
         """Raise a ValueError naming what differs when a call's `call_shape` is not the one `reshape` fixed."""
@@ -104,7 +173,7 @@ class ShapesMixin:
             raise ValueError(
                 f"This pipeline was reshaped to static shapes {self._static_shape}, but this call asks for {changed}. "
                 "Call `pipe.reshape(...)` with the new values (the models compile again), or load the pipeline "
-                "again without reshaping for dynamic shapes."
+                "with `shapes=\"auto\"` (the default), which compiles the models for each call's shape."
             )
 
     # -- VAE tiling ----------------------------------------------------------------------------------------

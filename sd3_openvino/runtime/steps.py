@@ -16,7 +16,9 @@ class TaylorSeerConfig:
     Steps before `disable_cache_before_step` and from `disable_cache_after_step` on (negative: counted from the
     end) run the transformer. In between, one step in `cache_interval` runs it and the others predict its output
     from the last two computed ones by a first-order Taylor expansion in the step index, skipping the transformer
-    (with the defaults, 14 of 28 steps). The image differs a little from the uncached one; off by default.
+    (with the defaults, 14 of 28 steps). The image differs a little from the uncached one. On by default in our
+    pipelines, as in openvino.genai (`DEFAULT_STEP_CACHE`); `taylorseer=None` computes every step, diffusers' image.
+    Calls of 8 steps or fewer never skip one with these defaults.
     """
 
     cache_interval: int = 3
@@ -30,6 +32,10 @@ class TaylorSeerConfig:
             raise ValueError(f"`disable_cache_before_step` has to be an int >= 0 but is {self.disable_cache_before_step!r}.")
         if not isinstance(self.disable_cache_after_step, int):
             raise ValueError(f"`disable_cache_after_step` has to be an int but is {self.disable_cache_after_step!r}.")
+
+
+# The pipelines' default `taylorseer=`: openvino.genai's defaults (docs/speed.md has the time and image difference).
+DEFAULT_STEP_CACHE = TaylorSeerConfig()
 
 
 class TaylorSeerCache:

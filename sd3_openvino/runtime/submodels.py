@@ -57,16 +57,21 @@ class OVSubmodel:
             raise ValueError(incomplete_model_error(xml_path, model_dir, reason)) from error
         self.name, self.xml_path, self.bin_path = submodel_dir.name, xml_path, bin_path
         self.core, self.device, self.ov_config = core, device, dict(ov_config or {})
+        if self.ov_config.get("CACHE_MODE") == "OPTIMIZE_SIZE":  # a weightless blob loads its weights from this file
+            self.ov_config.setdefault("WEIGHTS_PATH", str(bin_path))
         self.request = None
         self.read_time = time.perf_counter() - started  # seconds `read_model` took
         self.compilations = 0  # how many times `compile` has run (a new infer request each time)
         self.first_compile_time = self.compile_time = None  # seconds of the first and of the last `compile`
         self.shapes = None  # the input shapes of the last `reshape`
         self.states = {}  # state name -> value (None: empty) that every infer request starts with (LoRA adapters)
+        self.max_compiled_shapes = 1  # infer requests kept compiled, by input shapes (see `reshape`)
+        self._compiled = {}  # shapes key -> infer request, oldest first; holds `request` when it has one
 
     def compile(self) -> None:
         """Compile the model for its device and make its infer request (with the states of `set_states`); the seconds
         it took are `compile_time` (see `metrics.PerformanceMetrics.compile_times`)."""
+        self._compiled.pop(_shapes_key(self.shapes), None)  # a request of these shapes is replaced, not kept twice
         started = time.perf_counter()
         compiled = self.core.compile_model(self.model, self.device, self.ov_config)
         self.request = compiled.create_infer_request()
@@ -74,17 +79,36 @@ class OVSubmodel:
         if self.first_compile_time is None:
             self.first_compile_time = self.compile_time
         self.compilations += 1
+        self._compiled[_shapes_key(self.shapes)] = self.request
         self.write_states(self.states)
 
-    def reshape(self, shapes: dict[str, list[int]]) -> None:
-        """Give inputs static shapes (faster on CPU, needed on NPU); the model is compiled again on next use."""
+    def reshape(self, shapes: dict[str, list[int]]) -> bool:
+        """Give inputs these shapes (static ones compile to faster code on CPU, and are needed on NPU); return True
+        when the model compiles again on next use, False when it already runs these shapes. Up to
+        `max_compiled_shapes` infer requests stay compiled, by shapes (each holds its own copy of the weights): a
+        shape kept is reused at once; past the bound the oldest is dropped before the new one compiles."""
+        key = _shapes_key(shapes)
+        if key == _shapes_key(self.shapes) and self.request is not None:
+            return False
+        self.shapes = {name: list(dims) for name, dims in shapes.items()}
+        self.request = self._compiled.pop(key, None)
+        if self.request is not None:  # kept: most recent again, with the states set since it last ran
+            self._compiled[key] = self.request
+            self.write_states(self.states)
+            return False
+        while self._compiled and len(self._compiled) >= self.max_compiled_shapes:
+            self._compiled.pop(next(iter(self._compiled)))  # freed before the new one compiles: one copy at a time
         self.model.reshape(shapes)
-        self.shapes, self.request = dict(shapes), None
+        return True
+
+    def release(self) -> None:
+        """Drop every compiled model and infer request (their memory goes back); the model compiles again on next use."""
+        self.request, self._compiled = None, {}
 
     def reload(self) -> None:
         """Read the IR again (dropping graph changes such as LoRA states, keeping `reshape`'s shapes); the model is
         compiled again on next use."""
-        self.model, self.states, self.request = self.core.read_model(self.xml_path, self.bin_path), {}, None
+        self.model, self.states, self.request, self._compiled = self.core.read_model(self.xml_path, self.bin_path), {}, None, {}
         if self.shapes is not None:
             self.model.reshape(self.shapes)
 
@@ -132,6 +156,11 @@ class OVSubmodel:
         return {name: value for output, value in results.items() for name in output.get_names()}
 
 
+def _shapes_key(shapes: dict[str, list[int]] | None) -> tuple | None:
+    """A hashable key of input shapes (None: the IR's own)."""
+    return None if shapes is None else tuple(sorted((name, tuple(dims)) for name, dims in shapes.items()))
+
+
 def device_for(device: str | dict[str, str], submodel: str) -> str:
     """The device of `submodel`: `device` itself, or its entry in a per-submodel dict (CPU when unnamed)."""
     return device.get(submodel, "CPU") if isinstance(device, dict) else device
@@ -155,12 +184,14 @@ def check_devices(device: str | dict[str, str], *, available: list[str]) -> None
 
 def submodel_ov_config(ov_config: dict | None, *, submodel: str, device: str, cache_dir: Path | None) -> dict:
     """OpenVINO properties of one submodel: `ov_config` (shared, or its entry when keyed by submodel name),
-    the compiled-model cache, and f32 for text encoders on a GPU (they lose accuracy in f16, and run once a prompt)."""
+    the compiled-model cache (weightless on CPU: a few MB a model instead of a copy of its weights), and f32 for text encoders on a GPU (they lose accuracy in f16, and run once a prompt)."""
     ov_config = ov_config or {}
     per_submodel = bool(ov_config) and set(ov_config) <= set(PIPELINE_SUBMODELS)
     config = dict(ov_config.get(submodel, {}) if per_submodel else ov_config)
     if cache_dir is not None:
         config.setdefault("CACHE_DIR", str(cache_dir))
+        if device == "CPU":  # weightless: the blob holds the compiled graph and points into the IR for the weights
+            config.setdefault("CACHE_MODE", "OPTIMIZE_SIZE")
     if submodel in TEXT_ENCODERS and "GPU" in device:
         config.setdefault("INFERENCE_PRECISION_HINT", "f32")
     return config
