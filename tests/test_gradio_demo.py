@@ -513,7 +513,7 @@ def test_adapter_choice_and_scale_show_only_when_adapters_are_loaded(pipeline, l
     plain, with_adapters = make_demo(pipeline), make_demo(lora_pipeline)
     assert not blocks_labelled(plain, gr.Dropdown, "LoRA adapter")
     assert not blocks_labelled(plain, gr.Slider, "LoRA scale")
-    assert api_parameters(plain, "/generate")[-2:] == [("num_inference_steps", 28), ("fast", False)]
+    assert api_parameters(plain, "/generate")[-2:] == [("num_inference_steps", 28), ("fast", True)]
     dropdowns = blocks_labelled(with_adapters, gr.Dropdown, "LoRA adapter")
     sliders = blocks_labelled(with_adapters, gr.Slider, "LoRA scale")
     assert len(dropdowns) == len(sliders) == 3  # one of each per tab
@@ -523,18 +523,18 @@ def test_adapter_choice_and_scale_show_only_when_adapters_are_loaded(pipeline, l
     assert {(slider.minimum, slider.maximum, slider.value) for slider in sliders} == {(-1.0, 2.0, 1.0)}
     active = lora_pipeline.get_active_adapters()[0]
     assert api_parameters(with_adapters, "/generate")[-4:] == [
-        ("num_inference_steps", 28), ("fast", False), ("adapter", active), ("lora_scale", 1.0)
+        ("num_inference_steps", 28), ("fast", True), ("adapter", active), ("lora_scale", 1.0)
     ]  # fmt: skip
     for api_name in ("/image_to_image", "/inpaint"):  # the options come after strength
         names = [name for name, _ in api_parameters(with_adapters, api_name)]
         assert names[-4:] == ["strength", "fast", "adapter", "lora_scale"]
 
 
-def test_fast_switch_is_in_every_tab_off_and_absent_for_another_pipeline(pipeline):
+def test_fast_switch_is_in_every_tab_on_and_absent_for_another_pipeline(pipeline):
     import gradio as gr
 
     switches = blocks_labelled(make_demo(pipeline), gr.Checkbox, "Fast (step cache)")
-    assert len(switches) == 3 and not any(switch.value for switch in switches)  # off: diffusers' image by default
+    assert len(switches) == 3 and all(switch.value is True for switch in switches)  # on, as the pipeline's default
     assert not blocks_labelled(make_demo(NeverCalled()), gr.Checkbox, "Fast (step cache)")
 
 
@@ -594,10 +594,11 @@ def test_fast_is_openvino_genai_s_default_step_cache(pipeline):
     assert [getattr(FAST_STEP_CACHE, field) for field in fields] == [getattr(genai, field) for field in fields]
     runner, steps = GenerationRunner(pipeline), 9  # with 9 steps, the default cache skips the transformer on step 6
     request = {**REQUEST, "num_inference_steps": steps}
-    default, fast = (np.asarray(runner.generate(**request, fast=flag)[0]) for flag in (False, True))
-    assert not np.array_equal(default, fast), "the step cache should change the image"
+    exact, fast, unset = (np.asarray(runner.generate(**request, fast=flag)[0]) for flag in (False, True, None))
+    assert not np.array_equal(exact, fast), "the step cache should change the image"
     np.testing.assert_array_equal(fast, direct_image(pipeline, num_inference_steps=steps, taylorseer=FAST_STEP_CACHE))
-    np.testing.assert_array_equal(default, direct_image(pipeline, num_inference_steps=steps))
+    np.testing.assert_array_equal(unset, fast)  # no choice: the pipeline's default, the step cache
+    np.testing.assert_array_equal(exact, direct_image(pipeline, num_inference_steps=steps, taylorseer=None))
 
 
 @pytest.fixture(scope="module")
@@ -649,10 +650,11 @@ def direct_image_and_previews(pipe, *, method: str = "linear", **options) -> tup
 
 
 def streamed(runner: GenerationRunner, **options) -> tuple[list, object]:
-    """The step updates and the final one of `runner.stream` for `REQUEST` (changed by `options`)."""
+    """The step updates and the final one of `runner.stream` for `REQUEST` (changed by `options`), without the
+    status updates (compiling for a size that another test's call replaced: see the test after the next)."""
     *steps, final = runner.stream(**{**REQUEST, **options})
     assert final.final and not any(update.final for update in steps)
-    return steps, final
+    return [update for update in steps if update.status is None], final
 
 
 def test_stream_yields_the_previews_of_the_steps_then_the_pipeline_s_own_image(pipeline):
@@ -680,8 +682,20 @@ def test_the_handler_yields_previews_before_the_result_and_reports_every_step(pi
     assert len(outputs) >= 2, "no preview before the result"
     assert {(image.size, seed) for image, seed in outputs} == {((WIDTH, HEIGHT), 7)}
     np.testing.assert_array_equal(np.asarray(outputs[-1][0]), direct_image(pipeline))
-    assert progress == [((done, 2), {"desc": "Denoising", "unit": "steps"}) for done in (1, 2)]
+    denoising = [(value, details) for value, details in progress if details["desc"] == "Denoising"]
+    assert denoising == [((done, 2), {"desc": "Denoising", "unit": "steps"}) for done in (1, 2)]
     assert "2 steps in " in capsys.readouterr().out  # the timings' notice (`gr.Info` prints outside an event)
+
+
+def test_a_new_size_says_that_it_compiles_before_the_first_step_and_a_seen_size_does_not(pipeline):
+    handlers, progress = DemoHandlers(GenerationRunner(pipeline)), []
+    new_size = dict(REQUEST, width=WIDTH + 4)  # no other test asks for it: the models compile for it now
+    for _ in range(2):
+        list(handlers.run("text-to-image", None, lambda value, **details: progress.append((value, details)), **new_size))
+    compiling = f"Compiling the transformer and vae_decoder for {WIDTH + 4}x{HEIGHT}..."
+    assert progress[0] == ((0, 2), {"desc": compiling, "unit": "steps"})  # the bar says so before the first step
+    assert [details["desc"] for _, details in progress[1:]] == ["Denoising"] * 4  # the second call compiles nothing
+    assert pipeline.on_compile is None  # the runner's listener is gone after the call
 
 
 def test_a_failing_preview_turns_the_previews_off_and_the_generation_goes_on(pipeline, monkeypatch):
@@ -1040,8 +1054,10 @@ def test_progress_of_the_denoising_steps_and_the_previews_reach_the_client(clien
     job = client.submit(*generate_args(width=192, height=192, steps=12), api_name="/generate")
     image_path, seed = job.result(timeout=60)
     progress = drain_progress(job)
-    assert {(unit.length, unit.unit, unit.desc) for unit in progress} == {(12, "steps", "Denoising")}
-    steps = [unit.index for unit in progress]
+    assert {(unit.length, unit.unit) for unit in progress} == {(12, "steps")}
+    compiling = "Compiling the transformer and vae_decoder for 192x192..."  # before the first step, when the size is new
+    assert {unit.desc for unit in progress} - {compiling} == {"Denoising"}
+    steps = [unit.index for unit in progress if unit.desc == "Denoising"]
     assert len(steps) >= 3 and steps == sorted(set(steps)) and 1 <= steps[0] and steps[-1] <= 12, steps
     *previews, last = job.outputs()  # streamed: the previews, then the result, which `result` and `predict` give
     assert previews and last == (image_path, seed) and {output[1] for output in previews} == {7}

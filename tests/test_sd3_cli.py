@@ -88,14 +88,16 @@ def test_tiny_model_convert_generate(tmp_path):
     with Image.open(image_path) as image:
         assert image.format == "PNG" and image.size == (48, 32)
 
-    pixels = {}
-    for flags in ([], ["--step-cache"]):  # 12 steps: the cache skips the transformer on steps 6, 7 and 9
-        path = tmp_path / f"steps12{''.join(flags)}.png"
+    pixels, cache_dir = {}, tmp_path / "ov-cache"
+    no_cache = ("--no-step-cache", "--shapes", "dynamic", "--cache-dir", str(cache_dir))
+    for flags in ((), ("--step-cache",), no_cache):  # 12 steps: the step cache skips the transformer on steps 6, 7 and 9
+        path = tmp_path / f"steps12-{len(pixels)}.png"
         result = run("generate", str(model_dir), "--prompt", "a cat", "--output", str(path), "--steps", "12", *flags)
         assert result.returncode == 0, result.stderr
         with Image.open(path) as image:
-            pixels[tuple(flags)] = image.tobytes()
-    assert pixels[()] != pixels[("--step-cache",)]
+            pixels[flags] = image.tobytes()
+    assert pixels[()] == pixels[("--step-cache",)] != pixels[no_cache]  # the step cache is on by default
+    assert len(list(cache_dir.glob("*.blob"))) >= 4
 
 
 def test_generate_reports_bad_input_without_traceback(tmp_path):

@@ -12,7 +12,7 @@ from numbers import Real
 
 from ..core.layout import SizeRules
 from ..runtime.checks import check_size, check_strength
-from ..runtime.steps import TaylorSeerConfig  # light: numpy only
+from ..runtime.steps import DEFAULT_STEP_CACHE  # light: numpy only
 
 MAX_SEED = 2**31 - 1  # the largest seed a gr.Number and every torch generator accept
 # T5 reads at most 512 tokens of a prompt (CLIP 77), about 2,000 characters of English at ~4 characters a token.
@@ -21,9 +21,9 @@ MAX_SEED = 2**31 - 1  # the largest seed a gr.Number and every torch generator a
 MAX_PROMPT_CHARS = 4_000
 MAX_INFERENCE_STEPS = 50  # the steps slider's end (SD3 Medium's default is 28); each step is one transformer pass
 MAX_GUIDANCE_SCALE = 20.0  # the guidance slider's end (SD3 Medium's default is 7)
-# "Fast (step cache)": openvino.genai's default TaylorSeer settings (it turns them on by default for SD3; our
-# pipeline, like diffusers, keeps them off). With 28 steps, 14 take the transformer's output from the cache.
-FAST_STEP_CACHE = TaylorSeerConfig()
+# "Fast (step cache)": openvino.genai's default TaylorSeer settings, on by default in our pipelines as in genai (off:
+# diffusers' image). With 28 steps, 14 take the transformer's output from the cache.
+FAST_STEP_CACHE = DEFAULT_STEP_CACHE
 NO_ADAPTER = "None"  # the adapter choice that generates without LoRA (`disable_lora`)
 MIN_LORA_SCALE, MAX_LORA_SCALE = -1.0, 2.0  # the LoRA scale slider's ends (negative scales push away from the style)
 TASKS = ("text-to-image", "image-to-image", "inpainting")  # the demo's tabs, by openvino.genai's task names
@@ -97,7 +97,7 @@ class GenerationRequest:
     image: object = None  # image tasks: a PIL image of any size (the pipeline resizes it to width x height)
     mask_image: object = None  # inpainting: a PIL image of the image's size; white repaints
     strength: float | None = None  # image tasks: the share of the denoising schedule that runs
-    fast: bool = False  # the step cache (`FAST_STEP_CACHE`)
+    fast: bool | None = None  # the step cache (`FAST_STEP_CACHE`) on or off; None: a pipeline without one (diffusers')
     adapter: str | None = None  # a loaded LoRA adapter, `NO_ADAPTER` (LoRA off), or None: the adapters as they are set
     lora_scale: float = 1.0  # the adapter's weight (`set_adapters([adapter], [lora_scale])`)
 
@@ -126,8 +126,8 @@ class GenerationRequest:
             arguments.update(image=self.image, strength=self.strength)
         if self.task == "inpainting":
             arguments.update(mask_image=self.mask_image)
-        if self.fast:
-            arguments.update(taylorseer=FAST_STEP_CACHE)
+        if self.fast is not None:  # ours: the cache, or every step computed (diffusers' image)
+            arguments.update(taylorseer=FAST_STEP_CACHE if self.fast else None)
         return arguments
 
 
@@ -226,14 +226,17 @@ def _check_mask(value, *, image):
     return mask
 
 
-def _check_fast(fast, *, limits: RequestLimits) -> bool:
-    """`fast` as a bool, refused when on for a pipeline without the step cache (not ours)."""
+def _check_fast(fast, *, limits: RequestLimits) -> bool | None:
+    """`fast` as the request keeps it: a bool for our pipelines (None: their default, on), None for a pipeline without
+    the step cache (diffusers'), which refuses it on."""
+    if fast is None:
+        return True if limits.step_cache else None
     if _check_bool(fast, name="fast") and not limits.step_cache:
         raise ValueError(
             f"`fast` (the step cache) needs an `OVStableDiffusion3Pipeline` but this demo runs "
             f"{limits.pipeline_name}. Leave `fast` off."
         )
-    return fast
+    return fast if limits.step_cache else None
 
 
 def _check_adapter(adapter, *, lora_scale, loaded: tuple[str, ...]) -> tuple[str | None, float]:
@@ -285,7 +288,7 @@ def check_request(
     image=None,
     mask_image=None,
     strength: float | None = None,
-    fast: bool = False,
+    fast: bool | None = None,
     adapter: str | None = None,
     lora_scale: float = 1.0,
 ) -> GenerationRequest:
@@ -294,7 +297,7 @@ def check_request(
     The texts' lengths are checked first, so an over-long paste is refused before any other work. The seed
     may be left empty (None) when `randomize_seed` is set; a random one is drawn then. Image to image needs
     `image` (a PIL image) and `strength`; inpainting also `mask_image` (the image's size, something painted).
-    `fast` turns on the step cache (our pipelines only). `adapter` is a loaded LoRA adapter (applied at
+    `fast` turns the step cache on or off (our pipelines; None: on, their default; refused on for others). `adapter` is a loaded LoRA adapter (applied at
     `lora_scale`, from `MIN_LORA_SCALE` to `MAX_LORA_SCALE`), `NO_ADAPTER` for none, or None to leave the
     pipeline's adapters as they are set.
     """

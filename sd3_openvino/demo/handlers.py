@@ -43,7 +43,7 @@ class DemoHandlers:
 
     def run(self, task: str, request, progress, **fields) -> Iterator[tuple]:
         """Generate for `task` with the event's `fields`, yielding `(image, seed used)`: the live preview of each
-        step while the progress bar follows the steps, then the result (an API client's result: the last value), with
+        step while the progress bar follows the steps (after a status, such as compiling for a new size), then the result (an API client's result: the last value), with
         the call's timings in a notice (`PerformanceMetrics.summary()`, our pipelines only); or raise a `gr.Error`."""
         import gradio as gr
 
@@ -54,6 +54,9 @@ class DemoHandlers:
                 editor_value = self.read_payload(task, fields["image"], name="image_and_mask")
                 fields["image"], fields["mask_image"] = image_and_mask_from_editor(editor_value)
             for update in self.runner.stream(task=task, owner=_session_of(request), **fields):
+                if update.status is not None:  # compiling for a new size: tens of seconds before the first step
+                    progress((0, update.total), desc=update.status, unit="steps")
+                    continue
                 if update.summary is not None:  # the result's: "28 steps in 41.2 s (1.47 s/step), ..."
                     gr.Info(update.summary, title="Generated")
                 if update.image is not None:
@@ -84,7 +87,7 @@ class DemoHandlers:
 # endpoints are defined in these two functions and pass everything on to `DemoHandlers`. They are generators
 # (`yield from`): Gradio streams what they yield (the previews, then the result) and gives API clients the last
 # value. The options after the required inputs (`fast`, `adapter`, `lora_scale`) have defaults: a demo without the
-# matching controls passes fewer inputs.
+# matching controls passes fewer inputs (`fast` None: the pipeline's default, the step cache on for ours).
 
 
 def text_to_image_endpoints(handlers: DemoHandlers) -> dict:
@@ -100,7 +103,7 @@ def text_to_image_endpoints(handlers: DemoHandlers) -> dict:
         height: float,
         guidance_scale: float,
         num_inference_steps: float,
-        fast: bool = False,
+        fast: bool | None = None,
         adapter: str | None = None,
         lora_scale: float = 1.0,
         request: gr.Request = None,
@@ -150,7 +153,7 @@ def _image_to_image_endpoint(handlers: DemoHandlers) -> Callable:
         guidance_scale: float,
         num_inference_steps: float,
         strength: float,
-        fast: bool = False,
+        fast: bool | None = None,
         adapter: str | None = None,
         lora_scale: float = 1.0,
         request: gr.Request = None,
@@ -194,7 +197,7 @@ def _inpaint_endpoint(handlers: DemoHandlers) -> Callable:
         guidance_scale: float,
         num_inference_steps: float,
         strength: float,
-        fast: bool = False,
+        fast: bool | None = None,
         adapter: str | None = None,
         lora_scale: float = 1.0,
         request: gr.Request = None,

@@ -43,6 +43,7 @@ class GenerationUpdate:
     image: object = None  # the step's preview (a PIL image of the request's size; None: none this step), or the result
     final: bool = False  # True for the last update: `image` is the result
     summary: str | None = None  # the last update's timings (`PerformanceMetrics.summary()`; None for other pipelines)
+    status: str | None = None  # what runs before the first step when it takes a while ("Compiling the transformer ...")
 
 
 def is_openvino_pipeline(pipeline) -> bool:
@@ -228,15 +229,19 @@ class GenerationRunner:
         iterator early (its reader is gone) stops the generation after its current step.
         """
         request = self.check(**fields)
-        updates = queue.SimpleQueue()  # ("step", done, total, draw) per step, then ("result", image) / ("error", error)
+        updates = queue.SimpleQueue()  # ("status", text), ("step", done, total, draw) per step, then ("result", ...) / ("error", error)
         cancelled = threading.Event()
 
         def on_step(done: int, total: int, draw: Callable | None) -> None:
             updates.put(("step", done, total, draw))
 
+        def on_status(text: str) -> None:
+            updates.put(("status", text))
+
         def work() -> None:
             try:
-                updates.put(("result", *self._run(request, on_step=on_step, owner=owner, previews=True, cancelled=cancelled)))
+                result = self._run(request, on_step=on_step, on_status=on_status, owner=owner, previews=True, cancelled=cancelled)
+                updates.put(("result", *result))
             except BaseException as error:  # raised again in the reader's thread
                 updates.put(("error", error))
 
@@ -251,6 +256,9 @@ class GenerationRunner:
                     image, summary = payload
                     yield GenerationUpdate(done=done, total=total, seed=request.seed, image=image, final=True, summary=summary)
                     return
+                if kind == "status":
+                    yield GenerationUpdate(done=done, total=total, seed=request.seed, status=payload[0])
+                    continue
                 done, total, draw = payload
                 image = None if draw is None or not updates.empty() else self.previews.draw(draw)
                 yield GenerationUpdate(done=done, total=total, seed=request.seed, image=image)
@@ -262,6 +270,7 @@ class GenerationRunner:
         request: GenerationRequest,
         *,
         on_step: Callable | None = None,
+        on_status: Callable[[str], None] | None = None,
         owner: str | None = None,
         previews: bool = False,
         cancelled: threading.Event | None = None,
@@ -270,8 +279,9 @@ class GenerationRunner:
         (`PerformanceMetrics.summary()` of our pipelines, None for others).
 
         `on_step(done, total, draw)` is called after every denoising step. With `previews`, `draw` (else None) makes
-        the step's preview when called (`LivePreviews.for_step`). `cancelled`, once set, stops the generation after
-        its current step.
+        the step's preview when called (`LivePreviews.for_step`). `on_status(text)` hears what runs before the first
+        step when it takes a while (our pipelines compiling for a new size). `cancelled`, once set, stops the
+        generation after its current step.
         """
         import torch
 
@@ -291,9 +301,11 @@ class GenerationRunner:
         with self.lock:
             self._stop.clear()
             self._owner = owner
+            pipeline = self.pipelines[request.task]
+            if self.openvino:
+                pipeline.on_compile = on_status  # the shared models compile for a new size: say so
             try:
                 self._apply_adapter(request)
-                pipeline = self.pipelines[request.task]
                 image = pipeline(
                     **request.pipeline_arguments(),
                     generator=torch.Generator().manual_seed(request.seed),
@@ -302,6 +314,8 @@ class GenerationRunner:
                 return image, (pipeline.get_performance_metrics().summary() if self.openvino else None)
             finally:
                 self._owner = None
+                if self.openvino:
+                    pipeline.on_compile = None
 
     def _apply_adapter(self, request: GenerationRequest) -> None:
         """Set the request's adapter choice on the shared models (call it holding the lock). States only: instant."""

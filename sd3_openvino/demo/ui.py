@@ -149,7 +149,7 @@ def _options(task: str, defaults: ControlDefaults) -> list:
                 label="Fast (step cache)",
                 info="Predict the transformer's output on some steps (openvino.genai's default): faster, a slightly "
                 "different image",
-                value=False,  # off, as in diffusers: the same seed gives diffusers' image
+                value=True,  # on, as our pipelines' default (and openvino.genai's); off gives diffusers' image
                 elem_id=f"{prefix}fast",
             )
         )
@@ -364,8 +364,9 @@ def make_demo(
     can change it before pressing Run. Strength starts at the image to image pipeline's default (diffusers') and
     at `INPAINTING_STRENGTH` (1.0 for a 33-channel inpainting transformer) for inpainting.
 
-    On our pipelines each tab's advanced settings have a "Fast (step cache)" switch, off by default (diffusers'
-    image): on, the call gets `taylorseer=FAST_STEP_CACHE`, openvino.genai's default step cache. When `pipeline`
+    On our pipelines each tab's advanced settings have a "Fast (step cache)" switch, on by default as in the pipelines:
+    on, the call gets `taylorseer=FAST_STEP_CACHE` (openvino.genai's default step cache), off `taylorseer=None`
+    (diffusers' image). When `pipeline`
     has LoRA adapters loaded (`pipeline.get_list_adapters()`), they also have an adapter choice (`NO_ADAPTER` or a
     loaded adapter, at first the active one) and a LoRA scale (at first the active adapter's weight); each
     generation sets them with `set_adapters([adapter], [scale])`, or `disable_lora()` for `NO_ADAPTER`, in its turn

@@ -10,7 +10,8 @@ from ..core.layout import GENERATION_DEFAULTS, WEIGHT_FORMATS
 from ..runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
 from ..runtime.lora import check_lora, load_adapters, lora_argument
 from ..runtime.pipeline import OVStableDiffusion3Pipeline
-from ..runtime.steps import TaylorSeerConfig
+from ..runtime.shapes import SHAPES_POLICIES
+from ..runtime.steps import DEFAULT_STEP_CACHE
 from .convert import convert_sd3
 from .preview_decoder import convert_preview_decoder
 from .tiny_model import make_tiny_sd3
@@ -56,7 +57,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--mask", type=Path, default=None, help="repaint where this mask is white (needs --image)")
     generate.add_argument("--strength", type=float, default=None, help="with --image: how much to change it, 0-1 (default 0.6)")
     generate.add_argument(
-        "--step-cache", action="store_true", help="TaylorSeer step caching, openvino.genai's default: faster, a slightly different image"
+        "--step-cache", action=argparse.BooleanOptionalAction, default=True,
+        help="TaylorSeer step caching (default on, as in openvino.genai): fewer transformer calls, a slightly "
+        "different image; --no-step-cache gives diffusers' exact image",
+    )
+    generate.add_argument(
+        "--shapes", choices=SHAPES_POLICIES, default="auto",
+        help="auto (default): compile the transformer and VAE decoder for the image size; dynamic: any size, more memory; "
+        "static: the native size only",
+    )
+    generate.add_argument(
+        "--cache-dir", type=Path, default=None, help="keep compiled models here (weightless on CPU): later runs start faster"
     )
     generate.add_argument(
         "--lora", action="append", type=lora_argument, default=[], metavar="PATH[:SCALE]",
@@ -118,7 +129,7 @@ def _generate(args: argparse.Namespace) -> Path:
     image_arguments = _image_arguments(args)
     lora = check_lora(args.lora, argument="`--lora`")  # a missing file or a bad scale fails before the model loads
     pipe_class = OVStableDiffusion3InpaintPipeline if args.mask else OVStableDiffusion3Img2ImgPipeline if args.image else OVStableDiffusion3Pipeline
-    pipe = pipe_class.from_pretrained(args.model_dir, device=args.device)
+    pipe = pipe_class.from_pretrained(args.model_dir, device=args.device, shapes=args.shapes, cache_dir=args.cache_dir)
     load_adapters(pipe, lora)
     image = pipe(
         args.prompt,
@@ -129,7 +140,7 @@ def _generate(args: argparse.Namespace) -> Path:
         height=args.height,
         width=args.width,
         generator=args.seed,  # torch.Generator().manual_seed(seed)'s noise, without importing torch
-        taylorseer=TaylorSeerConfig() if args.step_cache else None,
+        taylorseer=DEFAULT_STEP_CACHE if args.step_cache else None,
     ).images[0]
     image.save(args.output)
     return args.output
