@@ -52,12 +52,13 @@ def runners(model_dir: Path, *, size: int, steps: int) -> dict:
     """Name -> (a function making one image, the pipeline whose metrics it fills, or None for genai)."""
     from sd3_helper import OVStableDiffusion3Pipeline, TaylorSeerConfig, make_genai_pipeline
 
-    dynamic = OVStableDiffusion3Pipeline.from_pretrained(model_dir)
+    dynamic = OVStableDiffusion3Pipeline.from_pretrained(model_dir, shapes="dynamic")
+    auto = OVStableDiffusion3Pipeline.from_pretrained(model_dir)  # compiles the transformer and VAE decoder at its first call
     static = OVStableDiffusion3Pipeline.from_pretrained(model_dir, compile=False).reshape(height=size, width=size)
     static.compile()
     genai = make_genai_pipeline(model_dir)
     call = dict(prompt=PROMPT, height=size, width=size, num_inference_steps=steps, guidance_scale=GUIDANCE_SCALE, generator=0)
-    for pipe in (dynamic, static):
+    for pipe in (dynamic, auto, static):
         pipe.set_progress_bar_config(disable=True)
 
     def ours(pipe, **extra):
@@ -68,10 +69,11 @@ def runners(model_dir: Path, *, size: int, steps: int) -> dict:
 
     cache = TaylorSeerConfig()  # genai's default step cache
     return {
-        "ours, dynamic shapes (our default)": (ours(dynamic), dynamic),
-        "ours, static shapes (`reshape`)": (ours(static), static),
+        "ours, dynamic shapes": (ours(dynamic, taylorseer=None), dynamic),
+        "ours, static shapes (`reshape`)": (ours(static, taylorseer=None), static),
         "ours, dynamic shapes + step cache": (ours(dynamic, taylorseer=cache), dynamic),
         "ours, static shapes + step cache": (ours(static, taylorseer=cache), static),
+        "ours, its defaults (auto shapes, step cache on)": (ours(auto), auto),
         "openvino.genai, its defaults (step cache on)": (genai_default, None),
     }
 

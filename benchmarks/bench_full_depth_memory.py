@@ -14,9 +14,10 @@ a fresh process:
   peaks at (submodels are converted one at a time, each freed before the next);
 - generation: one image from the int8 folder at `--size` with `--steps` steps with the lean runtime (`sd3_runtime`,
   no torch), with T5 kept (the default), with T5 released after encoding (`enable_text_encoder_release(
-  text_encoders=["text_encoder_3"])`), and from a view of the folder without T5; each with the models' dynamic
-  shapes (the default) and with static shapes (`pipe.reshape(height=, width=)`: OpenVINO's CPU plugin plans the
-  memory of a static model ahead and reuses it, and a dynamic one at 1024x1024 holds about 5 GB more). Reported:
+  text_encoders=["text_encoder_3"])`), and from a view of the folder without T5; each with the default "auto"
+  shapes (the transformer and VAE decoder compiled for the call's size), with dynamic shapes (`shapes="dynamic"`)
+  and with static shapes (`pipe.reshape(height=, width=)`: OpenVINO's CPU plugin plans the memory of a static model
+  ahead and reuses it, and a dynamic one at 1024x1024 holds about 5 GB more). Reported:
   the RSS after loading, during the steps, after the call, and the process's peak.
 """
 
@@ -38,13 +39,17 @@ from bench_text_encoders import T5_XXL_LAYERS, build_t5_checkpoint, vm_hwm, with
 WEIGHT_FORMATS = ("fp16", "int8")
 GENERATION_FORMAT = "int8"
 RELEASE_T5 = ["enable_text_encoder_release", {"text_encoders": ["text_encoder_3"]}]
-MODES = {  # name: (use the view without T5, pipeline methods called with keyword arguments before the image)
-    "with T5, kept (default)": (False, []),
-    "with T5, released after encoding": (False, [RELEASE_T5]),
-    "without T5": (True, []),
-    "with T5, kept, static shapes": (False, [["reshape", "SIZE"]]),
-    "with T5, released, static shapes": (False, [RELEASE_T5, ["reshape", "SIZE"]]),
-    "without T5, static shapes": (True, [["reshape", "SIZE"]]),
+DYNAMIC = {"shapes": "dynamic"}
+MODES = {  # name: (use the view without T5, pipeline methods called with keyword arguments before the image, from_pretrained keywords)
+    "with T5, kept (defaults: auto shapes)": (False, [], {}),
+    "with T5, released after encoding": (False, [RELEASE_T5], {}),
+    "without T5 (defaults: auto shapes)": (True, [], {}),
+    "with T5, kept, dynamic shapes": (False, [], DYNAMIC),
+    "with T5, released, dynamic shapes": (False, [RELEASE_T5], DYNAMIC),
+    "without T5, dynamic shapes": (True, [], DYNAMIC),
+    "with T5, kept, static shapes (`reshape`)": (False, [["reshape", "SIZE"]], {}),
+    "with T5, released, static shapes (`reshape`)": (False, [RELEASE_T5, ["reshape", "SIZE"]], {}),
+    "without T5, static shapes (`reshape`)": (True, [["reshape", "SIZE"]], {}),
 }
 PROMPT = "a lighthouse on a cliff at dawn, oil painting"
 
@@ -57,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--modes", nargs="+", default=None, help="run only the generation modes whose names hold one of these words")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -124,7 +130,7 @@ def image_worker(task: dict) -> dict:
 
     baseline = current_rss()
     start = time.perf_counter()
-    pipe = OVStableDiffusion3Pipeline.from_pretrained(task["model_dir"])
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(task["model_dir"], **task["load"])
     pipe.set_progress_bar_config(disable=True)
     for method, arguments in task["methods"]:
         getattr(pipe, method)(**(dict(height=task["size"], width=task["size"]) if arguments == "SIZE" else arguments))
@@ -226,9 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         conversions[weight_format] = run_worker(task, logs=logs, name=f"convert-{weight_format}")
     model_dir = args.work_dir / f"{checkpoint.name}-{GENERATION_FORMAT}"
     generations = {}
-    for index, (name, (no_t5, methods)) in enumerate(MODES.items()):
+    for index, (name, (no_t5, methods, load)) in enumerate(MODES.items()):
+        if args.modes is not None and not any(word in name for word in args.modes):
+            continue
         folder = without_t5(model_dir) if no_t5 else model_dir
-        task = {"kind": "image", "model_dir": str(folder), "methods": methods, "size": args.size, "steps": args.steps}
+        task = {"kind": "image", "model_dir": str(folder), "methods": methods, "load": load, "size": args.size, "steps": args.steps}
         generations[name] = run_worker(task, logs=logs, name=f"image-{index}-{args.size}")
     results = {"machine": machine_description(), "settings": {key: str(value) for key, value in vars(args).items()}, "conversions": conversions, "generations": generations}
     stem = f"bench_full_depth_memory_{args.layers}-layers-t5-{args.t5_layers}-{args.size}"

@@ -146,6 +146,8 @@ def generation_options(task: dict, *, steps: int) -> dict:
 class DiffusersStyleRuntime:
     """A pipeline with diffusers' call signature (ours, diffusers, optimum-intel): shared timing code."""
 
+    takes_taylorseer = False  # the call takes `taylorseer=` (ours)
+
     def __init__(self, task: dict):
         self.task = task
         self.pipe = None
@@ -163,10 +165,10 @@ class DiffusersStyleRuntime:
 
         generator = torch.Generator().manual_seed(SEED)
         options = generation_options(self.task, steps=steps)
-        if self.task.get("taylorseer"):
+        if self.takes_taylorseer:  # ours: the step cache only in the `-taylorseer` variants (it is on by default)
             from sd3_helper import TaylorSeerConfig
 
-            options["taylorseer"] = TaylorSeerConfig()  # openvino.genai's defaults
+            options["taylorseer"] = TaylorSeerConfig() if self.task.get("taylorseer") else None  # openvino.genai's defaults
         return self.pipe(PROMPT, **options, generator=generator, output_type=output_type, callback_on_step_end=callback).images[0]
 
     def step_times(self, steps: int) -> list[float]:
@@ -211,10 +213,15 @@ class DiffusersStyleRuntime:
 
 
 class OursRuntime(DiffusersStyleRuntime):
+    takes_taylorseer = True
+
     def load(self, cache_dir: Path | None) -> None:
         from sd3_helper import OVStableDiffusion3Pipeline
 
-        self.pipe = OVStableDiffusion3Pipeline.from_pretrained(self.task["folder"], device="CPU", cache_dir=cache_dir, compile=False)
+        # Dynamic shapes unless `-static` (then `reshape`): the names say which; the default "auto" would compile at the first call.
+        self.pipe = OVStableDiffusion3Pipeline.from_pretrained(
+            self.task["folder"], device="CPU", cache_dir=cache_dir, compile=False, shapes="dynamic"
+        )
         self.pipe.set_progress_bar_config(disable=True)
         if self.task.get("static"):
             shape = {key: self.task[key] for key in ("height", "width", "max_sequence_length")}
@@ -230,6 +237,7 @@ class OursRuntime(DiffusersStyleRuntime):
 
 
 class OptimumRuntime(OursRuntime):
+    takes_taylorseer = False
     def imports(self) -> None:
         super().imports()
         import optimum.intel  # noqa: F401

@@ -13,6 +13,8 @@ run, from the JSON's `machine`. Charts:
 - `bench_memory_<N>-layers.png`: peak RSS of one image, ours against genai, and the whole image's stage times.
 - `bench_vae_<N>-layers.png`: decode time of the fp16 and int8 VAE, and the whole image against genai.
 - `bench_image_to_image_<N>-layers.png`: time per image of text-to-image and image-to-image.
+- `bench_full_depth_24-layers.png`: full-depth SD3 Medium at 512x512: the whole images that ran all 28 steps, and
+  the peak RSS, ours against openvino.genai and optimum-intel.
 """
 
 import argparse
@@ -214,6 +216,19 @@ def plot_image_to_image(data: dict) -> Figure:
     return figure
 
 
+def plot_full_depth(data: dict) -> Figure:
+    """The full-depth table's 512x512 rows that ran every step: seconds per image and peak RSS."""
+    rows = [row for row in data["rows"] if "error" not in row and row["size"] == data["size"] and row["steps"] == data["steps"]]
+    labels = [row["name"].replace(" (", "\n(").replace(", step cache off", "\nstep cache off") for row in rows]
+    colors = [OURS_COLOR if row["name"].startswith("ours") else PEER_COLOR for row in rows]
+    title = f"Full-depth SD3 Medium (random weights, no T5), {data['size']}x{data['size']}, {data['steps']} steps"
+    figure, (seconds, memory) = new_figure(2, title, data)
+    bar_panel(seconds, labels=labels, values=[row["image_s"] for row in rows], ylabel="s", title="one image (s)", fmt="{:.1f}", colors=colors, rotation=30)
+    bar_panel(memory, labels=labels, values=[row["peak_rss"] / GB for row in rows], ylabel="GB", title="peak RSS (GB)", colors=colors, rotation=30)
+    figure.tight_layout()
+    return figure
+
+
 def load_result(path: Path) -> dict | None:
     """The JSON of a result file, or None (with a printed note) when it is not there."""
     if not path.is_file():
@@ -236,6 +251,7 @@ def plot_results(results_dir: Path | str = DEFAULT_RESULTS_DIR, *, layers: int =
         (f"bench_memory_{layers}-layers.json", f"bench_memory_{layers}-layers.png", plot_memory, None),
         (f"bench_vae_{layers}-layers.json", f"bench_vae_{layers}-layers.png", plot_vae, None),
         (f"bench_image_to_image_{layers}-layers.json", f"bench_image_to_image_{layers}-layers.png", plot_image_to_image, None),
+        ("bench_full_depth_24-layers.json", "bench_full_depth_24-layers.png", plot_full_depth, None),
     ]
     written = []
     for json_name, png_name, chart, extra_name in charts:

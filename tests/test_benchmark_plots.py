@@ -36,7 +36,7 @@ def results_copy(tmp_path):
 def test_writes_a_png_per_chart_next_to_the_json(plot_results, results_copy):
     written = plot_results.plot_results(results_copy)
     names = {path.name for path in written}
-    assert {"bench_sd3_2-layers-formats.png", "bench_sd3_2-layers-taylorseer.png", "bench_memory_2-layers.png"} <= names
+    assert {"bench_sd3_2-layers-formats.png", "bench_sd3_2-layers-taylorseer.png", "bench_memory_2-layers.png", "bench_full_depth_24-layers.png"} <= names
     for path in written:
         assert path.parent == results_copy
         assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
@@ -73,3 +73,11 @@ def test_memory_chart_bars_equal_the_json_values(plot_results):
 def test_bad_results_dir_names_the_argument(plot_results, tmp_path):
     with pytest.raises(ValueError, match="`results_dir` must be a folder"):
         plot_results.plot_results(tmp_path / "missing")
+
+
+def test_full_depth_chart_bars_are_the_rows_that_ran_every_step(plot_results):
+    data = json.loads((RESULTS_DIR / "bench_full_depth_24-layers.json").read_text(encoding="utf-8"))
+    seconds, memory = plot_results.plot_full_depth(data).axes
+    rows = [row for row in data["rows"] if "error" not in row and row["size"] == 512 and row["steps"] == 28]
+    assert len(rows) >= 5 and [bar.get_height() for bar in seconds.patches] == [row["image_s"] for row in rows]
+    assert [bar.get_height() for bar in memory.patches] == [row["peak_rss"] / 1e9 for row in rows]
