@@ -1168,7 +1168,8 @@ def test_progress_counts_the_steps_that_run_at_the_strength(client, image_files)
     )
     job.result(timeout=60)
     progress = drain_progress(job)
-    assert {(unit.length, unit.unit, unit.desc) for unit in progress} == {(6, "steps", "Denoising")}
+    denoising = {(unit.length, unit.unit, unit.desc) for unit in progress if not unit.desc.startswith("Compiling")}
+    assert denoising == {(6, "steps", "Denoising")}  # a new size first says it compiles (see the test of that)
 
 
 def test_stop_ends_a_running_image_generation_early(client, image_files):

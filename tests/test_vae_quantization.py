@@ -36,8 +36,8 @@ def reads_through_fake_quantize(op) -> bool:
     return op.input_value(0).get_node().get_type_name() == "FakeQuantize"
 
 
-def ours(folder, **kwargs) -> np.ndarray:
-    pipeline = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(folder, ov_config=F32)
+def ours(folder, *, shapes: str = "auto", **kwargs) -> np.ndarray:
+    pipeline = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(folder, ov_config=F32, shapes=shapes)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline(**{**PROMPT, **kwargs}, generator=torch.Generator().manual_seed(SEED), output_type="np").images
 
@@ -90,7 +90,9 @@ def test_text_and_image_to_image_pipelines_run_on_the_folder(int8_vae_folder):
 def test_optimum_intel_and_genai_load_the_folder_and_match_ours(int8_vae_folder):
     from optimum.intel import OVStableDiffusion3Pipeline as OptimumPipeline
 
-    expected = ours(int8_vae_folder)
+    # Dynamic shapes, as optimum-intel and genai run: int8 activations turn the last-bit differences between the
+    # CPU plugin's static- and dynamic-shape kernels into quantization steps (0.013 seen with "auto" shapes).
+    expected = ours(int8_vae_folder, shapes="dynamic")
     optimum = OptimumPipeline.from_pretrained(int8_vae_folder, ov_config=F32)
     images = optimum(**PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(SEED), output_type="np").images
     assert np.abs(images - expected).max() <= 1e-3
