@@ -1066,7 +1066,8 @@ def test_progress_of_the_denoising_steps_and_the_previews_reach_the_client(clien
 
 
 def test_stop_ends_the_running_generation_early(client):
-    job = client.submit(*generate_args(width=192, height=192, steps=50), api_name="/generate")
+    # fast=False: every step runs the transformer, so that the 50 steps outlast the Stop request's round trip
+    job = client.submit(*generate_args(width=192, height=192, steps=50), False, api_name="/generate")
     deadline = time.monotonic() + 60
     while not job.status().progress_data and time.monotonic() < deadline:  # wait for the first step
         time.sleep(0.02)
@@ -1174,8 +1175,8 @@ def test_progress_counts_the_steps_that_run_at_the_strength(client, image_files)
 
 def test_stop_ends_a_running_image_generation_early(client, image_files):
     job = client.submit(
-        image_input("/inpaint", image_files), *generate_args(width=192, height=192, steps=50), 1.0, api_name="/inpaint"
-    )
+        image_input("/inpaint", image_files), *generate_args(width=192, height=192, steps=50), 1.0, False, api_name="/inpaint"
+    )  # fast=False: every step runs the transformer, so that the 50 steps outlast the Stop request's round trip
     deadline = time.monotonic() + 60
     while not job.status().progress_data and time.monotonic() < deadline:  # wait for the first step
         time.sleep(0.02)
