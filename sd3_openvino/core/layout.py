@@ -32,6 +32,7 @@ HYBRID_WEIGHT_FORMAT = "int8-hybrid"
 RT_INFO_WEIGHT_FORMAT = ["sd3_helper", "weight_format"]  # where a converted IR records its weight format
 
 BLOCK_MASK = "block_mask"  # the transformer IR's state: 1 runs a block, 0 skips it (skip-layer guidance)
+CONTROLNET_OUTPUT = "controlnet_block_samples"  # a ControlNet IR's outputs: `controlnet_block_samples.{k}`, one per block
 PIPELINE_SUBMODELS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
@@ -59,6 +60,17 @@ def linear_node_name(module_path: str) -> str:
     """The IR name of an `nn.Linear`'s MatMul, by its module path in the diffusers / transformers model
     (optimum-intel's naming, which openvino.genai's LoRA matching and `sd3_lora` read)."""
     return f"__module.{module_path}/aten::linear/MatMul"
+
+
+def block_output_name(index: int) -> str:
+    """The friendly name of the op that gives transformer block `index`'s image stream (after its skip gate) in a
+    transformer IR; ControlNet residuals are added there (see `runtime/controlnet.py`)."""
+    return f"transformer_blocks.{index}/hidden_states_out"
+
+
+def controlnet_state_name(index: int) -> str:
+    """The OpenVINO state that holds the ControlNet residual added after transformer block `index`."""
+    return f"controlnet/transformer_blocks.{index}"
 
 
 def vae_scale_factor(vae_config: dict) -> int:

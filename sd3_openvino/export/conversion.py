@@ -30,9 +30,9 @@ from ..core.layout import (
     is_converted,
 )
 from ..runtime.lora import LORA_COMPONENTS, check_lora, read_lora_state_dict
-from .ir import compress_weights, name_linear_layers, parameter_to_state
+from .ir import compress_weights, name_block_outputs, name_linear_layers, parameter_to_state
 from .loading import fuse_loras, load_component, load_model_index_and_revision, quiet_progress_bars
-from .modules import SUBMODEL_EXPORTS, ExportSpec, SubmodelExport, compute_in_float32, factor_position_embedding, module_paths
+from .modules import SUBMODEL_EXPORTS, ExportSpec, GatedBlock, SubmodelExport, compute_in_float32, factor_position_embedding, module_paths
 from .records import conversion_record
 
 IR_WEIGHT_FORMATS = tuple(name for name in WEIGHT_FORMATS if name != HYBRID_WEIGHT_FORMAT)  # what this module writes
@@ -65,6 +65,8 @@ def export_ir(spec: ExportSpec, *, submodel: str, weight_format: str):
         program = torch.export.export(spec.module, args=(), kwargs=spec.example_input, dynamic_shapes=dynamic_shapes)
         ov_model = ov.convert_model(program)
     name_linear_layers(ov_model, program, module=spec.module, module_names=spec.module_names or module_paths(spec.source))
+    block_paths = {path: block.index for path, block in spec.module.named_modules() if isinstance(block, GatedBlock)}
+    name_block_outputs(ov_model, program, block_paths=block_paths)
     for ov_input, (name, shape) in zip(ov_model.inputs, spec.input_shapes.items()):
         ov_input.get_tensor().set_names({name})
     ov_model.reshape({name: ov.PartialShape(shape) for name, shape in spec.input_shapes.items()})

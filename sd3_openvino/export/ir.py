@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..core.layout import linear_node_name
+from ..core.layout import block_output_name, linear_node_name
 
 
 # int4 settings per submodel. The MMDiT and T5 hold ~97% of SD3's weights, so they get 4 bits; NNCF keeps
@@ -101,6 +101,26 @@ def name_linear_layers(ov_model, program, *, module: torch.nn.Module, module_nam
         graph_node = op.get_friendly_name().split("/")[0]
         if op.get_type_name() == "MatMul" and graph_node in paths:
             op.set_friendly_name(linear_node_name(paths[graph_node]))
+
+
+def name_block_outputs(ov_model, program, *, block_paths: dict[str, int]) -> None:
+    """Name the op that gives each gated transformer block's image stream `block_output_name(index)`.
+
+    `block_paths` maps the traced wrapper's path of each `GatedBlock` to its index. The block's first `torch.where`
+    (in graph order) selects its image stream (`GatedBlock.forward`); its `Select` op in `ov_model` is renamed, so a
+    runtime can add ControlNet residuals after it without this module (`runtime/controlnet.py`).
+    """
+    names = {}
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op == "call_function" and node.target is torch.ops.aten.where.self and stack:
+            index = block_paths.get(list(stack.values())[-1][0])
+            if index is not None and index not in names.values():
+                names[node.name] = index
+    for op in ov_model.get_ops():
+        graph_node = op.get_friendly_name().split("/")[0]
+        if op.get_type_name() == "Select" and graph_node in names:
+            op.set_friendly_name(block_output_name(names[graph_node]))
 
 
 def parameter_to_state(ov_model, *, name: str, initial: np.ndarray):

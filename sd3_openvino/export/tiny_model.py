@@ -295,3 +295,58 @@ def make_tiny_lora(
     with staged_dir(Path(output_dir)) as staging:
         StableDiffusion3Pipeline.save_lora_weights(staging, **layers, **metadata)
     return Path(output_dir)
+
+
+# The two ControlNet families diffusers' `SD3ControlNetModel` supports, as options of its config.
+TINY_CONTROLNET_FAMILIES = {
+    # InstantX's SD3 ControlNets: own patch embedding, joint blocks that read the text, zeros as pooled text.
+    "instantx": dict(use_pos_embed=True, force_zeros_for_pooled_projection=True),
+    # Stability's SD3.5 ControlNets: the transformer's patch embedding, single blocks (no text), qk-norm, pooled text used.
+    "sd3.5": dict(use_pos_embed=False, force_zeros_for_pooled_projection=False, joint_attention_dim=None, qk_norm="rms_norm"),
+}
+
+
+def make_tiny_sd3_controlnet(
+    checkpoint: str | Path, output_dir: str | Path, *, family: str = "instantx", num_layers: int = 1, inpainting: bool = False, seed: int = 0
+) -> Path:
+    """Write a tiny random-weight ControlNet for the tiny SD3 checkpoint at `checkpoint` to `output_dir` (diffusers
+    format, `SD3ControlNetModel.save_pretrained`) and return the folder.
+
+    `family` is "instantx" (InstantX's SD3 ControlNets) or "sd3.5" (Stability's SD3.5 ControlNets: `use_pos_embed=False`,
+    no text input, qk-norm); see `TINY_CONTROLNET_FAMILIES`. `num_layers` ControlNet blocks feed the transformer's
+    blocks as diffusers maps them (`interval = transformer layers / num_layers`). `inpainting=True` adds the mask
+    channel (`extra_conditioning_channels=1`), as Alimama's SD3 inpainting ControlNet. The widths are read from the
+    checkpoint's transformer config. diffusers initialises the output layers to zero (a ControlNet that does nothing);
+    here they are random, so the ControlNet changes the image. The same `seed` gives the same weights.
+    """
+    from diffusers import SD3ControlNetModel
+
+    if family not in TINY_CONTROLNET_FAMILIES:
+        raise ValueError(f"`family` must be one of {list(TINY_CONTROLNET_FAMILIES)} but is {family!r}.")
+    config = json.loads((Path(checkpoint) / "transformer" / "config.json").read_text())
+    options = {
+        "joint_attention_dim": config["joint_attention_dim"],
+        "caption_projection_dim": config["caption_projection_dim"],
+        **TINY_CONTROLNET_FAMILIES[family],
+    }
+    torch.manual_seed(seed)
+    controlnet = SD3ControlNetModel(
+        sample_size=config["sample_size"],
+        patch_size=config["patch_size"],
+        in_channels=config["out_channels"],  # the latents' channels (an inpainting transformer reads more)
+        num_layers=num_layers,
+        attention_head_dim=config["attention_head_dim"],
+        num_attention_heads=config["num_attention_heads"],
+        pooled_projection_dim=config["pooled_projection_dim"],
+        out_channels=config["out_channels"],
+        pos_embed_max_size=config["pos_embed_max_size"],
+        extra_conditioning_channels=1 if inpainting else 0,
+        **options,
+    ).eval()
+    with torch.no_grad():
+        for module in (*controlnet.controlnet_blocks, controlnet.pos_embed_input):
+            for parameter in module.parameters():
+                torch.nn.init.normal_(parameter, std=0.2)
+    with staged_dir(Path(output_dir)) as staging, quiet_progress_bars():
+        controlnet.save_pretrained(staging)
+    return Path(output_dir)

@@ -288,3 +288,58 @@ def check_memory(*, images: int, height: int, width: int, needed: int, available
             f"than this machine's {available / 1e9:.1f} GB of memory. Lower `num_images_per_prompt`, the number of "
             "prompts or the size, and generate in several calls."
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ControlNet
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _per_controlnet(value, *, name: str, count: int) -> list:
+    """`value` as one entry per ControlNet: a list of `count` entries, or one value repeated."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"`{name}` holds {len(value)} values but the pipeline has {count} ControlNet(s); pass one value, or one per ControlNet.")
+        return list(value)
+    return [value] * count
+
+
+def check_controlnet_scales(scale, *, count: int) -> list[float]:
+    """`controlnet_conditioning_scale` (a number >= 0, or one per ControlNet) as a list of `count` floats."""
+    scales = _per_controlnet(scale, name="controlnet_conditioning_scale", count=count)
+    for value in scales:
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(
+                f"`controlnet_conditioning_scale` has to be a number (e.g. 0.7) or a list of one per ControlNet but holds "
+                f"{type(value).__name__}: {value!r:.80}."
+            )
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"`controlnet_conditioning_scale` has to be a finite number >= 0 (0 turns a ControlNet off) but holds {value!r}.")
+    return [float(value) for value in scales]
+
+
+def check_control_guidance(start, end, *, count: int) -> tuple[list[float], list[float]]:
+    """`control_guidance_start` and `control_guidance_end` (fractions of the steps, or one per ControlNet) as lists of
+    `count` floats with 0 <= start < end <= 1."""
+    starts = _per_controlnet(start, name="control_guidance_start", count=count)
+    ends = _per_controlnet(end, name="control_guidance_end", count=count)
+    for first, last in zip(starts, ends):
+        for name, value in (("control_guidance_start", first), ("control_guidance_end", last)):
+            if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"`{name}` has to be a fraction of the steps between 0 and 1 but is {value!r:.80}.")
+        if first >= last:
+            raise ValueError(f"`control_guidance_start` {first} has to be smaller than `control_guidance_end` {last}: the ControlNet acts between them.")
+    return [float(value) for value in starts], [float(value) for value in ends]
+
+
+def check_control_size(*, control_size: tuple[int, int], height: int, width: int, name: str = "control_image", tolerance: float = 0.02) -> None:
+    """Raise a ValueError if a control image's aspect ratio differs from the output's by more than `tolerance`: it
+    would be stretched, and the control (edges, depth) would no longer line up with the image."""
+    control_height, control_width = control_size
+    ratio = (control_width / control_height) / (width / height)
+    if abs(ratio - 1.0) > tolerance:
+        raise ValueError(
+            f"`{name}` is {control_width}x{control_height} (width x height) but the image is {width}x{height}: the control "
+            "would be stretched. Crop or pad the control image to the image's aspect ratio, or pass `height` and `width` "
+            f"in its ratio (e.g. leave them out: the image then takes the control image's size)."
+        )

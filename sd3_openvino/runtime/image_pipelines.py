@@ -55,6 +55,7 @@ class StepConditioning:
 
     model_input: Callable[[np.ndarray], np.ndarray] | None = None  # after the CFG doubling
     after_step: Callable[[np.ndarray, int], np.ndarray] | None = None  # latents after each scheduler step
+    transformer_states: Callable[..., dict | None] | None = None  # each step's transformer states (`controlnet.ControlNetResiduals`)
 
 
 class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
@@ -81,17 +82,6 @@ class OVStableDiffusion3Img2ImgPipeline(OVStableDiffusion3Pipeline):
         """diffusers' `VaeImageProcessor.preprocess`: resize to `height` x `width`, (B, 3, H, W) float32 in [-1, 1]
         (torch latents (B, latent_channels, h, w) pass through, as diffusers accepts them)."""
         return self.image_processor.preprocess(image, height=height, width=width, **kwargs)
-
-    def vae_encode(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, 3, H, W) images -> (B, 2 x latent_channels, h, w) latent mean and log-variance: one VAE call, or one
-        per tile after `enable_vae_tiling()`."""
-
-        def encode(tile: np.ndarray) -> np.ndarray:
-            return self.run_submodel(self.vae_encoder, sample=tile)["latent_parameters"]
-
-        if self.vae_tiling is not None and self.vae_tiling.encodes_tiled(pixels.shape):
-            return self.vae_tiling.encode(encode, pixels)
-        return encode(pixels)
 
     def encode_image(self, image, *, generator) -> np.ndarray:
         """VAE-encode (B, 3, H, W) pixels (numpy or torch) and sample the latent distribution with `generator`, then

@@ -13,6 +13,11 @@ from .shapes import DEFAULT_MAX_COMPILED_SHAPES, check_shapes_policy
 from .submodels import OVSubmodel, check_devices, device_for, load_scheduler, load_tokenizer, submodel_ov_config
 
 
+def shared_ov_config(submodel: OVSubmodel) -> dict:
+    """`submodel`'s OpenVINO properties for another submodel: all but its own weights file (`WEIGHTS_PATH`)."""
+    return {key: value for key, value in submodel.ov_config.items() if key != "WEIGHTS_PATH"}
+
+
 class PipelineLoaderMixin:
     """`from_pretrained`, `from_pipe`, `compile` and `submodels` for a pipeline class whose `__init__` takes
     `submodels`, `tokenizers`, `scheduler` and `model_dir`, and whose `submodel_names` says which submodels it runs."""
@@ -87,7 +92,7 @@ class PipelineLoaderMixin:
         for name in cls.submodel_names:
             if name not in submodels and name != "text_encoder_3":
                 decoder = pipe.vae_decoder
-                submodels[name] = OVSubmodel(pipe.model_dir / name, core=decoder.core, device=decoder.device, ov_config=decoder.ov_config)
+                submodels[name] = OVSubmodel(pipe.model_dir / name, core=decoder.core, device=decoder.device, ov_config=shared_ov_config(decoder))
                 read_time += submodels[name].read_time
         tokenizers = {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2, "tokenizer_3": pipe.tokenizer_3}
         scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)  # schedulers hold per-call state

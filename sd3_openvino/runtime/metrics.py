@@ -18,7 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 TEXT_ENCODER_PREFIX = "text_encoder"
-STAGE_OF_SUBMODEL = {"transformer": "transformer_times", "vae_decoder": "vae_decode_times", "vae_encoder": "vae_encode_times"}
+STAGE_OF_SUBMODEL = {
+    "transformer": "transformer_times",
+    "controlnet": "controlnet_times",
+    "vae_decoder": "vae_decode_times",
+    "vae_encoder": "vae_encode_times",
+}
 
 
 @dataclass
@@ -36,6 +41,7 @@ class PerformanceMetrics:
     text_encoder_times: dict[str, list[float]] = field(default_factory=dict)  # encoder -> each infer (none: cached prompt)
     step_times: list[float] = field(default_factory=list)  # wall time of each denoising step that ran
     transformer_times: list[float] = field(default_factory=list)  # each transformer infer (skip-layer passes too)
+    controlnet_times: list[float] = field(default_factory=list)  # each ControlNet infer (inside the steps)
     vae_encode_times: list[float] = field(default_factory=list)  # each VAE encoder infer (one per tile when tiled)
     vae_decode_times: list[float] = field(default_factory=list)  # each VAE decoder infer (one per tile when tiled)
     preview_times: list[float] = field(default_factory=list)  # each `preview_images` during the call

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.layout import BLOCK_MASK, GENERATION_DEFAULTS, OV_MODEL_BIN, PIPELINE_SUBMODELS, TEXT_ENCODERS, TOKENIZERS, SizeRules
+from ..core.layout import BLOCK_MASK, GENERATION_DEFAULTS, PIPELINE_SUBMODELS, TEXT_ENCODERS, TOKENIZERS, SizeRules
 from .arrays import as_array, as_generator, check_generator, to_torch, wants_torch
 from .checks import (
     check_callback,
@@ -118,15 +118,16 @@ class OVStableDiffusion3Pipeline(
         self.previews = LatentPreviews(model_dir=self.model_dir, vae_config=self.vae_decoder.config)  # see `preview_images`
         self.metrics_recorder = MetricsRecorder(read_time=sum(submodel.read_time for submodel in self.submodels.values()))
 
-    def run_submodel(self, submodel: OVSubmodel, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """`submodel(**inputs)`; after the first inference of each compiled model its `openvino_model.bin` pages leave
-        RSS (`submodels.release_file_pages`), so that OpenVINO holds the weights once, in its own buffers, not also as
-        the file's pages (docs/memory.md shows what that saves). Images stay bit-identical. Each inference is timed
-        into the call's `PerformanceMetrics` (see `get_performance_metrics`)."""
+    def run_submodel(self, submodel: OVSubmodel, *, states: dict[str, np.ndarray] | None = None, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """`submodel(**inputs)` (with its OpenVINO `states` set for this inference only, if given); after the first
+        inference of each compiled model its `openvino_model.bin` pages leave RSS (`submodels.release_file_pages`), so
+        that OpenVINO holds the weights once, in its own buffers, not also as the file's pages (docs/memory.md shows
+        what that saves). Images stay bit-identical. Each inference is timed into the call's `PerformanceMetrics` (see
+        `get_performance_metrics`)."""
         with self.metrics_recorder.infer(submodel):
-            outputs = submodel(**inputs)
+            outputs = submodel.call_with_states(states, **inputs) if states else submodel(**inputs)
         if self._pages_released.get(submodel.name) != submodel.compilations:
-            release_file_pages(self.model_dir / submodel.name / OV_MODEL_BIN)
+            release_file_pages(submodel.bin_path)
             self._pages_released[submodel.name] = submodel.compilations
         return outputs
 
@@ -278,31 +279,38 @@ class OVStableDiffusion3Pipeline(
         text: tuple[np.ndarray, np.ndarray],
         guidance_scale: float,
         model_input: Callable[[np.ndarray], np.ndarray] | None = None,
+        transformer_states: Callable[..., dict | None] | None = None,
+        step: int = 0,
     ) -> np.ndarray:
-        """One transformer call on `latents` (doubled for guidance, then passed through `model_input` if given);
-        returns the flow prediction, not yet guided."""
+        """One transformer call on `latents` (doubled for guidance, then passed through `model_input` if given), with
+        the states `transformer_states(latent_model_input, timestep=, step=, text=)` gives for this step (a ControlNet's
+        residuals); returns the flow prediction, not yet guided."""
         encoder_hidden_states, pooled_projections = text
         do_classifier_free_guidance = guidance_scale > 1.0
         latent_model_input = np.concatenate([latents] * 2) if do_classifier_free_guidance else latents
+        states = transformer_states(latent_model_input, timestep=timestep, step=step, text=text) if transformer_states else None
         if model_input is not None:
             latent_model_input = model_input(latent_model_input)
         return self.run_submodel(
             self.transformer,
+            states=states,
             hidden_states=latent_model_input,
             timestep=np.full(latent_model_input.shape[0], timestep, dtype=np.float32),
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
         )["out_sample"]
 
-    def predict_skipping(self, latents: np.ndarray, *, timestep: np.float32, text: tuple[np.ndarray, np.ndarray], layers: tuple[int, ...]) -> np.ndarray:
+    def predict_skipping(
+        self, latents: np.ndarray, *, timestep: np.float32, text: tuple[np.ndarray, np.ndarray], layers: tuple[int, ...], states: dict | None = None
+    ) -> np.ndarray:
         """One transformer call on `latents` and the positive `text` with the blocks `layers` skipped (the
-        transformer's `block_mask` state set to 0 there for this call)."""
+        transformer's `block_mask` state set to 0 there for this call), and other `states` (a ControlNet's residuals)."""
         mask = np.ones(self.transformer.config["num_layers"], dtype=np.float32)
         mask[list(layers)] = 0.0
         encoder_hidden_states, pooled_projections = text
         with self.metrics_recorder.infer(self.transformer):  # the one inference that does not go through `run_submodel`
             return self.transformer.call_with_states(
-                {BLOCK_MASK: mask},
+                {BLOCK_MASK: mask, **(states or {})},
                 hidden_states=latents,
                 timestep=np.full(latents.shape[0], timestep, dtype=np.float32),
                 encoder_hidden_states=encoder_hidden_states,
@@ -335,12 +343,14 @@ class OVStableDiffusion3Pipeline(
         """The denoising loop: predict the flow (or take it from the step cache), guide it, take a scheduler step.
 
         `conditioning` (from `initial_latents`) may add transformer input channels (`model_input`) and change the
-        latents after each step (`after_step`), as inpainting does. `skip_layer_guidance` adds its extra pass on
+        latents after each step (`after_step`), as inpainting does, or set transformer states each step
+        (`transformer_states`, a ControlNet's residuals). `skip_layer_guidance` adds its extra pass on
         the steps of its window. `callback_on_step_end` gets numpy arrays (torch tensors with `torch_callback`)."""
         from tqdm.auto import tqdm
 
         model_input = getattr(conditioning, "model_input", None)
         after_step = getattr(conditioning, "after_step", None)
+        transformer_states = getattr(conditioning, "transformer_states", None)
         text = (prompt_embeds, pooled_prompt_embeds)
         positive_text = tuple(array[len(array) // 2 :] for array in text)  # guidance batches are [negative, positive]
         cache = TaylorSeerCache(taylorseer, num_steps=len(timesteps)) if taylorseer else None
@@ -349,14 +359,18 @@ class OVStableDiffusion3Pipeline(
                 break
             started = time.perf_counter()
             if cache is None or cache.computes(step):
-                noise_pred = self.predict_noise(latents, timestep=t, text=text, guidance_scale=guidance_scale, model_input=model_input)
+                noise_pred = self.predict_noise(
+                    latents, timestep=t, text=text, guidance_scale=guidance_scale, model_input=model_input,
+                    transformer_states=transformer_states, step=step,
+                )  # fmt: skip
                 if cache is not None:
                     cache.update(step, noise_pred)
             else:
                 noise_pred = cache.predict(step)
             guided = self.guide(noise_pred, guidance_scale=guidance_scale)
             if skip_layer_guidance is not None and skip_layer_guidance.active(step, num_steps=len(timesteps)):
-                skipped = self.predict_skipping(latents, timestep=t, text=positive_text, layers=skip_layer_guidance.layers)
+                states = transformer_states.positive() if transformer_states is not None else None  # this step's residuals
+                skipped = self.predict_skipping(latents, timestep=t, text=positive_text, layers=skip_layer_guidance.layers, states=states)
                 guided = guided + (np.split(noise_pred, 2)[1] - skipped) * np.float32(skip_layer_guidance.scale)
             latents = self.scheduler.step(guided, t, latents, return_dict=False)[0]
             if after_step is not None:
@@ -387,6 +401,17 @@ class OVStableDiffusion3Pipeline(
         if self.vae_tiling is not None and self.vae_tiling.decodes_tiled(latents.shape):
             return self.vae_tiling.decode(decode, latents)
         return decode(latents)
+
+    def vae_encode(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) images -> (B, 2 x latent_channels, h, w) latent mean and log-variance: one VAE encoder call, or
+        one per tile after `enable_vae_tiling()` (image-to-image, inpainting and ControlNet pipelines load the encoder)."""
+
+        def encode(tile: np.ndarray) -> np.ndarray:
+            return self.run_submodel(self.vae_encoder, sample=tile)["latent_parameters"]
+
+        if self.vae_tiling is not None and self.vae_tiling.encodes_tiled(pixels.shape):
+            return self.vae_tiling.encode(encode, pixels)
+        return encode(pixels)
 
     def output_images(self, latents: np.ndarray, *, output_type: str, returns_torch: bool, image_inputs):
         """What the call returns: the latents for `output_type="latent"` (torch when the call was given torch
