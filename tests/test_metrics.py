@@ -215,7 +215,7 @@ def test_as_dict_is_plain_data():
     data = example_metrics(peak_rss=2**30).as_dict()
     assert data["text_encoder_times"] == {"text_encoder": [0.1], "text_encoder_3": [0.3]} and data["peak_rss"] == 2**30
     assert set(data) == {
-        "load_time", "compile_times", "text_encoder_times", "step_times", "transformer_times", "vae_encode_times",
+        "load_time", "compile_times", "text_encoder_times", "step_times", "transformer_times", "controlnet_times", "vae_encode_times",
         "vae_decode_times", "preview_times", "total_time", "num_steps", "peak_rss",
     }  # fmt: skip
 

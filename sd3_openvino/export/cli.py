@@ -1,4 +1,4 @@
-"""The command line of `python sd3_helper.py {tiny-model,convert,generate}`: argument parsing, the image and LoRA
+"""The command line of `python sd3_helper.py {tiny-model,convert,generate,tiny-controlnet,convert-controlnet}`: argument parsing, the image and LoRA
 arguments checked before any model loads, and one error line (exit status 2) for a user's mistake. `generate` runs
 without torch (0.5 GB of RSS): the exporters, which need it, are imported by their commands."""
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from ..core.layout import GENERATION_DEFAULTS, WEIGHT_FORMATS
+from ..runtime.control_images import CONTROL_PREPROCESSORS, control_image_for
+from ..runtime.controlnet_pipelines import OVStableDiffusion3ControlNetInpaintingPipeline, OVStableDiffusion3ControlNetPipeline
 from ..runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
 from ..runtime.lora import check_lora, load_adapters, lora_argument
 from ..runtime.pipeline import OVStableDiffusion3Pipeline
@@ -71,7 +73,48 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--lora", action="append", type=lora_argument, default=[], metavar="PATH[:SCALE]",
         help="apply a LoRA at SCALE (default 1.0) at run time, without converting again; repeatable",
     )
+    _add_control_arguments(generate)
+    _add_controlnet_commands(commands)
     return parser.parse_args(argv)
+
+
+def _add_controlnet_commands(commands) -> None:
+    """`tiny-controlnet` and `convert-controlnet`."""
+    tiny_controlnet = commands.add_parser("tiny-controlnet", help="write a tiny random-weight ControlNet for a tiny checkpoint (offline)")
+    tiny_controlnet.add_argument("checkpoint", type=Path, help="the tiny SD3 checkpoint (from `tiny-model`)")
+    tiny_controlnet.add_argument("output_dir", type=Path)
+    tiny_controlnet.add_argument("--family", choices=("instantx", "sd3.5"), default="instantx")
+    tiny_controlnet.add_argument("--inpainting", action="store_true", help="an inpainting ControlNet (reads the mask)")
+    tiny_controlnet.add_argument("--seed", type=int, default=0)
+
+    convert_controlnet = commands.add_parser("convert-controlnet", help="convert an SD3 / SD3.5 ControlNet to OpenVINO IR")
+    convert_controlnet.add_argument("checkpoint", help="hub id (e.g. InstantX/SD3-Controlnet-Canny) or local folder")
+    convert_controlnet.add_argument("output_dir", type=Path)
+    convert_controlnet.add_argument("--weight-format", choices=("fp32", "fp16", "int8", "int4"), default="fp16")
+    convert_controlnet.add_argument(
+        "--base-model", default=None, help="SD3.5 ControlNets only: the SD3 checkpoint they are used with (its patch embedding is read)"
+    )
+    convert_controlnet.add_argument("--overwrite", action="store_true", help="convert again even if already converted")
+
+
+def _add_control_arguments(generate) -> None:
+    """`generate`'s ControlNet flags."""
+    generate.add_argument(
+        "--controlnet", action="append", type=Path, default=[], metavar="DIR",
+        help="guide the image with this converted ControlNet (from `convert-controlnet`); repeatable (multi-ControlNet)",
+    )
+    generate.add_argument(
+        "--control-image", action="append", type=Path, default=[], metavar="PATH", help="the control image, one per --controlnet"
+    )
+    generate.add_argument(
+        "--control-preprocessor", choices=CONTROL_PREPROCESSORS, default="none",
+        help="make the control image from --control-image: canny edges, blur (tile/blur ControlNets), depth (a grey depth map); none: as it is",
+    )
+    generate.add_argument(
+        "--control-scale", action="append", type=float, default=[], metavar="S", help="ControlNet strength (default 1.0), one or one per --controlnet"
+    )
+    generate.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where the ControlNets start acting")
+    generate.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where they stop")
 
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
@@ -96,12 +139,12 @@ def check_image_path(path: Path) -> None:
         raise PermissionError(f"`--output` {str(path)!r} cannot be written: no write permission in {str(path.parent)!r}.")
 
 
-def _read_image(path: Path, *, flag: str):
+def _read_image(path: Path, *, flag: str, mode: str = "RGB"):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB") if flag == "--image" else image.convert("L")
+            return image.convert(mode)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"`{flag}` {str(path)!r} does not exist.") from error
     except (UnidentifiedImageError, OSError) as error:
@@ -116,18 +159,48 @@ def _image_arguments(args: argparse.Namespace) -> dict:
         return {}
     arguments = {"image": _read_image(args.image, flag="--image")}
     if args.mask is not None:
-        arguments["mask_image"] = _read_image(args.mask, flag="--mask")
+        arguments["mask_image"] = _read_image(args.mask, flag="--mask", mode="L")
     if args.strength is not None:
         arguments["strength"] = args.strength
     return arguments
 
 
+def _control_arguments(args: argparse.Namespace, image_arguments: dict) -> dict:
+    """The ControlNet arguments of `generate`, read and checked before any model loads. With `--mask`, the ControlNet
+    is an inpainting one: `--image` and `--mask` become its control image and mask."""
+    if not args.controlnet:
+        if args.control_image or args.control_scale:
+            raise ValueError("`--control-image` and `--control-scale` need `--controlnet`: a folder written by `convert-controlnet`.")
+        return {}
+    if args.mask is not None:
+        return {"control_image": image_arguments.pop("image"), "control_mask": image_arguments.pop("mask_image")}
+    if image_arguments:
+        raise ValueError("`--image` with `--controlnet` needs `--mask` (ControlNet inpainting); for a control image use `--control-image`.")
+    if len(args.control_image) != len(args.controlnet):
+        raise ValueError(f"Pass one `--control-image` per `--controlnet`: got {len(args.control_image)} for {len(args.controlnet)}.")
+    images = [control_image_for(_read_image(path, flag="--control-image"), preprocessor=args.control_preprocessor) for path in args.control_image]
+    arguments = {"control_image": images if len(images) > 1 else images[0]}
+    if args.control_scale:
+        arguments["controlnet_conditioning_scale"] = args.control_scale if len(args.control_scale) > 1 else args.control_scale[0]
+    arguments["control_guidance_start"], arguments["control_guidance_end"] = args.control_start, args.control_end
+    return arguments
+
+
+def _pipeline_class(args: argparse.Namespace):
+    if args.controlnet:
+        return OVStableDiffusion3ControlNetInpaintingPipeline if args.mask else OVStableDiffusion3ControlNetPipeline
+    return OVStableDiffusion3InpaintPipeline if args.mask else OVStableDiffusion3Img2ImgPipeline if args.image else OVStableDiffusion3Pipeline
+
+
 def _generate(args: argparse.Namespace) -> Path:
     check_image_path(args.output)
     image_arguments = _image_arguments(args)
+    image_arguments.update(_control_arguments(args, image_arguments))
     lora = check_lora(args.lora, argument="`--lora`")  # a missing file or a bad scale fails before the model loads
-    pipe_class = OVStableDiffusion3InpaintPipeline if args.mask else OVStableDiffusion3Img2ImgPipeline if args.image else OVStableDiffusion3Pipeline
-    pipe = pipe_class.from_pretrained(args.model_dir, device=args.device, shapes=args.shapes, cache_dir=args.cache_dir)
+    options = dict(device=args.device, shapes=args.shapes, cache_dir=args.cache_dir)
+    if args.controlnet:
+        options["controlnet"] = args.controlnet if len(args.controlnet) > 1 else args.controlnet[0]
+    pipe = _pipeline_class(args).from_pretrained(args.model_dir, **options)
     load_adapters(pipe, lora)
     image = pipe(
         args.prompt,
@@ -162,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
             print(convert_sd3(args.checkpoint, args.output_dir, **options))
             if args.preview_decoder:
                 print(convert_preview_decoder(args.preview_decoder, args.output_dir, overwrite=args.overwrite))
+        elif args.command == "tiny-controlnet":
+            from .tiny_model import make_tiny_sd3_controlnet
+
+            print(make_tiny_sd3_controlnet(args.checkpoint, args.output_dir, family=args.family, inpainting=args.inpainting, seed=args.seed))
+        elif args.command == "convert-controlnet":
+            from .controlnet import convert_sd3_controlnet
+
+            print(convert_sd3_controlnet(args.checkpoint, args.output_dir, weight_format=args.weight_format, base_model=args.base_model, overwrite=args.overwrite))
         else:
             print(_generate(args))
     except USER_ERRORS as error:

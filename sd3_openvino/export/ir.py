@@ -19,6 +19,7 @@ from ..core.layout import block_output_name, linear_node_name
 # NNCF compresses to 8 bits only) stay int8.
 INT4_SETTINGS = {
     "transformer": {"ratio": 0.8, "group_size": 64},
+    "controlnet": {"ratio": 0.8, "group_size": 64},  # a ControlNet is a few MMDiT blocks: the transformer's choice
     "text_encoder_3": {"ratio": 1.0, "group_size": 64},
 }
 

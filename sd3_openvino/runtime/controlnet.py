@@ -29,25 +29,49 @@ def controlnet_state_names(num_layers: int) -> list[str]:
     return [controlnet_state_name(index) for index in range(num_layers - 1)]
 
 
-def add_controlnet_states(ov_model, *, num_layers: int, where: Path) -> None:
-    """Give the transformer graph `ov_model` its ControlNet residual states (see the module docstring), in place.
+def find_block_outputs(ov_model, *, num_layers: int, where: Path) -> list:
+    """The ops that give each block's image stream (after its skip gate), in block order.
 
-    Raises a ValueError when a block's output is not found by its name, as in a folder converted before block
-    outputs were named: then convert the transformer again with this version."""
+    By name (`block_output_name`, set at conversion since ControlNet support); in a folder converted before that, by the
+    gates' structure: each block selects between its output and its input (`Select(run, output, input)`), so the image
+    stream's gates form a chain of `num_layers` Selects, each reading the previous one as its input (the text stream's
+    chain is one shorter: the last block returns no text). Raises a ValueError for a graph without the gates (an
+    export of another tool): then convert the folder with `convert_sd3`."""
+    selects = [op for op in ov_model.get_ops() if op.get_type_name() == "Select"]
+    by_name = {op.get_friendly_name(): op for op in selects}
+    if all(block_output_name(index) in by_name for index in range(num_layers)):
+        return [by_name[block_output_name(index)] for index in range(num_layers)]
+    previous = {}  # id of a Select -> the Select it reads as its input (the block's input), if any
+    for op in selects:
+        source = op.input_value(2).get_node()
+        if source.get_type_name() == "Select":
+            previous[id(op)] = source
+    read_as_input = {id(source) for source in previous.values()}
+    chains = []
+    for end in (op for op in selects if id(op) not in read_as_input):
+        chain = [end]
+        while id(chain[-1]) in previous:
+            chain.append(previous[id(chain[-1])])
+        chains.append(chain[::-1])
+    image_chains = [chain for chain in chains if len(chain) == num_layers]
+    if len(image_chains) != 1:
+        raise ValueError(
+            f"`{where}` has no skip gates to find its blocks' outputs by, so ControlNet residuals cannot be added to its "
+            "blocks (a transformer exported by another tool). Convert the folder with this project (`convert_sd3`)."
+        )
+    return image_chains[0]
+
+
+def add_controlnet_states(ov_model, *, num_layers: int, where: Path) -> None:
+    """Give the transformer graph `ov_model` its ControlNet residual states (see the module docstring), in place."""
     import openvino as ov
     from openvino import opset13 as ops
     from openvino.op.util import Variable, VariableInfo
 
-    selects = {op.get_friendly_name(): op for op in ov_model.get_ops() if op.get_type_name() == "Select"}
-    missing = [index for index in range(num_layers - 1) if block_output_name(index) not in selects]
-    if missing:
-        raise ValueError(
-            f"`{where}` has no op named `{block_output_name(missing[0])}`, so ControlNet residuals cannot be added to its "
-            "blocks: it was converted before block outputs were named. Convert the folder again with this version (`convert_sd3`)."
-        )
+    block_outputs = find_block_outputs(ov_model, num_layers=num_layers, where=where)
     variables, sinks = [], []
     for index, name in enumerate(controlnet_state_names(num_layers)):
-        block_output = selects[block_output_name(index)]
+        block_output = block_outputs[index]
         width = block_output.get_output_partial_shape(0)[-1].get_length()
         info = VariableInfo()
         info.data_shape, info.data_type, info.variable_id = ov.PartialShape([-1, -1, width]), ov.Type.f32, name

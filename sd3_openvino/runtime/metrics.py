@@ -60,6 +60,7 @@ class PerformanceMetrics:
         steps = f"{self.num_steps} steps in {seconds_text(sum(self.step_times))} s ({seconds_text(self.mean_step_time)} s/step)"
         stages = {
             "text": [seconds for times in self.text_encoder_times.values() for seconds in times],
+            "controlnet": self.controlnet_times,
             "encode": self.vae_encode_times,
             "decode": self.vae_decode_times,
             "previews": self.preview_times,
