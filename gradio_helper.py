@@ -1,11 +1,14 @@
-"""An interactive Gradio demo for Stable Diffusion 3 with OpenVINO: text to image, image to image, inpainting.
+"""An interactive Gradio demo for Stable Diffusion 3 with OpenVINO: text to image, image to image, inpainting, and
+ControlNet when the pipeline has ControlNets.
 
     from gradio_helper import make_demo
 
     demo = make_demo(pipeline)  # an `OVStableDiffusion3Pipeline` (or diffusers' `StableDiffusion3Pipeline`)
     demo.launch()  # inline in Jupyter; `demo.close()` stops it
 
-The three tabs share one set of compiled models (`from_pipe`; diffusers' pipeline gets the text tab only).
+The three tabs share one set of compiled models (`from_pipe`; diffusers' pipeline gets the text tab only). Given an
+`OVStableDiffusion3ControlNetPipeline`, the demo adds a "ControlNet" tab (an upload, a preprocessor such as canny
+edges with a live preview of the control image, the ControlNet's scale and guidance window), sharing the same models.
 Compiled OpenVINO models are not re-entrant, so the demo runs one generation at a time, whichever tab asks, and
 queues the other requests. Every field is checked before anything runs, and bad input becomes a readable `gr.Error`
 that names the field, its value and the fix. The denoising steps show as a progress bar, and the Stop button
@@ -13,8 +16,8 @@ ends the running generation after its current step. On our pipelines the result 
 step (`pipe.preview_images`) until the final image replaces it, and the advanced settings also offer the step cache
 ("Fast") and, when LoRA adapters are loaded (`pipe.load_lora_weights`), the adapter and its scale.
 
-Standalone: `python gradio_helper.py MODEL_DIR [--device CPU] [--port N] [--share] [--lora PATH[:SCALE] ...]` serves
-on 127.0.0.1 only. User mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one
+Standalone: `python gradio_helper.py MODEL_DIR [--device CPU] [--port N] [--share] [--lora PATH[:SCALE] ...]
+[--controlnet DIR ...]` serves on 127.0.0.1 only. User mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one
 `error: ...` line.
 
 The code lives in `sd3_openvino/demo/`: `checks` (the request and its checks), `runner` (`GenerationRunner`),
@@ -24,9 +27,12 @@ The code lives in `sd3_openvino/demo/`: `checks` (the request and its checks), `
 import sys
 
 from sd3_openvino.demo.checks import (
+    CONTROL_PREPROCESSOR,
+    CONTROLNET_SCALE,
     FAST_STEP_CACHE,
     INPAINTING_STRENGTH,
     MAX_GUIDANCE_SCALE,
+    MAX_CONTROLNET_SCALE,
     MAX_INFERENCE_STEPS,
     MAX_LORA_SCALE,
     MAX_PROMPT_CHARS,
@@ -38,8 +44,10 @@ from sd3_openvino.demo.checks import (
     GenerationRequest,
     RequestLimits,
     check_request,
+    control_preview,
     fit_size,
     image_and_mask_from_editor,
+    make_control_image,
     size_rules_of,
 )
 from sd3_openvino.demo.cli import (
@@ -47,9 +55,11 @@ from sd3_openvino.demo.cli import (
     LORA_SUFFIXES,
     PORTS_TO_TRY,
     UsageError,
+    check_controlnet_dirs,
     check_lora_arguments,
     check_model_dir,
     choose_port,
+    load_pipeline,
     main,
     port_is_free,
     serve,
@@ -60,6 +70,7 @@ from sd3_openvino.demo.runner import (
     GenerationRunner,
     GenerationUpdate,
     LivePreviews,
+    controlnet_pipeline_of,
     demo_pipelines,
     is_openvino_pipeline,
 )
@@ -76,6 +87,8 @@ from sd3_openvino.demo.ui import (
 
 __all__ = [
     "API_NAMES",
+    "CONTROLNET_SCALE",
+    "CONTROL_PREPROCESSOR",
     "DEFAULT_PORT",
     "ELEM_ID_PREFIXES",
     "EXAMPLE_PROMPTS",
@@ -83,6 +96,7 @@ __all__ = [
     "GENERATION_EVENT",
     "INPAINTING_STRENGTH",
     "LORA_SUFFIXES",
+    "MAX_CONTROLNET_SCALE",
     "MAX_FILE_SIZE_MB",
     "MAX_GUIDANCE_SCALE",
     "MAX_INFERENCE_STEPS",
@@ -104,15 +118,20 @@ __all__ = [
     "LivePreviews",
     "RequestLimits",
     "UsageError",
+    "check_controlnet_dirs",
     "check_lora_arguments",
     "check_model_dir",
     "check_request",
     "choose_port",
+    "control_preview",
+    "controlnet_pipeline_of",
     "demo_pipelines",
     "fit_size",
     "image_and_mask_from_editor",
     "is_openvino_pipeline",
+    "load_pipeline",
     "main",
+    "make_control_image",
     "make_demo",
     "port_is_free",
     "serve",

@@ -52,6 +52,9 @@ SLOW_FIXTURES = {
     "server",  # test_gradio_demo: `python gradio_helper.py` in a subprocess
     "lora_client",  # test_gradio_demo: a demo launched in this process
     "browser",  # test_gradio_demo, test_jupyterlab: headless Chromium
+    "controlnet_folder",  # test_gradio_demo: a tiny ControlNet, converted
+    "controlnet_pipeline",
+    "controlnet_client",  # test_gradio_demo: the ControlNet demo launched in this process
     "jupyter_lab",  # test_jupyterlab: a JupyterLab server
     "executed",  # test_notebook: the notebook run by papermill
 }

@@ -33,6 +33,7 @@ from gradio_helper import (  # noqa: E402
     demo_pipelines,
     fit_size,
     image_and_mask_from_editor,
+    make_control_image,
     make_demo,
     size_rules_of,
 )
@@ -1348,3 +1349,246 @@ def test_browser_inpainting_tab_paints_the_mask_with_the_brush(server, browser, 
     assert all(" steps in " in element.text for element in browser.find_elements(*toast)), texts(browser)
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS_DIR / "gradio-demo-inpainting.png"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The ControlNet tab
+# ----------------------------------------------------------------------------------------------------------
+
+CONTROL_SIZE = (48, 32)  # (width, height) of the ControlNet tests' pictures and images: tiny, not square
+CONTROL_REQUEST = dict(
+    prompt="a photo of a cat", seed=7, width=CONTROL_SIZE[0], height=CONTROL_SIZE[1], guidance_scale=5.0,
+    num_inference_steps=2, controlnet_conditioning_scale=0.8, control_guidance_start=0.0, control_guidance_end=1.0,
+)  # fmt: skip
+
+
+class NeverCalledControlNet(NeverCalled):
+    """A stand-in ControlNet pipeline (as `OVStableDiffusion3ControlNetPipeline`, with `controlnets`) that is never called."""
+
+    def __init__(self, controlnets: int = 1):
+        self.controlnets = [object()] * controlnets
+
+
+def controlnet_runner(controlnets: int = 1) -> GenerationRunner:
+    return GenerationRunner(NeverCalled(), controlnet=NeverCalledControlNet(controlnets))
+
+
+def test_the_control_image_is_the_upload_cropped_to_the_size_s_aspect_then_preprocessed():
+    from PIL import ImageOps
+
+    from sd3_helper import canny_edges
+
+    photo = picture(PICTURE_SIZE)  # 96x80: another aspect than 48x32
+    made = make_control_image(photo, preprocessor="canny", width=48, height=32)
+    expected = canny_edges(ImageOps.fit(photo, (48, 32), method=Image.Resampling.LANCZOS))
+    assert made.size == (48, 32) and made.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(made), np.asarray(expected))
+    same_size = picture(CONTROL_SIZE)  # already the size: used as it is
+    np.testing.assert_array_equal(
+        np.asarray(make_control_image(same_size, preprocessor="none", width=48, height=32)), np.asarray(same_size)
+    )
+
+
+def test_the_controlnet_request_carries_one_control_image_per_controlnet():
+    one = controlnet_runner().check(task="controlnet", image=picture(CONTROL_SIZE), preprocessor="canny", **CONTROL_REQUEST)
+    assert one.control_image.size == CONTROL_SIZE and (one.image, one.strength) == (None, None)
+    arguments = one.pipeline_arguments()
+    assert {key: arguments[key] for key in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")} == {
+        "controlnet_conditioning_scale": 0.8, "control_guidance_start": 0.0, "control_guidance_end": 1.0
+    }  # fmt: skip
+    assert "image" not in arguments and "strength" not in arguments
+    two = controlnet_runner(2).check(task="controlnet", image=picture(CONTROL_SIZE), preprocessor="canny", **CONTROL_REQUEST)
+    assert len(two.control_image) == 2 and two.control_image[0] is two.control_image[1]  # the same image for each
+
+
+def test_the_live_preview_is_the_canny_edges_a_run_would_use():
+    import gradio as gr
+
+    from sd3_helper import canny_edges
+
+    handlers = DemoHandlers(controlnet_runner())
+    preview = handlers.control_preview(picture(CONTROL_SIZE), "canny", 48.0, 32.0)  # the sliders send floats
+    np.testing.assert_array_equal(np.asarray(preview), np.asarray(canny_edges(picture(CONTROL_SIZE))))
+    assert set(np.unique(np.asarray(preview))) == {0, 255} and np.asarray(preview).max() == 255  # white edges on black
+    assert handlers.control_preview(None, "canny", 48, 32) is None  # no upload, no preview
+    blurred_preview = handlers.control_preview(picture(CONTROL_SIZE), "blur", 48, 32)
+    assert not np.array_equal(np.asarray(blurred_preview), np.asarray(preview))
+    with pytest.raises(gr.Error, match=r"`preprocessor` has to be one of \['canny', 'blur', 'depth', 'none'\] but is 'sobel'"):
+        handlers.control_preview(picture(CONTROL_SIZE), "sobel", 48, 32)
+
+
+CONTROLNET_BAD_INPUTS = [  # (change to a good ControlNet request, exception type, fragment of its message)
+    ({"controlnet_conditioning_scale": float("nan")}, ValueError,
+     "`controlnet_conditioning_scale` has to be a finite number between 0.0 and 2.0 but is nan"),
+    ({"controlnet_conditioning_scale": -0.5}, ValueError, "`controlnet_conditioning_scale` has to be between 0.0 and 2.0 but is -0.5"),
+    ({"controlnet_conditioning_scale": 2.5}, ValueError, "`controlnet_conditioning_scale` has to be between 0.0 and 2.0 but is 2.5"),
+    ({"controlnet_conditioning_scale": "1"}, TypeError, "`controlnet_conditioning_scale` has to be a number but is str: '1'"),
+    ({"control_guidance_start": 0.6, "control_guidance_end": 0.4}, ValueError,
+     "`control_guidance_start` 0.6 has to be smaller than `control_guidance_end` 0.4"),
+    ({"control_guidance_start": 0.5, "control_guidance_end": 0.5}, ValueError, "`control_guidance_start` 0.5 has to be smaller than"),
+    ({"control_guidance_end": 1.5}, ValueError, "`control_guidance_end` has to be between 0.0 and 1.0 but is 1.5"),
+    ({"control_guidance_start": None}, TypeError, "`control_guidance_start` has to be a number but is NoneType"),
+    ({"image": None}, ValueError, "`image` is missing: upload the image to make the control image from"),
+    ({"image": "cat.png"}, TypeError, "`image` has to be a PIL image but is str: 'cat.png'"),
+    ({"preprocessor": "sobel"}, ValueError, "`preprocessor` has to be one of ['canny', 'blur', 'depth', 'none'] but is 'sobel'"),
+    ({"width": 50}, ValueError, "divisible by 8"),  # and every check of the text tab
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, error_type, message", CONTROLNET_BAD_INPUTS, ids=lambda value: repr(value)[:40])
+def test_runner_rejects_bad_controlnet_input_with_a_readable_message(change, error_type, message):
+    request = {**CONTROL_REQUEST, "width": 16, "height": 8, "image": picture(), "preprocessor": "canny", **change}
+    with pytest.raises(error_type) as error:
+        controlnet_runner().generate(task="controlnet", **request)
+    assert message in str(error.value)
+
+
+def test_runner_without_a_controlnet_refuses_the_controlnet_task():
+    with pytest.raises(ValueError, match=r"`task` has to be one of \('text-to-image',\) but is 'controlnet'"):
+        GenerationRunner(NeverCalled()).check(task="controlnet", image=picture(), **{**CONTROL_REQUEST, "width": 16, "height": 8})
+
+
+@pytest.fixture(scope="module")
+def controlnet_folder(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A tiny random InstantX-style ControlNet for the tiny checkpoint, converted (fp32)."""
+    from sd3_helper import convert_sd3_controlnet, make_tiny_sd3_controlnet
+
+    root = tmp_path_factory.mktemp("demo-controlnet")
+    source = make_tiny_sd3_controlnet(tiny_checkpoint, root / "controlnet")
+    return convert_sd3_controlnet(source, root / "controlnet-ov", weight_format="fp32", base_model=tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def controlnet_pipeline(tiny_ov_model, controlnet_folder):
+    from sd3_helper import OVStableDiffusion3ControlNetPipeline
+
+    pipe = OVStableDiffusion3ControlNetPipeline.from_pretrained(tiny_ov_model, controlnet=controlnet_folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tab_labels(demo) -> list[str]:
+    import gradio as gr
+
+    return [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+
+
+def test_a_controlnet_pipeline_gets_a_controlnet_tab_and_a_plain_one_does_not(pipeline, controlnet_pipeline):
+    import gradio as gr
+
+    from sd3_helper import OVStableDiffusion3ControlNetPipeline
+
+    pipes = demo_pipelines(controlnet_pipeline)
+    assert list(pipes) == ["text-to-image", "image-to-image", "inpainting", "controlnet"]
+    assert pipes["controlnet"] is controlnet_pipeline and type(pipes["text-to-image"]) is OVStableDiffusion3Pipeline
+    for task in ("text-to-image", "image-to-image", "inpainting"):  # plain pipelines sharing the compiled models
+        assert not isinstance(pipes[task], OVStableDiffusion3ControlNetPipeline)
+        assert all(pipes[task].submodels[name] is model for name, model in controlnet_pipeline.submodels.items()), task
+    demo, plain = make_demo(controlnet_pipeline), make_demo(pipeline)
+    assert tab_labels(demo) == ["Text to image", "Image to image", "Inpainting", "ControlNet"]
+    assert "ControlNet" not in tab_labels(plain)
+    assert "controlnet" in {fn.api_name for fn in demo.fns.values()} - {fn.api_name for fn in plain.fns.values()}
+    (radio,) = blocks_labelled(demo, gr.Radio, "Preprocessor")
+    assert [value for _, value in radio.choices] == ["canny", "blur", "depth", "none"] and radio.value == "canny"
+    (scale,) = blocks_labelled(demo, gr.Slider, "ControlNet scale")
+    assert (scale.minimum, scale.maximum, scale.value) == (0.0, 2.0, 0.7)
+    windows = blocks_labelled(demo, gr.Slider, "Guidance start") + blocks_labelled(demo, gr.Slider, "Guidance end")
+    assert [(slider.minimum, slider.maximum, slider.value) for slider in windows] == [(0.0, 1.0, 0.0), (0.0, 1.0, 1.0)]
+    stops = [block for block in demo.blocks.values() if isinstance(block, gr.Button) and block.value == "Stop"]
+    assert [block.elem_id for block in stops][-1] == "controlnet-stop"  # connected as every tab's (`/stop`)
+    (preview,) = blocks_labelled(demo, gr.Image, "Control image")
+    assert any(preview in fn.outputs for fn in demo.fns.values()), "nothing updates the preview"
+    names = [name for name, _ in api_parameters(demo, "/controlnet")]
+    assert names[:3] == ["image", "preprocessor", "prompt"]
+    assert names[-5:] == [
+        "num_inference_steps", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end", "fast"
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def controlnet_client(controlnet_pipeline, tmp_path_factory):
+    """The demo of `controlnet_pipeline`, launched in this process on a loopback port (closed whatever happens), and a
+    client of it."""
+    from gradio_client import Client
+
+    demo = make_demo(controlnet_pipeline)
+    try:
+        demo.launch(server_name="127.0.0.1", server_port=free_loopback_port(), prevent_thread_lock=True, quiet=True)
+        yield Client(demo.local_url, verbose=False, download_files=tmp_path_factory.mktemp("controlnet-downloads"))
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def control_photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("control") / "photo.png"
+    picture(CONTROL_SIZE).save(path)
+    return path
+
+
+def controlnet_args(photo: Path | None, *, preprocessor: str = "canny", scale=0.8, start=0.0, end=1.0) -> tuple:
+    """The inputs of `/controlnet` for `photo` (None: no upload) and `CONTROL_REQUEST`'s settings, every step computed."""
+    from gradio_client import handle_file
+
+    image = None if photo is None else handle_file(str(photo))
+    size = dict(width=CONTROL_SIZE[0], height=CONTROL_SIZE[1])
+    return (image, preprocessor, *generate_args(seed=7, **size), scale, start, end, False)
+
+
+def test_served_controlnet_gives_the_pipeline_s_image_for_the_same_arguments(controlnet_client, controlnet_pipeline, control_photo):
+    import torch
+
+    from sd3_helper import canny_edges
+
+    job = controlnet_client.submit(*controlnet_args(control_photo), api_name="/controlnet")
+    image_path, seed = job.result(timeout=120)
+    assert seed == 7 and len(job.outputs()) >= 2, "the previews should stream before the result"
+    request = {key: value for key, value in CONTROL_REQUEST.items() if key not in ("prompt", "seed")}
+    expected = controlnet_pipeline(
+        CONTROL_REQUEST["prompt"], control_image=canny_edges(Image.open(control_photo)), taylorseer=None,
+        generator=torch.Generator().manual_seed(7), **request,
+    ).images[0]  # fmt: skip
+    assert Image.open(image_path).size == CONTROL_SIZE
+    np.testing.assert_array_equal(load_pixels(image_path), np.asarray(expected))
+    unguided, _ = controlnet_client.predict(*controlnet_args(control_photo, scale=0.0), api_name="/controlnet")
+    assert not np.array_equal(load_pixels(unguided), load_pixels(image_path)), "the ControlNet should change the image"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(scale=-0.5), "`controlnet_conditioning_scale` has to be between 0.0 and 2.0 but is -0.5"),
+        (dict(start=0.7, end=0.3), "`control_guidance_start` 0.7 has to be smaller than `control_guidance_end` 0.3"),
+        (dict(photo=None), "`image` is missing: upload the image to make the control image from"),
+        (dict(preprocessor="sobel"), "`preprocessor` has to be one of ['canny', 'blur', 'depth', 'none'] but is 'sobel'"),
+    ],
+    ids=["negative-scale", "start-after-end", "no-image", "unknown-preprocessor"],
+)
+def test_served_controlnet_names_bad_input(controlnet_client, control_photo, change, message):
+    from gradio_client.exceptions import AppError
+
+    arguments = {"photo": control_photo, **change}
+    with pytest.raises(AppError) as error:
+        controlnet_client.predict(*controlnet_args(arguments.pop("photo"), **arguments), api_name="/controlnet")
+    assert message in str(error.value) and "Traceback" not in str(error.value)
+
+
+def test_cli_loads_the_controlnet_pipeline_with_controlnet(tiny_ov_model, controlnet_folder, monkeypatch):
+    import gradio as gr
+
+    import gradio_helper
+
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **options: launched.append(demo))  # build, do not serve
+    assert gradio_helper.main([str(tiny_ov_model), "--controlnet", str(controlnet_folder)]) == 0
+    (demo,) = launched
+    assert tab_labels(demo)[-1] == "ControlNet"
+
+
+def test_cli_reports_a_folder_without_a_controlnet_before_loading(tiny_ov_model, tmp_path, capsys):
+    import gradio_helper
+
+    assert gradio_helper.main([str(tiny_ov_model), "--controlnet", str(tmp_path)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: `--controlnet` ") and "holds no converted ControlNet (`openvino_model.xml`)" in stderr
+    assert "Traceback" not in stderr

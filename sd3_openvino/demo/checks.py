@@ -2,7 +2,8 @@
 a `GenerationRequest` in the types the pipeline takes. Each check names the field, its value and the fix; the
 checks the pipelines make too (`check_size`, `check_strength`) are theirs, so a message is written once.
 
-Plain Python (numpy and PIL only, PIL imported where an image is read): no UI library, no OpenVINO.
+Plain Python (numpy and PIL only, PIL imported where an image is read; OpenCV where canny edges are made): no UI
+library, no OpenVINO.
 """
 
 import math
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 from numbers import Real
 
 from ..core.layout import SizeRules
-from ..runtime.checks import check_size, check_strength
+from ..runtime.checks import check_control_guidance, check_size, check_strength
+from ..runtime.control_images import CONTROL_PREPROCESSORS, control_image_for  # light: numpy (OpenCV inside canny)
 from ..runtime.steps import DEFAULT_STEP_CACHE  # light: numpy only
 
 MAX_SEED = 2**31 - 1  # the largest seed a gr.Number and every torch generator accept
@@ -26,7 +28,8 @@ MAX_GUIDANCE_SCALE = 20.0  # the guidance slider's end (SD3 Medium's default is 
 FAST_STEP_CACHE = DEFAULT_STEP_CACHE
 NO_ADAPTER = "None"  # the adapter choice that generates without LoRA (`disable_lora`)
 MIN_LORA_SCALE, MAX_LORA_SCALE = -1.0, 2.0  # the LoRA scale slider's ends (negative scales push away from the style)
-TASKS = ("text-to-image", "image-to-image", "inpainting")  # the demo's tabs, by openvino.genai's task names
+# The demo's tabs: openvino.genai's task names, and "controlnet" (a ControlNet pipeline's tab)
+TASKS = ("text-to-image", "image-to-image", "inpainting", "controlnet")
 # Inpainting's default strength. SD3's usual 16-channel transformer knows what lies under the mask only through the
 # latents it starts from: at 1.0 that is pure noise, and the repaint often ignores the colours and light around it
 # (a visible patch). 0.85 starts from the image noised to 85 % of the schedule: a trace of the original colours and
@@ -34,6 +37,10 @@ TASKS = ("text-to-image", "image-to-image", "inpainting")  # the demo's tabs, by
 # the masked image in every step's input, so it starts from pure noise (1.0).
 INPAINTING_STRENGTH = 0.85
 PAINT_THE_MASK = "paint the area to repaint with the brush (white = repaint)"
+# ControlNet: the scale slider's end and start value (0 turns the ControlNet off; InstantX's canny examples use 0.5 to
+# 0.8, and 1.0 and beyond follows the edges so closely that the image looks traced), and the preprocessor at first.
+MAX_CONTROLNET_SCALE, CONTROLNET_SCALE = 2.0, 0.7
+CONTROL_PREPROCESSOR = "canny"
 
 
 def size_rules_of(pipeline) -> SizeRules:
@@ -53,6 +60,29 @@ def fit_size(image_size: tuple[int, int], rules: SizeRules) -> tuple[int, int]:
     width, height = image_size
     scale = min(1.0, rules.default / math.sqrt(width * height))
     return rules.snap(width * scale), rules.snap(height * scale)
+
+
+def make_control_image(image, *, preprocessor: str, width: int, height: int):
+    """The control image the ControlNet tab gives the pipeline, and shows as its preview: `image` cropped centrally
+    to the aspect ratio of `width` x `height` and resized to that size (so the control lines up with the image and is
+    never stretched), then through `preprocessor` (`control_image_for`: canny edges at the image's resolution)."""
+    import PIL.Image
+    import PIL.ImageOps
+
+    fitted = PIL.ImageOps.fit(image.convert("RGB"), (width, height), method=PIL.Image.Resampling.LANCZOS)
+    return control_image_for(fitted, preprocessor=preprocessor)
+
+
+def control_preview(image, *, preprocessor, width, height, size_rules: SizeRules):
+    """The ControlNet tab's preview of `image` (a PIL image; None: no upload, no preview): `make_control_image` at the
+    size sliders' `width` x `height`, checked as a Run checks them, so the preview is what the ControlNet gets."""
+    if image is None:
+        return None
+    width, height = _as_whole(width, name="width"), _as_whole(height, name="height")
+    check_size(height=height, width=width, size_rules=size_rules)
+    preprocessor = _check_preprocessor(preprocessor)
+    image = _check_image(image, name="image", missing="upload the image to make the control image from")
+    return make_control_image(image, preprocessor=preprocessor, width=width, height=height)
 
 
 def image_and_mask_from_editor(value: dict | None) -> tuple:
@@ -100,6 +130,10 @@ class GenerationRequest:
     fast: bool | None = None  # the step cache (`FAST_STEP_CACHE`) on or off; None: a pipeline without one (diffusers')
     adapter: str | None = None  # a loaded LoRA adapter, `NO_ADAPTER` (LoRA off), or None: the adapters as they are set
     lora_scale: float = 1.0  # the adapter's weight (`set_adapters([adapter], [lora_scale])`)
+    control_image: object = None  # ControlNet: `make_control_image`'s (a list of it, one per ControlNet, for several)
+    controlnet_conditioning_scale: float | None = None  # ControlNet: one scale for every ControlNet
+    control_guidance_start: float = 0.0  # ControlNet: the fractions of the steps it acts between
+    control_guidance_end: float = 1.0
 
     @property
     def denoising_steps(self) -> int:
@@ -113,7 +147,8 @@ class GenerationRequest:
 
     def pipeline_arguments(self) -> dict:
         """The keyword arguments of the task's pipeline call for this request (all but the generator and the
-        callback): the image tasks add the image and strength, inpainting the mask, `fast` the step cache."""
+        callback): the image tasks add the image and strength, inpainting the mask, ControlNet the control image and
+        its scale and window, `fast` the step cache."""
         arguments = dict(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt or None,
@@ -122,10 +157,17 @@ class GenerationRequest:
             guidance_scale=self.guidance_scale,
             num_inference_steps=self.num_inference_steps,
         )
-        if self.task != "text-to-image":
+        if self.task in ("image-to-image", "inpainting"):
             arguments.update(image=self.image, strength=self.strength)
         if self.task == "inpainting":
             arguments.update(mask_image=self.mask_image)
+        if self.task == "controlnet":
+            arguments.update(
+                control_image=self.control_image,
+                controlnet_conditioning_scale=self.controlnet_conditioning_scale,
+                control_guidance_start=self.control_guidance_start,
+                control_guidance_end=self.control_guidance_end,
+            )
         if self.fast is not None:  # ours: the cache, or every step computed (diffusers' image)
             arguments.update(taylorseer=FAST_STEP_CACHE if self.fast else None)
         return arguments
@@ -142,6 +184,7 @@ class RequestLimits:
     step_cache: bool = False  # `fast` may be on: our pipelines only
     pipeline_name: str = ""  # the pipeline's class, named when `fast` is refused
     adapters: tuple[str, ...] = ()  # the LoRA adapters loaded into the pipeline
+    controlnets: int = 0  # the ControlNet pipeline's ControlNets: each gets the tab's one control image
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,7 +306,7 @@ def _check_adapter(adapter, *, lora_scale, loaded: tuple[str, ...]) -> tuple[str
 def _check_images(task: str, *, image, mask_image, strength, num_inference_steps: int) -> tuple:
     """(image, mask_image, strength) of `task`: None for what the task does not take; the image tasks need an image
     and a strength that leaves a denoising step, inpainting a mask of the image's size with something painted."""
-    if task == "text-to-image":
+    if task not in ("image-to-image", "inpainting"):
         return None, None, None
     verb = "restyle" if task == "image-to-image" else "repaint"
     image = _check_image(image, name="image", missing=f"upload the image to {verb}")
@@ -271,6 +314,35 @@ def _check_images(task: str, *, image, mask_image, strength, num_inference_steps
     strength = check_strength(strength, num_inference_steps=num_inference_steps)  # the pipelines' one-step rule
     mask_image = _check_mask(mask_image, image=image) if task == "inpainting" else None
     return image, mask_image, strength
+
+
+def _check_preprocessor(preprocessor) -> str:
+    if not isinstance(preprocessor, str) or preprocessor not in CONTROL_PREPROCESSORS:
+        raise ValueError(f"`preprocessor` has to be one of {list(CONTROL_PREPROCESSORS)} but is {preprocessor!r:.80}.")
+    return preprocessor
+
+
+def _check_control(task: str, *, limits: RequestLimits, width: int, height: int, **control) -> dict:
+    """The ControlNet fields of a checked request (none but for "controlnet"): the scale (from 0, off, to
+    `MAX_CONTROLNET_SCALE`), the window (`control_guidance_start` < `control_guidance_end`, fractions of the steps), and
+    the control image made from the upload (`make_control_image`), one per ControlNet."""
+    if task != "controlnet":
+        return {}
+    scale = _as_finite(
+        control["controlnet_conditioning_scale"], name="controlnet_conditioning_scale", minimum=0.0, maximum=MAX_CONTROLNET_SCALE
+    )
+    start = _as_finite(control["control_guidance_start"], name="control_guidance_start", minimum=0.0, maximum=1.0)
+    end = _as_finite(control["control_guidance_end"], name="control_guidance_end", minimum=0.0, maximum=1.0)
+    check_control_guidance(start, end, count=1)  # the pipelines' rule: start < end
+    preprocessor = _check_preprocessor(control["preprocessor"])
+    image = _check_image(control["image"], name="image", missing="upload the image to make the control image from")
+    control_image = make_control_image(image, preprocessor=preprocessor, width=width, height=height)
+    return dict(
+        control_image=[control_image] * limits.controlnets if limits.controlnets > 1 else control_image,
+        controlnet_conditioning_scale=scale,
+        control_guidance_start=start,
+        control_guidance_end=end,
+    )
 
 
 def check_request(
@@ -291,12 +363,19 @@ def check_request(
     fast: bool | None = None,
     adapter: str | None = None,
     lora_scale: float = 1.0,
+    preprocessor: str | None = CONTROL_PREPROCESSOR,
+    controlnet_conditioning_scale: float | None = CONTROLNET_SCALE,
+    control_guidance_start: float = 0.0,
+    control_guidance_end: float = 1.0,
 ) -> GenerationRequest:
     """The request with every field checked against `limits`; a ValueError or TypeError names the first bad field.
 
     The texts' lengths are checked first, so an over-long paste is refused before any other work. The seed
     may be left empty (None) when `randomize_seed` is set; a random one is drawn then. Image to image needs
     `image` (a PIL image) and `strength`; inpainting also `mask_image` (the image's size, something painted).
+    ControlNet needs `image` too, which `preprocessor` (one of `CONTROL_PREPROCESSORS`) turns into the control image
+    at the request's size (`make_control_image`), and takes `controlnet_conditioning_scale` and the window
+    `control_guidance_start` < `control_guidance_end`.
     `fast` turns the step cache on or off (our pipelines; None: on, their default; refused on for others). `adapter` is a loaded LoRA adapter (applied at
     `lora_scale`, from `MIN_LORA_SCALE` to `MAX_LORA_SCALE`), `NO_ADAPTER` for none, or None to leave the
     pipeline's adapters as they are set.
@@ -317,6 +396,11 @@ def check_request(
     )
     fast = _check_fast(fast, limits=limits)
     adapter, lora_scale = _check_adapter(adapter, lora_scale=lora_scale, loaded=limits.adapters)
+    control = _check_control(
+        task, limits=limits, width=width, height=height, image=image, preprocessor=preprocessor,
+        controlnet_conditioning_scale=controlnet_conditioning_scale, control_guidance_start=control_guidance_start,
+        control_guidance_end=control_guidance_end,
+    )  # fmt: skip
     image, mask_image, strength = _check_images(
         task, image=image, mask_image=mask_image, strength=strength, num_inference_steps=num_inference_steps
     )
@@ -335,4 +419,5 @@ def check_request(
         fast=fast,
         adapter=adapter,
         lora_scale=lora_scale,
+        **control,
     )

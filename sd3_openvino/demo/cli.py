@@ -1,8 +1,9 @@
 """The demo's command line: `python gradio_helper.py MODEL_DIR [--device CPU] [--host H] [--port N] [--share]
-[--lora PATH[:SCALE] ...] [--max-file-size MB]` serves the demo (`make_demo`) on 127.0.0.1 only by default, and
-refuses uploads over `MAX_FILE_SIZE_MB` (status 413).
+[--lora PATH[:SCALE] ...] [--controlnet DIR ...] [--max-file-size MB]` serves the demo (`make_demo`) on 127.0.0.1
+only by default, and refuses uploads over `MAX_FILE_SIZE_MB` (status 413). With `--controlnet` it loads an
+`OVStableDiffusion3ControlNetPipeline`, and the demo gets its ControlNet tab.
 
-What can be checked in a moment is checked before the model loads: the folder, the LoRA arguments, the port. User
+What can be checked in a moment is checked before the model loads: the folders, the LoRA arguments, the port. User
 mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one `error: ...` line.
 """
 
@@ -59,6 +60,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load a LoRA adapter (a file, its folder or a hub id; named lora_0, lora_1, ...) for the demo's adapter "
         "choice, which starts on the first one at its SCALE (default 1.0); repeatable",
     )
+    parser.add_argument(
+        "--controlnet",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="load this ControlNet (a folder written by `sd3_helper.py convert-controlnet`) for the demo's ControlNet "
+        "tab; repeatable (multi-ControlNet: the tab's one control image goes to each)",
+    )
     return parser.parse_args(argv)
 
 
@@ -113,18 +123,40 @@ def check_model_dir(model_dir: Path) -> None:
         raise UsageError(str(error)) from error
 
 
-def serve(args: argparse.Namespace) -> None:
-    """Check the folder, the LoRA scales and the port (in a moment), then load the model (minutes) and its LoRA
-    adapters, and serve until stopped."""
-    check_model_dir(args.model_dir)
-    lora = check_lora_arguments(args.lora)
-    port = choose_port(host=args.host, port=args.port)
-    from ..runtime.pipeline import OVStableDiffusion3Pipeline  # OpenVINO: loaded once the arguments are checked
+def check_controlnet_dirs(controlnet: list[Path]) -> None:
+    """A UsageError naming the first `--controlnet` folder that holds no converted ControlNet (before the model loads)."""
+    for folder in controlnet:
+        if not (folder / "openvino_model.xml").is_file():
+            raise UsageError(
+                f"`--controlnet` '{folder}' holds no converted ControlNet (`openvino_model.xml`). Convert one with "
+                f"`python sd3_helper.py convert-controlnet CHECKPOINT {folder}`."
+            )
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The pipeline the command line asks for: an `OVStableDiffusion3ControlNetPipeline` with `--controlnet`, else an
+    `OVStableDiffusion3Pipeline`; a damaged or foreign folder, an unknown device, a ControlNet for another model are a
+    UsageError."""
+    from ..runtime.controlnet_pipelines import OVStableDiffusion3ControlNetPipeline  # OpenVINO: once the arguments are checked
+    from ..runtime.pipeline import OVStableDiffusion3Pipeline
 
     try:
-        pipeline = OVStableDiffusion3Pipeline.from_pretrained(args.model_dir, device=args.device)
-    except (ValueError, OSError, RuntimeError) as error:  # a damaged or foreign folder, an unknown device
+        if not args.controlnet:
+            return OVStableDiffusion3Pipeline.from_pretrained(args.model_dir, device=args.device)
+        controlnet = args.controlnet if len(args.controlnet) > 1 else args.controlnet[0]
+        return OVStableDiffusion3ControlNetPipeline.from_pretrained(args.model_dir, controlnet=controlnet, device=args.device)
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
         raise UsageError(str(error)) from error
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Check the folders, the LoRA scales and the port (in a moment), then load the model (minutes), its ControlNets
+    and its LoRA adapters, and serve until stopped."""
+    check_model_dir(args.model_dir)
+    check_controlnet_dirs(args.controlnet)
+    lora = check_lora_arguments(args.lora)
+    port = choose_port(host=args.host, port=args.port)
+    pipeline = load_pipeline(args)
     try:
         load_adapters(pipeline, lora)
     except (ValueError, TypeError, OSError, RuntimeError) as error:  # not a LoRA, one for another model

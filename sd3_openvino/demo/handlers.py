@@ -1,5 +1,5 @@
 """What the demo's events do, between Gradio and a `GenerationRunner` (`DemoHandlers`), and the endpoints that
-Gradio calls and reads its API from (`text_to_image_endpoints`, `image_endpoints`).
+Gradio calls and reads its API from (`text_to_image_endpoints`, `image_endpoints`, `controlnet_endpoint`).
 
 gradio is imported inside the functions that need it, so importing this module needs no UI library.
 """
@@ -7,7 +7,7 @@ gradio is imported inside the functions that need it, so importing this module n
 import logging
 from typing import Callable, Iterator
 
-from .checks import fit_size, image_and_mask_from_editor
+from .checks import control_preview, fit_size, image_and_mask_from_editor
 from .runner import GenerationRunner
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,8 @@ def _session_of(request) -> str | None:
 
 class DemoHandlers:
     """What the demo's events do, between Gradio and a `GenerationRunner`: read the image fields, report the
-    progress, turn bad input into a readable `gr.Error`, stop a generation, and fit the size sliders to an upload.
+    progress, turn bad input into a readable `gr.Error`, stop a generation, fit the size sliders to an upload, and
+    preview the ControlNet tab's control image.
 
     `image_fields` holds each image tab's image component, by task (the UI's image tabs fill it): the Run events have
     `preprocess=False`, so `run` asks the component itself to read what the page sent.
@@ -48,7 +49,7 @@ class DemoHandlers:
         import gradio as gr
 
         try:
-            if task == "image-to-image":
+            if task in ("image-to-image", "controlnet"):
                 fields["image"] = self.read_payload(task, fields["image"], name="image")
             elif task == "inpainting":
                 editor_value = self.read_payload(task, fields["image"], name="image_and_mask")
@@ -68,6 +69,16 @@ class DemoHandlers:
         except Exception as error:  # an OpenVINO or memory error: say what failed instead of a bare "Error"
             logger.exception("Generation failed")
             raise gr.Error(f"Generation failed ({type(error).__name__}: {error}). See the server log.") from error
+
+    def control_preview(self, image, preprocessor: str, width, height):
+        """The ControlNet tab's live preview (`control_preview`): the control image a Run would give the ControlNet
+        now, None without an upload; a bad choice or size is a readable `gr.Error`."""
+        import gradio as gr
+
+        try:
+            return control_preview(image, preprocessor=preprocessor, width=width, height=height, size_rules=self.runner.size_rules)
+        except (ValueError, TypeError) as error:
+            raise gr.Error(str(error), title="Invalid input", print_exception=False) from error
 
     def stop(self, request) -> None:
         """Stop the generation that `request`'s session started, after its current step."""
@@ -223,3 +234,53 @@ def _inpaint_endpoint(handlers: DemoHandlers) -> Callable:
         )
 
     return inpaint
+
+
+def controlnet_endpoint(handlers: DemoHandlers) -> Callable:
+    """`/controlnet`: the image the control image is made from and the preprocessor (`CONTROL_PREPROCESSORS`), then
+    `/generate`'s inputs up to the steps, the ControlNet scale and its window (start, end), the options."""
+    import gradio as gr
+
+    def controlnet(
+        image: dict | None,
+        preprocessor: str,
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        randomize_seed: bool,
+        width: float,
+        height: float,
+        guidance_scale: float,
+        num_inference_steps: float,
+        controlnet_conditioning_scale: float,
+        control_guidance_start: float,
+        control_guidance_end: float,
+        fast: bool | None = None,
+        adapter: str | None = None,
+        lora_scale: float = 1.0,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
+        yield from handlers.run(
+            "controlnet",
+            request,
+            progress,
+            image=image,
+            preprocessor=preprocessor,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            randomize_seed=randomize_seed,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+            fast=fast,
+            adapter=adapter,
+            lora_scale=lora_scale,
+        )
+
+    return controlnet

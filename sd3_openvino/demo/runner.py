@@ -54,28 +54,46 @@ def is_openvino_pipeline(pipeline) -> bool:
     return isinstance(pipeline, OVStableDiffusion3Pipeline)
 
 
+def controlnet_pipeline_of(pipeline):
+    """`pipeline` if it is an `OVStableDiffusion3ControlNetPipeline` the ControlNet tab can serve, else None. An
+    inpainting ControlNet pipeline (its call needs a mask) gets no tab, with a warning."""
+    from ..runtime.controlnet_pipelines import (
+        OVStableDiffusion3ControlNetInpaintingPipeline,
+        OVStableDiffusion3ControlNetPipeline,
+    )
+
+    if isinstance(pipeline, OVStableDiffusion3ControlNetInpaintingPipeline):
+        logger.warning("The demo has no tab for ControlNet inpainting: load the ControlNet with `OVStableDiffusion3ControlNetPipeline`.")
+        return None
+    return pipeline if isinstance(pipeline, OVStableDiffusion3ControlNetPipeline) else None
+
+
 def demo_pipelines(pipeline) -> dict:
     """The pipeline of each task the demo serves, by `TASKS` name, all sharing `pipeline`'s compiled models.
 
-    For an `OVStableDiffusion3Pipeline` (or one of its image pipelines): text to image, and image to image and
-    inpainting built with `from_pipe` (nothing compiles again; the VAE encoder is loaded once if `pipeline` lacks
-    it). For another pipeline (diffusers'), or a folder without `vae_encoder/`, text to image only, with a warning.
+    For an `OVStableDiffusion3Pipeline` (or one of its image or ControlNet pipelines): text to image, and image to
+    image and inpainting built with `from_pipe` (nothing compiles again; the VAE encoder is loaded once if `pipeline`
+    lacks it), and "controlnet" when `pipeline` is an `OVStableDiffusion3ControlNetPipeline` (`controlnet_pipeline_of`).
+    For another pipeline (diffusers'), text to image only; for a folder without `vae_encoder/`, no image to image nor
+    inpainting, with a warning.
     """
+    from ..runtime.controlnet_pipelines import OVStableDiffusion3ControlNetPipeline
     from ..runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
     from ..runtime.pipeline import OVStableDiffusion3Pipeline
 
     if not is_openvino_pipeline(pipeline):
         return {"text-to-image": pipeline}
     text_to_image = pipeline
-    if isinstance(pipeline, OVStableDiffusion3Img2ImgPipeline):  # its call needs an image
+    if isinstance(pipeline, (OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3ControlNetPipeline)):  # needs an image
         text_to_image = OVStableDiffusion3Pipeline.from_pipe(pipeline)
+    controlnet = {"controlnet": pipeline} if controlnet_pipeline_of(pipeline) is not None else {}
     try:
         image_to_image = OVStableDiffusion3Img2ImgPipeline.from_pipe(pipeline)
         inpainting = OVStableDiffusion3InpaintPipeline.from_pipe(image_to_image)  # shares its VAE encoder
     except (OSError, ValueError) as error:  # no `vae_encoder/` in the folder, a transformer inpainting cannot use
-        logger.warning("The demo offers text to image only: %s", error)
-        return {"text-to-image": text_to_image}
-    return {"text-to-image": text_to_image, "image-to-image": image_to_image, "inpainting": inpainting}
+        logger.warning("The demo offers no image to image nor inpainting: %s", error)
+        return {"text-to-image": text_to_image, **controlnet}
+    return {"text-to-image": text_to_image, "image-to-image": image_to_image, "inpainting": inpainting, **controlnet}
 
 
 class LivePreviews:
@@ -139,17 +157,25 @@ class LivePreviews:
 class GenerationRunner:
     """Runs the demo's pipelines: checks the request, one generation at a time, progress, live previews, and stop.
 
-    `pipeline` serves text to image; `image_to_image` and `inpainting` (optional) are pipelines that share its
-    compiled models (see `demo_pipelines`), so one lock serves all three. The LoRA adapters belong to those shared
+    `pipeline` serves text to image; `image_to_image`, `inpainting` and `controlnet` (optional) are pipelines that share
+    its compiled models (see `demo_pipelines`), so one lock serves them all. The LoRA adapters belong to those shared
     models too: a request's adapter choice is set under the same lock, just before its generation, and stays set
     after it.
     """
 
     def __init__(
-        self, pipeline, *, image_to_image=None, inpainting=None, max_inference_steps: int = MAX_INFERENCE_STEPS
+        self,
+        pipeline,
+        *,
+        image_to_image=None,
+        inpainting=None,
+        controlnet=None,
+        max_inference_steps: int = MAX_INFERENCE_STEPS,
     ):
         self.pipeline = pipeline
-        candidates = {"text-to-image": pipeline, "image-to-image": image_to_image, "inpainting": inpainting}
+        candidates = {
+            "text-to-image": pipeline, "image-to-image": image_to_image, "inpainting": inpainting, "controlnet": controlnet
+        }  # fmt: skip
         self.pipelines = {task: pipe for task, pipe in candidates.items() if pipe is not None}
         self.size_rules = size_rules_of(pipeline)
         self.max_inference_steps = max_inference_steps
@@ -200,12 +226,14 @@ class GenerationRunner:
             step_cache=self.openvino,
             pipeline_name=type(self.pipeline).__name__,
             adapters=tuple(self.adapters),
+            controlnets=len(self.pipelines["controlnet"].controlnets) if "controlnet" in self.pipelines else 0,
         )
 
     def check(self, **fields) -> GenerationRequest:
         """The request with every field checked (`check_request`'s keyword arguments: prompt, negative_prompt, seed,
         randomize_seed, width, height, guidance_scale, num_inference_steps, task, image, mask_image, strength,
-        fast, adapter, lora_scale); a ValueError or TypeError names the first bad field."""
+        fast, adapter, lora_scale, and ControlNet's preprocessor, controlnet_conditioning_scale,
+        control_guidance_start, control_guidance_end); a ValueError or TypeError names the first bad field."""
         return check_request(self.limits(), **fields)
 
     def generate(self, *, on_step: Callable[[int, int], None] | None = None, owner: str | None = None, **fields):

@@ -1,5 +1,6 @@
 """The demo's Gradio UI: `make_demo(pipeline)` builds a `gr.Blocks` with a tab per task (text to image, image to
-image, inpainting), each made of small parts (the prompt row, the advanced settings, the options, the image field).
+image, inpainting, and ControlNet for a ControlNet pipeline), each made of small parts (the prompt row, the advanced
+settings, the options, the image field).
 
 gradio is imported inside the functions that build the UI, so importing this module needs no UI library.
 
@@ -11,6 +12,9 @@ API endpoints (outputs: image, seed used, streamed: the previews, then the resul
 - `/inpaint`: a `gr.ImageEditor` value `{"background": image, "layers": [painted layers], "composite": ...}`
   (the layers' painted, non-transparent pixels are the area to repaint), then `/generate`'s inputs up to the
   steps, then strength, then the options.
+- `/controlnet` (a ControlNet pipeline only): the image the control image is made from, the preprocessor (one of
+  `CONTROL_PREPROCESSORS`: "canny", "blur", "depth", "none"), then `/generate`'s inputs up to the steps, then the
+  ControlNet scale, guidance start and guidance end, then the options.
 The options may be left out (the controls' initial values are used). The inputs reach `GenerationRunner.check`
 as sent (Gradio's own conversion is off), so a bad value from an API client gets the same named error as one
 from the page.
@@ -22,7 +26,11 @@ from typing import Callable
 
 from ..core.layout import GENERATION_DEFAULTS, SizeRules
 from .checks import (
+    CONTROL_PREPROCESSOR,
+    CONTROL_PREPROCESSORS,
+    CONTROLNET_SCALE,
     INPAINTING_STRENGTH,
+    MAX_CONTROLNET_SCALE,
     MAX_GUIDANCE_SCALE,
     MAX_INFERENCE_STEPS,
     MAX_LORA_SCALE,
@@ -31,7 +39,7 @@ from .checks import (
     MIN_LORA_SCALE,
     NO_ADAPTER,
 )
-from .handlers import DemoHandlers, image_endpoints, text_to_image_endpoints
+from .handlers import DemoHandlers, controlnet_endpoint, image_endpoints, text_to_image_endpoints
 from .runner import GenerationRunner, demo_pipelines
 
 EXAMPLE_PROMPTS = (
@@ -42,9 +50,13 @@ EXAMPLE_PROMPTS = (
     "a cozy cabin in the snowy mountains, warm light in the windows",
 )
 MAX_FILE_SIZE_MB = 50  # the largest upload `python gradio_helper.py` accepts (`--max-file-size`); gradio has no limit
-TAB_LABELS = {"text-to-image": "Text to image", "image-to-image": "Image to image", "inpainting": "Inpainting"}
-API_NAMES = {"text-to-image": "generate", "image-to-image": "image_to_image", "inpainting": "inpaint"}
-ELEM_ID_PREFIXES = {"text-to-image": "", "image-to-image": "image-to-image-", "inpainting": "inpainting-"}
+TAB_LABELS = {
+    "text-to-image": "Text to image", "image-to-image": "Image to image", "inpainting": "Inpainting", "controlnet": "ControlNet"
+}  # fmt: skip
+API_NAMES = {"text-to-image": "generate", "image-to-image": "image_to_image", "inpainting": "inpaint", "controlnet": "controlnet"}
+ELEM_ID_PREFIXES = {
+    "text-to-image": "", "image-to-image": "image-to-image-", "inpainting": "inpainting-", "controlnet": "controlnet-"
+}  # fmt: skip
 GENERATION_EVENT = dict(  # the options of every tab's Run event
     preprocess=False,  # Gradio's conversion fails on `width="abc"` with a bare "Error"; the runner names it
     concurrency_limit=1,  # one generation at a time, whichever tab; the queue answers the others in turn
@@ -174,12 +186,14 @@ def _options(task: str, defaults: ControlDefaults) -> list:
 
 
 def _image_field(task: str):
-    """The image to restyle (image to image), or the image editor to paint the mask on (inpainting)."""
+    """The image to restyle (image to image), the image to make the control image from (ControlNet), or the image
+    editor to paint the mask on (inpainting)."""
     import gradio as gr
 
     elem_id = f"{ELEM_ID_PREFIXES[task]}image"
-    if task == "image-to-image":
-        return gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], elem_id=elem_id)
+    if task in ("image-to-image", "controlnet"):
+        label = "Image" if task == "image-to-image" else "Image: the control image is made from it"
+        return gr.Image(label=label, type="pil", sources=["upload", "clipboard"], elem_id=elem_id)
     return gr.ImageEditor(
         label="Image: paint the area to repaint",
         type="pil",
@@ -287,6 +301,81 @@ def _image_tab(
     return event, stop_button
 
 
+def _control_settings(task: str) -> list:
+    """The ControlNet scale and the fractions of the steps it acts between (start, end), in one row."""
+    import gradio as gr
+
+    prefix = ELEM_ID_PREFIXES[task]
+    with gr.Row():
+        scale = gr.Slider(
+            label="ControlNet scale",
+            info="How closely to follow the control image: 0 ignores it",
+            minimum=0.0,
+            maximum=MAX_CONTROLNET_SCALE,
+            step=0.05,
+            value=CONTROLNET_SCALE,
+            elem_id=f"{prefix}scale",
+        )
+        fraction = dict(minimum=0.0, maximum=1.0, step=0.05)
+        start = gr.Slider(label="Guidance start", info="The share of the steps before it acts", value=0.0, **fraction)
+        end = gr.Slider(label="Guidance end", info="The share of the steps after which it stops", value=1.0, **fraction)
+    return [scale, start, end]
+
+
+def _connect_control_preview(handlers: DemoHandlers, *, image, preprocessor, size: list, preview) -> None:
+    """Show the control image a Run would use (`DemoHandlers.control_preview`) whenever the upload, the preprocessor or
+    the size changes (an upload changes all three: it fits the size sliders too)."""
+    import gradio as gr
+
+    gr.on(
+        triggers=[image.change, preprocessor.change, *(slider.change for slider in size)],
+        fn=handlers.control_preview,
+        inputs=[image, preprocessor, *size],
+        outputs=preview,
+        queue=False,
+        api_name=False,
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
+
+
+def _controlnet_tab(fn: Callable, *, handlers: DemoHandlers, defaults: ControlDefaults) -> tuple:
+    """The ControlNet tab: an upload, the preprocessor and the live preview of the control image it makes, the result,
+    the ControlNet's settings, and the usual prompt and settings; returns (the Run event, the Stop button)."""
+    import gradio as gr
+
+    task = "controlnet"
+    prefix = ELEM_ID_PREFIXES[task]
+    prompt, run_button, stop_button = _prompt_row(task)
+    with gr.Row(equal_height=True):
+        image = handlers.image_fields[task] = _image_field(task)
+        preview = gr.Image(label="Control image", type="pil", format="png", interactive=False, elem_id=f"{prefix}control-image")
+        result = _result_image(task)
+    preprocessor = gr.Radio(
+        label="Preprocessor",
+        info="What the ControlNet reads: canny edges, a blur (tile/blur ControlNets), a depth map you upload, or the upload itself",
+        choices=list(CONTROL_PREPROCESSORS),
+        value=CONTROL_PREPROCESSOR,
+        elem_id=f"{prefix}preprocessor",
+    )
+    control_settings = _control_settings(task)
+    settings, options = _advanced_settings(task, defaults)
+    used_seed = _used_seed_box(task)
+    size = [settings[3], settings[4]]
+    image.upload(fn=handlers.fit_sliders, inputs=image, outputs=size, queue=False, api_name=False, show_progress="hidden")
+    _connect_control_preview(handlers, image=image, preprocessor=preprocessor, size=size, preview=preview)
+    event = _on_run(
+        task,
+        fn,
+        prompt=prompt,
+        run_button=run_button,
+        inputs=[image, preprocessor, prompt, *settings, *control_settings, *options],
+        outputs=[result, used_seed],
+        previews=defaults.previews,
+    )
+    return event, stop_button
+
+
 def _connect_stop_buttons(buttons: list, *, stop: Callable, events: list) -> None:
     """Each Stop ends this session's generation, whichever tab; one `/stop` endpoint serves every tab."""
     for index, button in enumerate(buttons):
@@ -326,15 +415,18 @@ def _task_tabs(pipelines: dict, *, handlers: DemoHandlers, examples: list[str], 
     every Stop button stops this session's generation, whichever tab started it."""
     import gradio as gr
 
-    endpoints = {**text_to_image_endpoints(handlers), **image_endpoints(handlers)}
+    endpoints = {**text_to_image_endpoints(handlers), **image_endpoints(handlers), "controlnet": controlnet_endpoint(handlers)}
     several_tabs = len(pipelines) > 1
     with gr.Tabs() if several_tabs else contextlib.nullcontext():
         with gr.Tab(TAB_LABELS["text-to-image"], id="text-to-image") if several_tabs else contextlib.nullcontext():
             tabs = [_text_to_image_tab(endpoints["text-to-image"], examples=examples, defaults=defaults)]
         for task in [task for task in pipelines if task != "text-to-image"]:
             with gr.Tab(TAB_LABELS[task], id=task):
-                strength = _initial_strength(task, pipelines[task])
-                tabs.append(_image_tab(task, endpoints[task], handlers=handlers, strength=strength, defaults=defaults))
+                if task == "controlnet":
+                    tabs.append(_controlnet_tab(endpoints[task], handlers=handlers, defaults=defaults))
+                else:
+                    strength = _initial_strength(task, pipelines[task])
+                    tabs.append(_image_tab(task, endpoints[task], handlers=handlers, strength=strength, defaults=defaults))
     events, stop_buttons = ([*column] for column in zip(*tabs))
     _connect_stop_buttons(stop_buttons, stop=endpoints["stop"], events=events)
 
@@ -351,7 +443,9 @@ def make_demo(
     max_inference_steps: int = MAX_INFERENCE_STEPS,
 ):
     """Build (without launching) a `gr.Blocks` demo for an SD3 pipeline, with tabs "Text to image", "Image to
-    image" and "Inpainting" (text to image only for a pipeline that is not ours; see `demo_pipelines`).
+    image" and "Inpainting" (text to image only for a pipeline that is not ours; see `demo_pipelines`), and
+    "ControlNet" when `pipeline` is an `OVStableDiffusion3ControlNetPipeline` (the other tabs then run plain pipelines
+    made from it with `from_pipe`).
 
     The tabs share one set of compiled models (`from_pipe`) and one queue: one generation at a time, whichever
     tab asks. `examples` are prompts to offer (default: `EXAMPLE_PROMPTS`). `height`, `width` (default: the
@@ -363,6 +457,12 @@ def make_demo(
     sizes it accepts (`fit_size`): the result keeps the image's aspect ratio, and the user sees the size and
     can change it before pressing Run. Strength starts at the image to image pipeline's default (diffusers') and
     at `INPAINTING_STRENGTH` (1.0 for a 33-channel inpainting transformer) for inpainting.
+
+    The ControlNet tab makes the control image from an upload with a preprocessor (`CONTROL_PREPROCESSORS`, canny
+    at first) and shows it as it changes: the upload cropped centrally to the size sliders' aspect ratio, resized to
+    their size, then preprocessed (`make_control_image`), exactly what Run gives the ControlNet. An upload sets the
+    sliders as on the image tabs. Its scale (`CONTROLNET_SCALE` at first) and its window (guidance start and end)
+    apply to every ControlNet of the pipeline, and each gets the same control image.
 
     On our pipelines each tab's advanced settings have a "Fast (step cache)" switch, on by default as in the pipelines:
     on, the call gets `taylorseer=FAST_STEP_CACHE` (openvino.genai's default step cache), off `taylorseer=None`
@@ -388,6 +488,7 @@ def make_demo(
         pipelines["text-to-image"],
         image_to_image=pipelines.get("image-to-image"),
         inpainting=pipelines.get("inpainting"),
+        controlnet=pipelines.get("controlnet"),
         max_inference_steps=max_inference_steps,
     )
     # 2. The controls' initial values
