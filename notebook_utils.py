@@ -1,5 +1,5 @@
-"""Small helpers for `stable-diffusion-v3.ipynb`: option widgets, model folders, the weight format comparison, timing
-and the LoRA stand-ins of the tiny model.
+"""Small helpers for `stable-diffusion-v3.ipynb`: option widgets, model folders, the weight format comparison, timing,
+the LoRA stand-ins of the tiny model and the canny ControlNet of each model.
 
 The notebook's cells call these so that each cell stays a few lines long. The project's API itself lives in
 `sd3_helper`; nothing here is needed to use it from your own code.
@@ -11,6 +11,14 @@ from pathlib import Path
 
 TINY_MODEL_ID = "tiny"  # `model_id` value that builds and uses the offline tiny checkpoint
 TINY_LORA_SEEDS = {"random_a": 1, "random_b": 2}  # the tiny model's stand-in LoRA adapters, by name: their seeds
+# The canny ControlNet of each preset: (its hub id, the `make_tiny_sd3_controlnet` family of its tiny stand-in).
+# SD3.5 Large Turbo has SD3.5 Large's architecture and gets its ControlNet (trained on SD3.5 Large); SD3.5 Medium has none.
+CANNY_CONTROLNETS = {
+    "sd3-medium": ("InstantX/SD3-Controlnet-Canny", "instantx"),
+    "sd3.5-large": ("stabilityai/stable-diffusion-3.5-large-controlnet-canny", "sd3.5"),
+    "sd3.5-large-turbo": ("stabilityai/stable-diffusion-3.5-large-controlnet-canny", "sd3.5"),
+}
+CONTROLNET_WEIGHT_FORMAT = {"int8-hybrid": "int8"}  # a ControlNet takes weight-only formats: int8-hybrid's gets int8 weights
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,6 +107,46 @@ def tiny_loras(checkpoint: str | Path, *, models_dir: Path) -> dict[str, Path]:
         folder = Path(models_dir) / f"{Path(str(checkpoint)).name}-lora-{name}"
         loras[name] = folder if folder.is_dir() else make_tiny_lora(checkpoint, folder, seed=seed)
     return loras
+
+
+def canny_controlnet(model_id: str | Path) -> tuple[str, str] | None:
+    """The canny ControlNet for `model_id`'s preset, `(hub id, family of its tiny stand-in)` from `CANNY_CONTROLNETS`
+    ("tiny" and "tiny-<preset key>" stand for their preset), or None for a model without one (SD3.5 Medium, a folder or
+    a hub id of no preset)."""
+    from sd3_helper import preset_for
+
+    preset = preset_for(str(model_id))
+    return CANNY_CONTROLNETS.get(preset.key) if preset is not None else None
+
+
+def controlnet_for(model_id: str | Path, *, checkpoint: str | Path, models_dir: Path, weight_format: str) -> Path | None:
+    """The OpenVINO folder of the canny ControlNet for `model_id` (see `canny_controlnet`), used with the SD3
+    `checkpoint`, in `weight_format` (int8-hybrid: int8), converted once to `models_dir`; None for a model without one.
+
+    For the tiny models a random ControlNet of the same family stands in (`tiny_controlnet`). `checkpoint` is also the
+    `base_model` whose patch embedding Stability's SD3.5 ControlNets take at conversion. Converting again is skipped
+    (`convert_sd3_controlnet` keeps a folder converted from the same source with the same options).
+    """
+    from sd3_helper import convert_sd3_controlnet
+
+    controlnet = canny_controlnet(model_id)
+    if controlnet is None:
+        return None
+    source, family = controlnet
+    if is_tiny(model_id):
+        source = tiny_controlnet(checkpoint, models_dir=models_dir, family=family)
+    controlnet_format = CONTROLNET_WEIGHT_FORMAT.get(weight_format, weight_format)
+    output_dir = Path(models_dir) / f"{Path(str(checkpoint)).name}-controlnet-canny-ov-{controlnet_format}"  # one per base model
+    return convert_sd3_controlnet(source, output_dir, weight_format=controlnet_format, base_model=checkpoint)
+
+
+def tiny_controlnet(checkpoint: str | Path, *, models_dir: Path, family: str) -> Path:
+    """A random ControlNet of `family` ("instantx" or "sd3.5") for the tiny `checkpoint`, made once, offline, in a
+    moment: it stands in for a downloaded canny ControlNet. Returns its folder (diffusers format)."""
+    from sd3_helper import make_tiny_sd3_controlnet
+
+    folder = Path(models_dir) / f"{Path(str(checkpoint)).name}-controlnet-canny"
+    return folder if (folder / "config.json").is_file() else make_tiny_sd3_controlnet(checkpoint, folder, family=family)
 
 
 def timed(pipe, **kwargs) -> tuple:

@@ -1,6 +1,7 @@
 """`stable-diffusion-v3.ipynb`: committed clean, and run headless with papermill on the offline tiny model."""
 
 import ast
+import json
 import os
 import shutil
 import sys
@@ -21,7 +22,7 @@ NOTEBOOK = REPO_ROOT / "stable-diffusion-v3.ipynb"
 ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 KNOBS = {"model_id", "load_t5", "weight_format", "device", "height", "width", "num_inference_steps"}
 KNOBS |= {"guidance_scale", "seed", "prompt", "launch_demo", "image_to_image", "skip_guidance_layers"}
-KNOBS |= {"compare_formats", "quantize_vae", "lora_adapters"}
+KNOBS |= {"compare_formats", "quantize_vae", "lora_adapters", "use_controlnet"}
 WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show
 TEST_PARAMETERS = {
     "model_id": "tiny",
@@ -88,6 +89,47 @@ def test_transformer_steps_counts_the_steps_the_step_cache_computes():
     # steps 0-2, 5, 8, 10, 11: the transformer calls test_interop counts in openvino.genai with these settings
     config = TaylorSeerConfig(cache_interval=3, disable_cache_before_step=3, disable_cache_after_step=-2)
     assert transformer_steps(config, num_inference_steps=12) == 7
+
+
+INSTANTX_CANNY, STABILITY_CANNY = "InstantX/SD3-Controlnet-Canny", "stabilityai/stable-diffusion-3.5-large-controlnet-canny"
+CANNY_CONTROLNET_CASES = {  # model id -> the hub id of its canny ControlNet (None: the notebook skips the section)
+    "sd3-medium": INSTANTX_CANNY,
+    "stabilityai/stable-diffusion-3-medium-diffusers": INSTANTX_CANNY,
+    "tiny": INSTANTX_CANNY,  # a random stand-in of the same family
+    "sd3.5-large": STABILITY_CANNY,
+    "tiny-sd3.5-large-turbo": STABILITY_CANNY,
+    "sd3.5-medium": None,
+    "/models/my-sd3": None,
+}
+
+
+@pytest.mark.parametrize("model_id, expected", CANNY_CONTROLNET_CASES.items(), ids=CANNY_CONTROLNET_CASES.keys())
+def test_each_model_gets_the_canny_controlnet_of_its_family(model_id, expected):
+    from notebook_utils import canny_controlnet
+
+    controlnet = canny_controlnet(model_id)
+    assert (controlnet[0] if controlnet else None) == expected
+    assert controlnet is None or controlnet[1] == ("instantx" if expected == INSTANTX_CANNY else "sd3.5")
+
+
+def test_controlnet_for_converts_the_presets_controlnet_with_the_model_as_base_model(tmp_path):
+    """`convert_sd3_controlnet` stubbed: which ControlNet, where, in which format, with which base model."""
+    import sd3_helper
+    from notebook_utils import controlnet_for
+
+    calls = []
+
+    def convert(checkpoint, output_dir, **options):
+        calls.append((checkpoint, output_dir, options))
+        return output_dir
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(vars(sd3_helper), "convert_sd3_controlnet", convert)  # without importing the real one (torch)
+        base = "stabilityai/stable-diffusion-3.5-large"
+        folder = controlnet_for("sd3.5-large", checkpoint=base, models_dir=tmp_path, weight_format="int8-hybrid")
+        assert controlnet_for("sd3.5-medium", checkpoint="stabilityai/stable-diffusion-3.5-medium", models_dir=tmp_path, weight_format="int8") is None
+    assert folder == tmp_path / "stable-diffusion-3.5-large-controlnet-canny-ov-int8"  # int8-hybrid is a transformer format
+    assert calls == [(STABILITY_CANNY, folder, {"weight_format": "int8", "base_model": base})]
 
 
 def test_bar_charts_draw_one_panel_per_comparison_with_the_values():
@@ -230,6 +272,23 @@ def test_fused_lora_section_converts_its_own_folder_and_times_four_steps(execute
     assert max_difference(base, fused) > 4, "4 steps of the fused model should not give the base model's image"
 
 
+def test_controlnet_section_shows_the_edges_and_the_images_at_three_scales(executed):
+    from sd3_helper import canny_edges
+
+    edges, scale_0, scale_half, scale_1 = grid_cells(executed["output_dir"] / "controlnet.png", 4)
+    source = Image.open(executed["output_dir"] / "image.png")
+    np.testing.assert_array_equal(edges, np.asarray(canny_edges(source)))  # the control image: the generated image's edges
+    half, full = max_difference(scale_half, scale_0), max_difference(scale_1, scale_0)
+    print(f"\nControlNet vs scale 0: 0.5 {half}/255, 1.0 {full}/255")
+    assert min(half, full) > 12, "the random tiny ControlNet should change the image"  # measured 98 and 134
+    shown = next(cell for cell in code_cells(executed["notebook"]) if "controlnet_grid" in cell.source)
+    assert any("image/png" in output.get("data", {}) for output in shown.outputs), "the grid is not shown"
+    assert "one transformer serves both pipelines: True" in "".join(code_outputs(executed, "stdout"))
+    folder = executed["models_dir"] / "sd3-tiny-controlnet-canny-ov-fp16"  # the notebook's weight format in the tests
+    record = json.loads((folder / "openvino_conversion.json").read_text())
+    assert record["kind"] == "sd3_controlnet" and record["options"]["weight_format"] == "fp16"
+
+
 def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed):
     restyled = Image.open(executed["output_dir"] / "image-to-image.png")  # input + two strengths
     repainted = Image.open(executed["output_dir"] / "inpainting.png")  # input + mask + result
@@ -239,7 +298,9 @@ def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed
     np.testing.assert_array_equal(left_cell, source)  # the first cell is the generated image itself
 
 
-PRESET_RUN = dict(height=32, width=32, compare_formats=False, compare_genai=False, image_to_image=False, lora_adapters=False, launch_demo=False)
+PRESET_RUN = dict(
+    height=32, width=32, compare_formats=False, compare_genai=False, image_to_image=False, lora_adapters=False, use_controlnet=False, launch_demo=False
+)
 
 
 @pytest.mark.slow  # papermill runs the notebook, which builds and converts a tiny model
