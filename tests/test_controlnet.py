@@ -200,6 +200,24 @@ def test_skip_layer_guidance_and_lora_work_with_a_controlnet(controlnet_pipeline
     np.testing.assert_allclose(run(ours, ours=True, **case), plain, atol=1e-6)
 
 
+def test_previews_and_vae_tiling_work_with_a_controlnet(controlnet_models):
+    _, model_dir, _, folder = controlnet_models["instantx"]
+    pipe = sd3_helper.OVStableDiffusion3ControlNetPipeline.from_pretrained(model_dir, controlnet=folder, ov_config=F32)
+    pipe.set_progress_bar_config(disable=True)
+    whole = run(pipe, ours=True, control_image=control_picture(0))
+    previews = []
+
+    def preview(pipeline, step, timestep, callback_kwargs):
+        previews.append(pipeline.preview_images(callback_kwargs["latents"])[0])
+        return {}
+
+    pipe.enable_vae_tiling(tile_sample_min_size=16)  # a 32x48 image: 2 x 3 overlapping tiles, each way through the VAE
+    tiled = run(pipe, ours=True, control_image=control_picture(0), callback_on_step_end=preview)
+    assert len(previews) == STEPS and previews[0].size == (WIDTH // pipe.vae_scale_factor, HEIGHT // pipe.vae_scale_factor)
+    assert tiled.shape == whole.shape and np.isfinite(tiled).all()
+    assert len(pipe.get_performance_metrics().vae_encode_times) > 1, "the control image was encoded tile by tile"
+
+
 @pytest.mark.parametrize("weight_format", ["int8", "int4"])
 def test_compressed_controlnets_stay_close_to_fp32(controlnet_models, controlnet_pipelines, tmp_path, weight_format):
     _, model_dir, source, fp32_folder = controlnet_models["instantx"]
