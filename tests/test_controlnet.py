@@ -200,6 +200,18 @@ def test_skip_layer_guidance_and_lora_work_with_a_controlnet(controlnet_pipeline
     np.testing.assert_allclose(run(ours, ours=True, **case), plain, atol=1e-6)
 
 
+def test_device_and_ov_config_may_name_the_controlnet(controlnet_models, controlnet_pipelines):
+    _, model_dir, _, folder = controlnet_models["instantx"]
+    every = ("transformer", "text_encoder", "text_encoder_2", "vae_decoder", "vae_encoder", "controlnet")
+    pipe = sd3_helper.OVStableDiffusion3ControlNetPipeline.from_pretrained(
+        model_dir, controlnet=folder, device={"transformer": "CPU", "controlnet": "CPU"}, ov_config={name: F32 for name in every}
+    )
+    assert pipe.controlnets[0].submodel.ov_config == F32 and pipe.vae_encoder.ov_config == F32
+    reference, _ = controlnet_pipelines("instantx")
+    case = dict(control_image=control_picture(0))
+    np.testing.assert_array_equal(run(pipe, ours=True, **case), run(reference, ours=True, **case))
+
+
 def test_previews_and_vae_tiling_work_with_a_controlnet(controlnet_models):
     _, model_dir, _, folder = controlnet_models["instantx"]
     pipe = sd3_helper.OVStableDiffusion3ControlNetPipeline.from_pretrained(model_dir, controlnet=folder, ov_config=F32)

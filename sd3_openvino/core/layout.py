@@ -34,6 +34,7 @@ RT_INFO_WEIGHT_FORMAT = ["sd3_helper", "weight_format"]  # where a converted IR 
 BLOCK_MASK = "block_mask"  # the transformer IR's state: 1 runs a block, 0 skips it (skip-layer guidance)
 CONTROLNET_OUTPUT = "controlnet_block_samples"  # a ControlNet IR's outputs: `controlnet_block_samples.{k}`, one per block
 PIPELINE_SUBMODELS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder")
+CONFIGURABLE_SUBMODELS = PIPELINE_SUBMODELS + ("vae_encoder", "controlnet")  # the keys of per-submodel `device` / `ov_config` dicts
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 COPIED_COMPONENTS = TOKENIZERS + ("scheduler",)

@@ -13,10 +13,10 @@ import numpy as np
 
 from ..core.layout import (
     CONFIG_JSON,
+    CONFIGURABLE_SUBMODELS,
     MODEL_INDEX,
     OV_MODEL_BIN,
     OV_MODEL_XML,
-    PIPELINE_SUBMODELS,
     TEXT_ENCODERS,
     check_bin_size,
     check_config_keys,
@@ -168,9 +168,9 @@ def device_for(device: str | dict[str, str], submodel: str) -> str:
 
 def check_devices(device: str | dict[str, str], *, available: list[str]) -> None:
     """Name an unknown submodel or an unavailable device before OpenVINO fails deep inside compilation."""
-    if isinstance(device, dict) and set(device) - set(PIPELINE_SUBMODELS):
-        unknown = sorted(set(device) - set(PIPELINE_SUBMODELS))
-        raise ValueError(f"`device` names unknown submodels {unknown}; use {list(PIPELINE_SUBMODELS)}.")
+    if isinstance(device, dict) and set(device) - set(CONFIGURABLE_SUBMODELS):
+        unknown = sorted(set(device) - set(CONFIGURABLE_SUBMODELS))
+        raise ValueError(f"`device` names unknown submodels {unknown}; use {list(CONFIGURABLE_SUBMODELS)}.")
     if not isinstance(device, (str, dict)):
         raise TypeError(f"`device` has to be a str such as 'CPU' or a dict by submodel but is {device!r}.")
     for submodel, name in (device.items() if isinstance(device, dict) else [("all submodels", device)]):
@@ -186,7 +186,7 @@ def submodel_ov_config(ov_config: dict | None, *, submodel: str, device: str, ca
     """OpenVINO properties of one submodel: `ov_config` (shared, or its entry when keyed by submodel name),
     the compiled-model cache (weightless on CPU: a few MB a model instead of a copy of its weights), and f32 for text encoders on a GPU (they lose accuracy in f16, and run once a prompt)."""
     ov_config = ov_config or {}
-    per_submodel = bool(ov_config) and set(ov_config) <= set(PIPELINE_SUBMODELS)
+    per_submodel = bool(ov_config) and set(ov_config) <= set(CONFIGURABLE_SUBMODELS)
     config = dict(ov_config.get(submodel, {}) if per_submodel else ov_config)
     if cache_dir is not None:
         config.setdefault("CACHE_DIR", str(cache_dir))
