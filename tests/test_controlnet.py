@@ -212,6 +212,24 @@ def test_device_and_ov_config_may_name_the_controlnet(controlnet_models, control
     np.testing.assert_array_equal(run(pipe, ours=True, **case), run(reference, ours=True, **case))
 
 
+def test_a_controlnet_pipeline_clone_generates_at_the_same_time(controlnet_pipelines):
+    import threading
+
+    ours, _ = controlnet_pipelines("instantx", "instantx-2")
+    twin = ours.clone()
+    assert twin.controlnets[0].submodel.shared is ours.controlnets[0].submodel.shared
+    cases = [dict(control_image=[control_picture(0), control_picture(1)]), dict(control_image=[control_picture(2), control_picture(3)], prompt="a dog")]
+    expected = [run(ours, ours=True, **case) for case in cases]
+    results = {}
+    threads = [threading.Thread(target=lambda i=i, pipe=pipe: results.__setitem__(i, run(pipe, ours=True, **cases[i]))) for i, pipe in enumerate((ours, twin))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, want in enumerate(expected):
+        np.testing.assert_array_equal(results[index], want)
+
+
 def test_previews_and_vae_tiling_work_with_a_controlnet(controlnet_models):
     _, model_dir, _, folder = controlnet_models["instantx"]
     pipe = sd3_helper.OVStableDiffusion3ControlNetPipeline.from_pretrained(model_dir, controlnet=folder, ov_config=F32)

@@ -94,6 +94,7 @@ def enable_controlnet_states(transformer: OVSubmodel, *, where: Path) -> None:
     num_layers = transformer.config["num_layers"]
     if set(controlnet_state_names(num_layers)) <= set(transformer.state_names):
         return
+    transformer.check_unshared("Adding ControlNet residual states")
     add_controlnet_states(transformer.model, num_layers=num_layers, where=where)
     transformer.release()
 

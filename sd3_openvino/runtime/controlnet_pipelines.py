@@ -106,6 +106,10 @@ class OVStableDiffusion3ControlNetPipeline(OVStableDiffusion3Pipeline):
         )
         enable_controlnet_states(self.transformer, where=self.model_dir / "transformer")
 
+    def clone_extras(self, twin) -> None:
+        """A clone runs its own infer requests on the ControlNets too (see `OVStableDiffusion3Pipeline.clone`)."""
+        twin.controlnets = [ControlNet(controlnet.submodel.clone(), controlnet.path) for controlnet in self.controlnets]
+
     def compile(self) -> None:
         """Compile the base models (see `OVStableDiffusion3Pipeline.compile`) and the ControlNets."""
         super().compile()

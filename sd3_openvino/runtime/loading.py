@@ -109,6 +109,32 @@ class PipelineLoaderMixin:
         new_pipe.metrics_recorder.track_memory = pipe.metrics_recorder.track_memory
         return new_pipe
 
+    def clone(self) -> "PipelineLoaderMixin":
+        """A pipeline of this class that generates at the same time as this one (in another thread) on the same compiled
+        models, so the weights are held once (openvino.genai's `clone()`): its own infer requests, scheduler, call lock,
+        LoRA adapter choice (the adapters loaded so far, their weights set independently), prompt cache and metrics.
+
+        The clones share the submodels' graphs: what changes a graph (`load_lora_weights` for layers no adapter had yet,
+        `unload_lora_weights`, a ControlNet's `from_pipe` on a plain pipeline) raises a ValueError while clones live, so do
+        it before cloning. `from_pipe` pipelines share everything with their source, lock included: one call at a time."""
+        submodels = {name: submodel.clone() for name, submodel in self.submodels.items()}
+        tokenizers = {"tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2, "tokenizer_3": self.tokenizer_3}
+        scheduler = self.scheduler.__class__.from_config(self.scheduler.config)
+        twin = self.__class__(submodels=submodels, tokenizers=tokenizers, scheduler=scheduler, model_dir=self.model_dir)
+        twin.shapes, twin._static_shape, twin.on_compile, twin.vae_tiling = self.shapes, self._static_shape, self.on_compile, self.vae_tiling
+        if self.prompt_cache is not None:
+            twin.enable_prompt_cache(self.prompt_cache.max_prompts)
+        twin.release_text_encoders = self.release_text_encoders
+        twin.lora = self.lora.copy_for(twin.submodels)
+        twin.set_progress_bar_config(**self.progress_bar_config)
+        twin.metrics_recorder.read_time = self.metrics_recorder.read_time
+        twin.metrics_recorder.track_memory = self.metrics_recorder.track_memory
+        self.clone_extras(twin)
+        return twin
+
+    def clone_extras(self, twin: "PipelineLoaderMixin") -> None:
+        """What a pipeline class adds to `clone` (the ControlNet pipelines: their ControlNets)."""
+
     def compile(self) -> None:
         """Compile every submodel now instead of on first use; under the "auto" shapes policy the transformer and VAE
         decoder wait for the first call (they compile for its size)."""

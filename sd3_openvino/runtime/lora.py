@@ -380,6 +380,19 @@ class LoraAdapters:
     def names(self) -> list[str]:
         return list(self.layers)
 
+    def copy_for(self, submodels: dict) -> "LoraAdapters":
+        """The same adapters (their layers shared, read-only) with their own choice and weights, writing the states of
+        `submodels` (a clone's, see `OVStableDiffusion3Pipeline.clone`)."""
+        return LoraAdapters(
+            submodels=submodels,
+            model_dir=self.model_dir,
+            layers=dict(self.layers),
+            active={component: list(names) for component, names in self.active.items()},
+            weights={name: dict(weights) for name, weights in self.weights.items()},
+            features=dict(self.features),
+            enabled=self.enabled,
+        )
+
     def components(self) -> list[str]:
         """The components with at least one adapter loaded, in diffusers' order."""
         return [component for component in LORA_COMPONENTS if any(component in layers for layers in self.layers.values())]
@@ -401,6 +414,7 @@ class LoraAdapters:
                 raise ValueError(f"LoRA {describe_source(source)} has weights for `{component}`, which this pipeline does not load.")
             new_paths = sorted(set(component_layers) - lora_module_paths(submodel.model))
             if new_paths:
+                submodel.check_unshared("Loading a LoRA adapter for new layers")
                 add_lora_states(submodel.model, new_paths, where=self.model_dir / component)
                 submodel.release()  # compiled again on next use, with its states
         self.layers[adapter_name] = layers

@@ -4,9 +4,12 @@ tokenizers and scheduler, all from local files.
 Imports the layout, and the torch-free `sd3_tokenizers` and `sd3_scheduler` (no transformers, no diffusers).
 """
 
+import copy
 import os
 import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,27 @@ MADV_DONTNEED = 4  # Linux's madvise advice: drop these pages; a later read of a
 # ----------------------------------------------------------------------------------------------------------
 # One OpenVINO submodel, and where it runs
 # ----------------------------------------------------------------------------------------------------------
+
+
+class SharedCompilation:
+    """The compiled models of one submodel graph by input shapes, shared by the submodel and its clones
+    (`OVSubmodel.clone`): each compiled model holds a copy of the weights, whichever clone compiled it. The lock
+    serializes shaping the shared graph and compiling it."""
+
+    def __init__(self):
+        self.compiled = {}  # shapes key -> openvino.CompiledModel, oldest first
+        self.lock = threading.RLock()
+        self.members = 1  # the submodel and its live clones
+
+    def join(self, clone) -> None:
+        """Count `clone` as a member until it is garbage-collected."""
+        with self.lock:
+            self.members += 1
+        weakref.finalize(clone, self.leave)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.members -= 1
 
 
 class OVSubmodel:
@@ -67,19 +91,30 @@ class OVSubmodel:
         self.states = {}  # state name -> value (None: empty) that every infer request starts with (LoRA adapters)
         self.max_compiled_shapes = 1  # infer requests kept compiled, by input shapes (see `reshape`)
         self._compiled = {}  # shapes key -> infer request, oldest first; holds `request` when it has one
+        self.shared = SharedCompilation()  # the compiled models, shared with this submodel's clones (`clone`)
 
     def compile(self) -> None:
-        """Compile the model for its device and make its infer request (with the states of `set_states`); the seconds
-        it took are `compile_time` (see `metrics.PerformanceMetrics.compile_times`)."""
-        self._compiled.pop(_shapes_key(self.shapes), None)  # a request of these shapes is replaced, not kept twice
-        started = time.perf_counter()
-        compiled = self.core.compile_model(self.model, self.device, self.ov_config)
+        """Make this submodel's infer request (with the states of `set_states`) on the compiled model of its shapes: the
+        one its clones share when they have it, else compiled now for its device; the seconds a compilation took are
+        `compile_time` (see `metrics.PerformanceMetrics.compile_times`)."""
+        key = _shapes_key(self.shapes)
+        self._compiled.pop(key, None)  # a request of these shapes is replaced, not kept twice
+        with self.shared.lock:
+            compiled = self.shared.compiled.pop(key, None)
+            if compiled is None:
+                while self.shared.compiled and len(self.shared.compiled) >= self.max_compiled_shapes:
+                    self.shared.compiled.pop(next(iter(self.shared.compiled)))  # freed before the new one compiles
+                if self.shapes is not None:
+                    self.model.reshape(self.shapes)  # the graph is shared with the clones: shaped under their lock
+                started = time.perf_counter()
+                compiled = self.core.compile_model(self.model, self.device, self.ov_config)
+                self.compile_time = time.perf_counter() - started
+                if self.first_compile_time is None:
+                    self.first_compile_time = self.compile_time
+                self.compilations += 1
+            self.shared.compiled[key] = compiled  # the most recent
         self.request = compiled.create_infer_request()
-        self.compile_time = time.perf_counter() - started
-        if self.first_compile_time is None:
-            self.first_compile_time = self.compile_time
-        self.compilations += 1
-        self._compiled[_shapes_key(self.shapes)] = self.request
+        self._compiled[key] = self.request
         self.write_states(self.states)
 
     def reshape(self, shapes: dict[str, list[int]]) -> bool:
@@ -98,17 +133,47 @@ class OVSubmodel:
             return False
         while self._compiled and len(self._compiled) >= self.max_compiled_shapes:
             self._compiled.pop(next(iter(self._compiled)))  # freed before the new one compiles: one copy at a time
-        self.model.reshape(shapes)
+        with self.shared.lock:
+            if key in self.shared.compiled:  # a clone compiled these shapes: run them at once
+                self.compile()
+                return False
+            self.model.reshape(shapes)
         return True
 
     def release(self) -> None:
-        """Drop every compiled model and infer request (their memory goes back); the model compiles again on next use."""
+        """Drop every compiled model and infer request (their memory goes back once no clone runs them either); the
+        model compiles again on next use."""
         self.request, self._compiled = None, {}
+        with self.shared.lock:
+            self.shared.compiled.clear()
+
+    def clone(self) -> "OVSubmodel":
+        """This submodel with its own infer requests on the same compiled models (one copy of the weights), for
+        another thread: its states (LoRA adapters) are its own. Its graph is shared: change it (`check_unshared`) before
+        cloning."""
+        twin = copy.copy(self)
+        twin.states, twin.request, twin._compiled = dict(self.states), None, {}
+        twin.shapes = None if self.shapes is None else {name: list(dims) for name, dims in self.shapes.items()}
+        self.shared.join(twin)
+        if self.request is not None:
+            twin.compile()  # a new infer request on the shared compiled model: nothing compiles
+        return twin
+
+    def check_unshared(self, change: str) -> None:
+        """Raise a ValueError if this submodel's graph is shared with clones: `change` (e.g. "loading a LoRA adapter
+        for new layers") would change it under them."""
+        if self.shared.members > 1:
+            raise ValueError(
+                f"{change} changes the `{self.name}` graph, which this pipeline shares with {self.shared.members - 1} "
+                "clone(s) (`clone()`). Do it before cloning, or on a pipeline loaded with `from_pretrained`."
+            )
 
     def reload(self) -> None:
         """Read the IR again (dropping graph changes such as LoRA states, keeping `reshape`'s shapes); the model is
         compiled again on next use."""
+        self.check_unshared("Reading the IR again (`unload_lora_weights`)")
         self.model, self.states, self.request, self._compiled = self.core.read_model(self.xml_path, self.bin_path), {}, None, {}
+        self.shared = SharedCompilation()
         if self.shapes is not None:
             self.model.reshape(self.shapes)
 
