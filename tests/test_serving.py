@@ -82,3 +82,14 @@ def test_client_against_a_loopback_images_endpoint(ov_pipeline):
     assert body == {"model": "sd3", "prompt": "a cat", "size": "48x32", "n": 1, "num_inference_steps": 2, "response_format": "b64_json", "rng_seed": 5}
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.size == (48, 32)
+
+
+def test_the_ray_serve_config_is_valid_and_points_at_the_app_builder():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "serving" / "ray_serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    application = schema.applications[0]
+    assert application.import_path == "serving.ray_app:build_app" and application.args["model_dir"]
+    assert application.deployments[0].name == "SD3Images"  # the class the builder binds
