@@ -115,11 +115,9 @@ def bad_request(_request, error: RequestValidationError) -> JSONResponse:
     return JSONResponse(status_code=400, content={"detail": problems})
 
 
-@serve.deployment
-@serve.ingress(api)
-class SD3Images:
-    """One replica: a pipeline, its `clones - 1` clones (one set of weights) and image-to-image / inpainting pipelines
-    sharing them, each answering one request at a time."""
+class PipelinePool:
+    """One replica's pipelines: a pipeline, its `clones - 1` clones (one set of weights) and image-to-image / inpainting
+    pipelines sharing them; each request takes a free set (`generate`). Plain Python: usable without Ray."""
 
     def __init__(self, model_dir: str, device: str = "CPU", clones: int = 1, lora: dict | None = None, ov_config: dict | None = None):
         from sd3_helper import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline, OVStableDiffusion3Pipeline
@@ -134,6 +132,8 @@ class SD3Images:
             self.pool.append({"text": pipe, "image": image_to_image, "inpaint": OVStableDiffusion3InpaintPipeline.from_pipe(image_to_image)})
 
     def generate(self, request: ImagesRequest, *, task: str, **extra) -> dict:
+        """The response to `request` by the `task` pipeline ("text", "image", "inpaint") of a free set; a user's
+        mistake is an HTTP 400 with the pipeline's message."""
         with self.pool_lock:
             pipelines = self.pool.pop()
         try:
@@ -148,11 +148,20 @@ class SD3Images:
                 self.pool.append(pipelines)
         return {"data": encoded_images(images)}
 
+
+@serve.deployment
+@serve.ingress(api)
+class SD3Images:
+    """One replica: a `PipelinePool` behind the routes; it takes as many requests at once as it has clones."""
+
+    def __init__(self, model_dir: str, device: str = "CPU", clones: int = 1, lora: dict | None = None, ov_config: dict | None = None):
+        self.pipelines = PipelinePool(model_dir, device, clones, lora, ov_config)
+
     @api.post("/v1/images/generations")
     def generations(self, request: ImagesRequest) -> dict:
         if request.image is not None or request.mask is not None:
             raise HTTPException(status_code=400, detail="`image` and `mask` belong to /v1/images/edits.")
-        return self.generate(request, task="text")
+        return self.pipelines.generate(request, task="text")
 
     @api.post("/v1/images/edits")
     def edits(self, request: ImagesRequest) -> dict:
@@ -166,11 +175,11 @@ class SD3Images:
                 extra["strength"] = request.strength
         except ValueError as error:
             raise HTTPException(status_code=400, detail=str(error)) from error
-        return self.generate(request, task="inpaint" if request.mask is not None else "image", **extra)
+        return self.pipelines.generate(request, task="inpaint" if request.mask is not None else "image", **extra)
 
     @api.get("/health")
     def health(self) -> dict:
-        return {"status": "ok", "pid": os.getpid(), "model_dir": self.model_dir}
+        return {"status": "ok", "pid": os.getpid(), "model_dir": self.pipelines.model_dir}
 
 
 def build_app(args: dict):

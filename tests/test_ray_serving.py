@@ -152,3 +152,22 @@ def test_edits_route_repaints_with_a_mask(ray_app):
     assert result.shape == (32, 48, 3)
     status, payload = post(f"{url}/v1/images/edits", {"prompt": "x", "image": "not base64!"})
     assert status == 400 and "`image` has to be a base64-encoded PNG or JPEG" in payload["detail"]
+
+
+def test_a_replica_serves_loras_by_name_from_its_pool_of_clones(converted, tiny_checkpoint, tmp_path):
+    from fastapi import HTTPException
+
+    from serving.ray_app import ImagesRequest, PipelinePool
+
+    model_dir, lora = converted("fp32", False), sd3_helper.make_tiny_lora(tiny_checkpoint, tmp_path / "lora")
+    replica = PipelinePool(str(model_dir), "CPU", 2, {"style": str(lora)}, F32)  # what a replica holds, without Ray
+    assert len(replica.pool) == 2 and replica.pool[0]["text"].transformer.shared is replica.pool[1]["text"].transformer.shared
+    request = dict(prompt="a cat", size=SIZE, num_inference_steps=STEPS, seed=1, step_cache=False)
+    served = replica.generate(ImagesRequest(**request, adapter="style"), task="text")["data"][0]["b64_json"]
+    pipe = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(model_dir, ov_config=F32)
+    pipe.load_lora_weights(lora, adapter_name="style")
+    expected = pipe("a cat", height=32, width=48, num_inference_steps=STEPS, generator=1, taylorseer=None).images[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(served)))), np.asarray(expected))
+    with pytest.raises(HTTPException) as refused:
+        replica.generate(ImagesRequest(**request, adapter="nope"), task="text")
+    assert refused.value.status_code == 400 and "nope" in refused.value.detail

@@ -13,6 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -93,3 +94,21 @@ def test_the_ray_serve_config_is_valid_and_points_at_the_app_builder():
     application = schema.applications[0]
     assert application.import_path == "serving.ray_app:build_app" and application.args["model_dir"]
     assert application.deployments[0].name == "SD3Images"  # the class the builder binds
+
+
+def test_the_ray_app_maps_requests_to_pipeline_arguments():
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from serving.ray_app import ImagesRequest, call_arguments, parse_size
+
+    arguments = call_arguments(ImagesRequest(prompt="a cat", size="768x512", rng_seed=5, n=2, step_cache=False, num_inference_steps=9))
+    assert arguments["width"] == 768 and arguments["height"] == 512 and arguments["generator"] == 5
+    assert arguments["num_images_per_prompt"] == 2 and arguments["taylorseer"] is None and arguments["num_inference_steps"] == 9
+    assert "guidance_scale" not in arguments, "left out: the pipeline's default"
+    assert call_arguments(ImagesRequest(prompt="x", seed=3))["generator"] == 3 and parse_size(None) == {}
+    for bad, message in (("512", "`size` has to be 'WIDTHxHEIGHT'"), ("axb", "`size` has to be 'WIDTHxHEIGHT'")):
+        with pytest.raises(ValueError, match=message):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="`response_format` has to be 'b64_json' but is 'url'"):
+        call_arguments(ImagesRequest(prompt="x", response_format="url"))
