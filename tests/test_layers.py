@@ -33,6 +33,7 @@ RUNTIME_LAZY_HEAVY = {
     ("lora.py", "inject_lora", "diffusers"): "diffusers' SD3 LoRA loaders give the layers and their scalings",
     ("lora.py", "inject_lora", "transformers"): "quiets transformers' logger while they run",
     ("lora.py", "read_lora_layers", "peft"): "peft's layer class, to find the layers the LoRA adapts",
+    ("lora_formats.py", "convert_community_lora", "torch"): "Kohya / ComfyUI LoRAs arrive as torch tensors (read for diffusers' loaders)",
 }
 
 

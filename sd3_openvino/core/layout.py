@@ -269,8 +269,8 @@ def check_local_checkpoint(checkpoint: str | Path, *, load_t5: bool = True) -> d
     if not folder.is_dir():
         raise FileNotFoundError(
             f"The checkpoint `{checkpoint}` {'is a file' if folder.exists() else 'does not exist'}. Pass a local folder in "
-            "diffusers format (it contains `model_index.json`) or a Hugging Face hub id such as "
-            "`stabilityai/stable-diffusion-3-medium-diffusers`."
+            "diffusers format (it contains `model_index.json`), a single-file checkpoint (`.safetensors` or a GGUF "
+            "transformer `.gguf`) or a Hugging Face hub id such as `stabilityai/stable-diffusion-3-medium-diffusers`."
         )
     index_path = folder / MODEL_INDEX
     if not index_path.is_file():

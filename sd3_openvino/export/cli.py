@@ -28,8 +28,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     tiny.add_argument("--seed", type=int, default=0)
 
     convert = commands.add_parser("convert", help="convert an SD3 checkpoint to OpenVINO IR")
-    convert.add_argument("checkpoint", help="hub id (e.g. stabilityai/stable-diffusion-3-medium-diffusers) or local folder")
+    convert.add_argument(
+        "checkpoint",
+        help="hub id (e.g. stabilityai/stable-diffusion-3-medium-diffusers), local folder, or single file (.safetensors, GGUF transformer .gguf)",
+    )
     convert.add_argument("output_dir", type=Path)
+    convert.add_argument(
+        "--config", default=None, help="single files: the base (diffusers folder or hub id) for tokenizers, scheduler, configs and missing parts"
+    )
     convert.add_argument("--weight-format", choices=WEIGHT_FORMATS, default="fp16")
     convert.add_argument("--no-t5", action="store_true", help="skip the T5-XXL text encoder (saves ~9.5 GB of RAM)")
     convert.add_argument("--overwrite", action="store_true", help="convert again even if already converted")
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
             lora = check_lora(args.lora, argument="`--lora`")  # before the checkpoint is read
             options = dict(load_t5=not args.no_t5, weight_format=args.weight_format, quantize_vae=args.quantize_vae, lora=lora)
-            options["overwrite"] = args.overwrite
+            options |= {"overwrite": args.overwrite, "config": args.config}
             print(convert_sd3(args.checkpoint, args.output_dir, **options))
             if args.preview_decoder:
                 print(convert_preview_decoder(args.preview_decoder, args.output_dir, overwrite=args.overwrite))

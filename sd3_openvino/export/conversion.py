@@ -31,9 +31,10 @@ from ..core.layout import (
 )
 from ..runtime.lora import LORA_COMPONENTS, check_lora, read_lora_state_dict
 from .ir import compress_weights, name_block_outputs, name_linear_layers, parameter_to_state
-from .loading import fuse_loras, load_component, load_model_index_and_revision, quiet_progress_bars
+from .loading import fuse_loras, load_component, load_model_index_and_revision, quiet_progress_bars, transformer_layers
 from .modules import SUBMODEL_EXPORTS, ExportSpec, GatedBlock, SubmodelExport, compute_in_float32, factor_position_embedding, module_paths
 from .records import conversion_record
+from .single_file import SingleFileCheckpoint
 
 IR_WEIGHT_FORMATS = tuple(name for name in WEIGHT_FORMATS if name != HYBRID_WEIGHT_FORMAT)  # what this module writes
 
@@ -94,14 +95,14 @@ def save_ir(ov_model, directory: Path, *, config_source: torch.nn.Module, weight
 
 
 def _convert_submodel(
-    checkpoint: str | Path, item: SubmodelExport, *, model_index: dict, weight_format: str, folder: ModelFolder, lora: list[tuple[str, float]]
+    checkpoint: str | Path | SingleFileCheckpoint, item: SubmodelExport, *, model_index: dict, weight_format: str, folder: ModelFolder, lora: list[tuple[str, float]]
 ) -> None:
     """Load one component in 16 bits (f32 for fp32), fuse the LoRAs into it, export it into `folder`, free it."""
     # fp32 output needs f32 weights; every other format stores at most 16 bits, so load them in 16 bits.
     torch_dtype = torch.float32 if weight_format == "fp32" else torch.float16
     module = load_component(checkpoint, model_index=model_index, name=item.component, torch_dtype=torch_dtype)
     if lora and item.component in LORA_COMPONENTS:
-        fuse_loras(module, component=item.component, lora=lora)
+        fuse_loras(module, component=item.component, lora=lora, transformer_layers=transformer_layers(checkpoint))
     if item.name == "transformer":
         factor_position_embedding(module)  # before the upcast, so the factors stay 16-bit too
     module = compute_in_float32(module.eval()) if torch_dtype != torch.float32 else module.eval()
@@ -146,7 +147,7 @@ def _copy_components(checkpoint: str | Path, *, model_index: dict, has_t5: bool,
 
 
 def convert_to_openvino(
-    checkpoint: str | Path,
+    checkpoint: str | Path | SingleFileCheckpoint,
     output_dir: str | Path,
     *,
     load_t5: bool = True,
@@ -176,7 +177,7 @@ def convert_to_openvino(
     model_index, revision = load_model_index_and_revision(checkpoint, load_t5=load_t5)  # a local folder's parts first
     has_t5 = load_t5 and has_component(model_index, "text_encoder_3")
     for source, _ in lora:
-        read_lora_state_dict(source)  # a bad LoRA fails before anything is written
+        read_lora_state_dict(source, transformer_layers=transformer_layers(checkpoint))  # a bad LoRA fails before anything is written
     record = conversion_record(checkpoint, revision=revision, weight_format=weight_format, load_t5=has_t5, lora=lora)
     exports = [item for item in SUBMODEL_EXPORTS if has_t5 or item.name != "text_encoder_3"]
     written_index = model_index if has_t5 else {**model_index, "text_encoder_3": [None, None], "tokenizer_3": [None, None]}

@@ -9,6 +9,7 @@ import torch
 
 from ..core.layout import check_local_checkpoint, check_sd3_index, is_hub_id
 from ..runtime.lora import read_lora_state_dict
+from .single_file import SingleFileCheckpoint
 
 
 def _model_not_found(checkpoint: str | Path, error: Exception) -> FileNotFoundError:
@@ -28,10 +29,15 @@ def _model_not_found(checkpoint: str | Path, error: Exception) -> FileNotFoundEr
     )
 
 
-def load_model_index_and_revision(checkpoint: str | Path, *, load_t5: bool = True) -> tuple[dict, str | None]:
+def load_model_index_and_revision(checkpoint: str | Path | SingleFileCheckpoint, *, load_t5: bool = True) -> tuple[dict, str | None]:
     """`load_model_index`, and the hub revision (commit) it was read from (None for a local folder). A local folder
     is checked first (`check_local_checkpoint`: each component the conversion reads, T5 only with `load_t5`), without
-    importing diffusers."""
+    importing diffusers. A single file answers with its base's (see `SingleFileCheckpoint`)."""
+    if isinstance(checkpoint, SingleFileCheckpoint):  # the base's index; T5 from the base only if the file has none
+        t5_from_base = load_t5 and "text_encoder_3" not in checkpoint.components
+        model_index, revision = load_model_index_and_revision(checkpoint.config, load_t5=t5_from_base)
+        checkpoint.check_base_index(model_index)
+        return model_index, revision
     check_local_checkpoint(checkpoint, load_t5=load_t5)
     from diffusers import DiffusionPipeline
 
@@ -50,16 +56,28 @@ def load_model_index(checkpoint: str | Path, *, load_t5: bool = True) -> dict:
     return load_model_index_and_revision(checkpoint, load_t5=load_t5)[0]
 
 
-def fuse_loras(module: torch.nn.Module, *, component: str, lora: list[tuple[str, float]]) -> None:
+def transformer_layers(checkpoint: str | Path | SingleFileCheckpoint) -> int:
+    """The number of blocks of the checkpoint's transformer (`num_layers` of its config; a single file's base)."""
+    from diffusers import SD3Transformer2DModel
+
+    base = checkpoint.config if isinstance(checkpoint, SingleFileCheckpoint) else str(checkpoint)
+    try:
+        return SD3Transformer2DModel.load_config(base, subfolder="transformer")["num_layers"]
+    except OSError as error:
+        raise _model_not_found(base, error) from error
+
+
+def fuse_loras(module: torch.nn.Module, *, component: str, lora: list[tuple[str, float]], transformer_layers: int) -> None:
     """Fuse each `(source, scale)` LoRA of `lora` that has weights for `component` into `module`'s weights, as
-    diffusers' `load_lora_weights` + `set_adapters` + `fuse_lora` do, and remove the LoRA layers again."""
+    diffusers' `load_lora_weights` + `set_adapters` + `fuse_lora` do, and remove the LoRA layers again.
+    `transformer_layers` (the transformer's block count) places Kohya / ComfyUI LoRAs (see `lora_formats.py`)."""
     from diffusers import StableDiffusion3Pipeline
     from diffusers.utils.peft_utils import recurse_remove_peft_layers
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     names = []
     for index, (source, scale) in enumerate(lora):
-        state_dict, metadata = read_lora_state_dict(source)
+        state_dict, metadata = read_lora_state_dict(source, transformer_layers=transformer_layers)
         if not any(key.startswith(f"{component}.") for key in state_dict):
             continue
         name = f"lora_{index}"
@@ -96,8 +114,13 @@ def load_sd3_pipeline(checkpoint: str | Path, *, load_t5: bool = True, torch_dty
         raise _model_not_found(checkpoint, error) from error
 
 
-def load_component(checkpoint: str | Path, *, model_index: dict, name: str, **kwargs):
-    """Load one component (`transformer`, `vae`, `tokenizer_2`, ...) by the class `model_index.json` names."""
+def load_component(checkpoint: str | Path | SingleFileCheckpoint, *, model_index: dict, name: str, **kwargs):
+    """Load one component (`transformer`, `vae`, `tokenizer_2`, ...) by the class `model_index.json` names (of a
+    single file: from the file when it holds it, else from its base)."""
+    if isinstance(checkpoint, SingleFileCheckpoint):
+        if name in checkpoint.components:
+            return checkpoint.load_from_file(name, model_index=model_index, **kwargs)
+        checkpoint = checkpoint.config
     library_name, class_name = model_index[name]
     component_class = getattr(importlib.import_module(library_name), class_name)
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..core.layout import HYBRID_WEIGHT_FORMAT
 from ..runtime.lora import lora_file_in
+from .single_file import SingleFileCheckpoint
 
 SAMPLED_BYTES = 1 << 20  # of a large file, the fingerprint reads the first and the last MiB (and its size)
 
@@ -51,8 +52,13 @@ def conversion_record(
     checkpoint: str | Path, *, revision: str | None, weight_format: str, load_t5: bool, lora: list[tuple[str, float]]
 ) -> dict:
     """What `CONVERSION_RECORD` holds for a conversion: the source (a hub id and revision, or a local folder's
-    fingerprint) and the options (`weight_format`, whether T5 is converted, the fused LoRAs if any)."""
-    if Path(checkpoint).is_dir():
+    fingerprint; a single file's fingerprint and its base) and the options (`weight_format`, whether T5 is converted,
+    the fused LoRAs if any)."""
+    if isinstance(checkpoint, SingleFileCheckpoint):
+        base = conversion_record(checkpoint.config, revision=revision, weight_format=weight_format, load_t5=load_t5, lora=[])["source"]
+        base = {key: value for key, value in base.items() if key != "path"}  # a moved base is the same base
+        source = {"file_sha256": _file_digest(checkpoint.path), "path": str(checkpoint.path.resolve()), "config": base}
+    elif Path(checkpoint).is_dir():
         source = {"fingerprint": checkpoint_fingerprint(checkpoint), "path": str(Path(checkpoint).resolve())}
     else:
         source = {"hub_id": str(checkpoint), "revision": revision}

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.layout import CONFIG_JSON, is_hub_id, linear_node_name, read_model_index
+from .lora_formats import LORA_FORMATS, community_lora_format, convert_community_lora
 
 LORA_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")  # what diffusers' SD3 LoRA loader fills
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name in a LoRA folder
@@ -96,15 +97,20 @@ def lora_source(source, *, argument: str = "LoRA") -> dict | Path | str:
     )
 
 
-def read_lora_state_dict(source: str | Path | dict) -> tuple[dict, dict | None]:
+def read_lora_state_dict(source: str | Path | dict, *, transformer_layers: int | None = None) -> tuple[dict, dict | None]:
     """A LoRA's state dict (peft key names) and its metadata, read by diffusers' `lora_state_dict`, which
-    normalises the formats it knows. `source` is a file, a folder holding its LoRA file (see `lora_file_in`), a hub
-    id or a state dict; a local file is read whatever the hub settings (`HF_HUB_OFFLINE=1` too). A missing path is a
-    FileNotFoundError (see `lora_source`); a ValueError names `source` when it is no LoRA for SD3."""
+    normalises the formats it knows; Kohya and ComfyUI / original-key LoRAs are converted first (see
+    `lora_formats.py`; `transformer_layers`, the transformer's block count, tells which block is the last). `source`
+    is a file, a folder holding its LoRA file (see `lora_file_in`), a hub id or a state dict; a local file is read
+    whatever the hub settings (`HF_HUB_OFFLINE=1` too). A missing path is a FileNotFoundError (see `lora_source`); a
+    ValueError names `source` when it is no LoRA for SD3, listing the formats read."""
     resolved = lora_source(source)
     from diffusers import StableDiffusion3Pipeline
 
     described = describe_source(source)
+    community = read_community_lora(resolved, transformer_layers=transformer_layers, source=described)
+    if community is not None:
+        resolved = community
     if isinstance(resolved, Path):  # folder and file name: diffusers looks for nothing else (offline mode refuses to guess)
         location = {"pretrained_model_name_or_path_or_dict": str(resolved.parent), "weight_name": resolved.name}
     else:
@@ -113,7 +119,7 @@ def read_lora_state_dict(source: str | Path | dict) -> tuple[dict, dict | None]:
         state_dict, metadata = StableDiffusion3Pipeline.lora_state_dict(**location, return_lora_metadata=True)
     except Exception as error:  # a damaged file, a hub id without network (httpx errors), a non-LoRA dict
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}" if str(error).strip() else type(error).__name__
-        raise ValueError(f"LoRA {described} could not be read ({reason}). Pass a diffusers/peft LoRA `.safetensors` file or its folder.") from error
+        raise ValueError(f"LoRA {described} could not be read ({reason}). Pass a LoRA `.safetensors` file or its folder in one of the formats: {'; '.join(LORA_FORMATS)}.") from error
     if not state_dict:
         raise ValueError(f"{described} is not a LoRA: it holds no tensors.")
     not_lora = next((key for key in state_dict if "lora" not in key), None)
@@ -123,9 +129,32 @@ def read_lora_state_dict(source: str | Path | dict) -> tuple[dict, dict | None]:
     if not set(prefixes) & set(LORA_COMPONENTS):
         raise ValueError(
             f"LoRA {described} has no weights for SD3: its tensors start with {prefixes[:5]}, none with {list(LORA_COMPONENTS)}. "
-            "Is it a LoRA for another model?"
+            f"Is it a LoRA for another model? The formats read: {'; '.join(LORA_FORMATS)}."
         )
     return state_dict, metadata
+
+
+def read_community_lora(resolved: dict | Path | str, *, transformer_layers: int | None, source: str) -> dict | None:
+    """A Kohya or ComfyUI / original-key LoRA (a local `.safetensors` file or a state dict) as a peft state dict
+    (`lora_formats.convert_community_lora`); None for any other source, which diffusers reads as it is."""
+    if isinstance(resolved, dict):
+        state_dict = resolved
+        if community_lora_format(state_dict) is None:
+            return None
+    elif isinstance(resolved, Path) and resolved.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(resolved), framework="pt") as file:
+                if community_lora_format(file.keys()) is None:
+                    return None
+                state_dict = {key: file.get_tensor(key) for key in file.keys()}
+        except Exception:  # a damaged file: diffusers' reader names the problem
+            return None
+    else:
+        return None
+    lora_format = community_lora_format(state_dict)
+    return convert_community_lora(state_dict, lora_format=lora_format, transformer_layers=transformer_layers, source=source)
 
 
 def check_scale(scale, *, name: str) -> float:
@@ -230,6 +259,14 @@ def inject_lora(model, state_dict: dict, metadata: dict | None, *, component: st
         diffusers_logger.setLevel(level)
 
 
+def transformer_layer_count(model_dir: Path) -> int | None:
+    """The number of blocks of the folder's transformer (its `config.json`'s `num_layers`), None without one."""
+    import json
+
+    config_path = model_dir / "transformer" / CONFIG_JSON
+    return json.loads(config_path.read_text(encoding="utf-8")).get("num_layers") if config_path.is_file() else None
+
+
 def read_lora_layers(source: str | Path | dict, *, model_dir: str | Path) -> dict[str, dict[str, LoraLayer]]:
     """`{component: {module path: LoraLayer}}` of the LoRA at `source`, for the SD3 folder `model_dir` (its
     configs give the layers). A ValueError says when the LoRA is unreadable, matches no layer of the model, holds
@@ -238,7 +275,7 @@ def read_lora_layers(source: str | Path | dict, *, model_dir: str | Path) -> dic
 
     model_dir = Path(model_dir)
     model_index = read_model_index(model_dir)
-    state_dict, metadata = read_lora_state_dict(source)
+    state_dict, metadata = read_lora_state_dict(source, transformer_layers=transformer_layer_count(model_dir))
     layers = {}
     for component in LORA_COMPONENTS:
         if not any(key.startswith(f"{component}.") for key in state_dict):
