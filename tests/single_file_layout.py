@@ -183,6 +183,8 @@ def community_lora(
     lora, merged = {}, dict(single_file)
     for component, modules in targets.items():
         weight_prefix = TRANSFORMER_PREFIX if component == "transformer" else TEXT_ENCODER_PREFIXES[component]
+        if not any(key.startswith(weight_prefix) for key in merged):
+            weight_prefix = ""  # a transformer-only file: bare keys
         for module in modules:
             weight = merged[f"{weight_prefix}{module}.weight"]
             down = torch.randn(rank, weight.shape[1], generator=generator) * 0.3

@@ -261,3 +261,22 @@ def test_community_lora_fused_at_conversion_matches_the_merged_weights(lora_form
     difference = np.abs(image(ours(fused)) - reference).max()
     print(f"\n{lora_format} LoRA fused at conversion: ours vs merged weights {difference:.2e}")
     assert difference <= 1e-3
+
+
+def test_kohya_lora_on_sd35_medium_dual_attention_blocks_matches_the_merged_weights(single_files, single_file_conversions, single_file_dir):
+    """SD3.5 Medium's second attention (`attn2`) and qk-norm blocks, the last of its 10 tiny blocks included."""
+    from safetensors.torch import load_file
+
+    path, base = single_files("sd3.5-medium-transformer-only")
+    targets = {"transformer": ["joint_blocks.0.x_block.attn2.qkv", "joint_blocks.2.x_block.attn2.proj", "joint_blocks.9.context_block.attn.qkv",
+                               "joint_blocks.9.context_block.adaLN_modulation.1", "joint_blocks.4.x_block.mlp.fc1"]}  # fmt: skip
+    lora, merged = community_lora(load_file(str(path)), targets, lora_format="kohya", rank=2, alpha=None, scale=LORA_SCALE, seed=5)
+    lora_path = save_single_file(lora, single_file_dir / "lora-kohya-sd3.5-medium.safetensors")
+    merged_path = save_single_file(merged, single_file_dir / "merged-sd3.5-medium.safetensors")
+    reference = image(diffusers_from_single_file(merged_path, base, transformer_only=True))
+    pipeline = ours(single_file_conversions("sd3.5-medium-transformer-only"))
+    pipeline.load_lora_weights(str(lora_path), adapter_name="kohya")
+    pipeline.set_adapters(["kohya"], [LORA_SCALE])
+    difference = np.abs(image(pipeline) - reference).max()
+    print(f"\nKohya LoRA on SD3.5 Medium's dual-attention blocks: ours vs merged weights {difference:.2e}")
+    assert difference <= 1e-3
