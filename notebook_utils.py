@@ -184,6 +184,18 @@ def generation_settings(model_id: str, *, num_inference_steps: int | None, guida
     )
 
 
+def use_preset_scheduler(pipe, model_id: str) -> float:
+    """Give `pipe` the scheduler shift that `model_id`'s preset sets (TensorArt's turbo checkpoints sample with
+    shift 5, as their model cards do: `FlowMatchEulerDiscreteScheduler.from_config(..., shift=5)` in diffusers);
+    return the shift `pipe` samples with. A model without such a preset keeps its checkpoint's scheduler."""
+    from sd3_helper import preset_for
+
+    preset = preset_for(str(model_id))
+    if preset is not None and preset.scheduler_shift is not None:
+        pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config.to_dict(), "shift": preset.scheduler_shift})
+    return pipe.scheduler.config.shift
+
+
 def time_presets(pipe, *, presets: list, prompt: str, height: int, width: int, seed: int) -> str:
     """A Markdown table of the time for one image with each preset's steps and guidance on `pipe`."""
     import torch

@@ -57,6 +57,29 @@ def test_notebook_is_committed_without_outputs():
         assert cell.outputs == [] and cell.execution_count is None, f"cell with outputs:\n{cell.source[:200]}"
 
 
+def test_tensorart_turbo_presets_sample_with_their_model_cards_settings():
+    """TensorArt's SD3.5 Medium Turbo and Large TurboX: 8 steps, guidance 1.5, the scheduler's shift raised to 5 (the
+    sigmas diffusers' FlowMatchEulerDiscreteScheduler gives with shift=5); other presets keep the checkpoint's."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from notebook_utils import generation_settings, use_preset_scheduler
+    from sd3_openvino.runtime.scheduler import FlowMatchEulerScheduler
+
+    requested = dict(num_inference_steps=None, guidance_scale=None, skip_guidance_layers=None)
+    for preset in ("sd3.5-medium-turbo", "tiny-sd3.5-large-turbox"):
+        assert generation_settings(preset, **requested) == dict(num_inference_steps=8, guidance_scale=1.5, skip_guidance_layers=None)
+        pipe = SimpleNamespace(scheduler=FlowMatchEulerScheduler.from_config({"shift": 3.0}))
+        assert use_preset_scheduler(pipe, preset) == 5.0
+        pipe.scheduler.set_timesteps(8)
+        reference = FlowMatchEulerDiscreteScheduler(shift=5.0)
+        reference.set_timesteps(8)
+        np.testing.assert_allclose(pipe.scheduler.sigmas, reference.sigmas.numpy(), rtol=1e-6)
+    kept = SimpleNamespace(scheduler=FlowMatchEulerScheduler.from_config({"shift": 3.0}))
+    assert use_preset_scheduler(kept, "sd3.5-large") == 3.0 and use_preset_scheduler(kept, "/models/my-sd3") == 3.0
+
+
 def test_first_code_cell_is_tagged_parameters_and_holds_every_knob():
     first = code_cells(nbformat.read(NOTEBOOK, as_version=4))[0]
     assert "parameters" in first.metadata.get("tags", [])
@@ -304,7 +327,7 @@ PRESET_RUN = dict(
 
 
 @pytest.mark.slow  # papermill runs the notebook, which builds and converts a tiny model
-@pytest.mark.parametrize("preset", ["sd3.5-medium", "sd3.5-large", "sd3.5-large-turbo"])
+@pytest.mark.parametrize("preset", ["sd3.5-medium", "sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium-turbo"])
 def test_each_preset_runs_headless_on_its_tiny_stand_in(preset, tmp_path_factory):
     """`SD3_MODEL_ID=tiny-<preset>`: the preset's steps, guidance and skip-layer guidance fill the parameters."""
     import papermill
@@ -321,7 +344,9 @@ def test_each_preset_runs_headless_on_its_tiny_stand_in(preset, tmp_path_factory
     printed = "".join(output.get("text", "") for cell in code_cells(notebook) for output in cell.outputs if output.output_type == "stream")
     expected = {"sd3.5-medium": "steps: 40, guidance: 4.5, skip-layer guidance: [7, 8, 9]", "sd3.5-large": "steps: 28, guidance: 3.5, skip-layer guidance: None"}
     expected["sd3.5-large-turbo"] = "steps: 4, guidance: 0.0, skip-layer guidance: None"
+    expected["sd3.5-medium-turbo"] = "steps: 8, guidance: 1.5, skip-layer guidance: None"
     assert expected[preset] in printed
+    assert f"scheduler shift: {5 if preset == 'sd3.5-medium-turbo' else 3}\n" in printed
     assert Image.open(output_dir / "image.png").size == (32, 32)
     markdown = [output.data["text/markdown"] for cell in code_cells(notebook) for output in cell.outputs if "text/markdown" in output.get("data", {})]
     assert any("SD3.5 Large Turbo | 4 | 0.0" in text for text in markdown) == (preset == "sd3.5-large-turbo"), "the turbo timing table"

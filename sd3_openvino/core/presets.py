@@ -34,6 +34,7 @@ class ModelPreset:
     t5_recommended: bool  # the model was trained to lean on T5 (SD3 Medium does well without it)
     skip_guidance_layers: tuple[int, ...] | None = None  # skip-layer guidance, where the model card advises it
     tiny_family: str = "sd3"  # the block types of its offline tiny stand-in (`make_tiny_sd3(family=...)`)
+    scheduler_shift: float | None = None  # the sigma shift its model card sets on the scheduler (None: the checkpoint's own)
 
     @property
     def few_step(self) -> bool:
@@ -64,6 +65,30 @@ MODEL_PRESETS = {
         ModelPreset("sd3.5-large", "SD3.5 Large", "stabilityai/stable-diffusion-3.5-large", 28, 3.5, 8.06, t5_recommended=True, tiny_family="sd3.5-large"),
         ModelPreset(
             "sd3.5-large-turbo", "SD3.5 Large Turbo", "stabilityai/stable-diffusion-3.5-large-turbo", 4, 0.0, 8.06, t5_recommended=True, tiny_family="sd3.5-large"
+        ),
+        # TensorArt's distilled community checkpoints (the openvino_notebooks SD3 notebook's default is the Medium one):
+        # 8 steps, low guidance and the scheduler's shift raised to 5, as their model cards set them.
+        ModelPreset(
+            "sd3.5-medium-turbo",
+            "SD3.5 Medium Turbo (TensorArt)",
+            "tensorart/stable-diffusion-3.5-medium-turbo",
+            8,
+            1.5,
+            2.47,
+            t5_recommended=True,
+            tiny_family="sd3.5-medium",
+            scheduler_shift=5.0,
+        ),
+        ModelPreset(
+            "sd3.5-large-turbox",
+            "SD3.5 Large TurboX (TensorArt)",
+            "tensorart/stable-diffusion-3.5-large-TurboX",
+            8,
+            1.5,
+            8.06,
+            t5_recommended=True,
+            tiny_family="sd3.5-large",
+            scheduler_shift=5.0,
         ),
     )
 }
@@ -105,8 +130,8 @@ def presets_table() -> str:
     """A Markdown table of the presets: hub id, settings, T5, and approximate sizes per weight format."""
     formats = ("fp16", "int8", "int4")
     rows = [
-        "| preset | hub id | steps | guidance | skip-layer guidance | T5 | " + " | ".join(f"{f} GB (no T5 / T5)" for f in formats) + " |",
-        "|---|---|---:|---:|---|---|" + "---:|" * len(formats),
+        "| preset | hub id | steps | guidance | skip-layer guidance | scheduler shift | T5 | " + " | ".join(f"{f} GB (no T5 / T5)" for f in formats) + " |",
+        "|---|---|---:|---:|---|---:|---|" + "---:|" * len(formats),
     ]
     for preset in MODEL_PRESETS.values():
         sizes = " | ".join(
@@ -114,5 +139,6 @@ def presets_table() -> str:
         )
         layers = ", ".join(map(str, preset.skip_guidance_layers)) if preset.skip_guidance_layers else "-"
         t5 = "recommended" if preset.t5_recommended else "optional"
-        rows.append(f"| {preset.name} | `{preset.hub_id}` | {preset.num_inference_steps} | {preset.guidance_scale} | {layers} | {t5} | {sizes} |")
+        shift = f"{preset.scheduler_shift:g}" if preset.scheduler_shift is not None else "checkpoint's"
+        rows.append(f"| {preset.name} | `{preset.hub_id}` | {preset.num_inference_steps} | {preset.guidance_scale} | {layers} | {shift} | {t5} | {sizes} |")
     return "\n".join(rows)
