@@ -280,3 +280,29 @@ def test_kohya_lora_on_sd35_medium_dual_attention_blocks_matches_the_merged_weig
     difference = np.abs(image(pipeline) - reference).max()
     print(f"\nKohya LoRA on SD3.5 Medium's dual-attention blocks: ours vs merged weights {difference:.2e}")
     assert difference <= 1e-3
+
+
+def test_an_interrupted_single_file_conversion_resumes(single_files, tmp_path, monkeypatch, capsys):
+    from sd3_openvino.export import conversion
+
+    path, base = single_files("sd3.5-large-with-clip")
+    output_dir = tmp_path / "interrupted"
+    real_compress = conversion.compress_weights
+
+    def fail_on_clip_g(ov_model, *, submodel, weight_format):
+        if submodel == "text_encoder_2":
+            raise KeyboardInterrupt("simulated kill in the middle of the conversion")
+        return real_compress(ov_model, submodel=submodel, weight_format=weight_format)
+
+    monkeypatch.setattr(conversion, "compress_weights", fail_on_clip_g)
+    with pytest.raises(KeyboardInterrupt):
+        sd3_helper.convert_sd3(path, output_dir, config=base, load_t5=False, weight_format="fp16")
+    assert conversion.is_converted(output_dir / "transformer") and not (output_dir / "model_index.json").exists()
+    monkeypatch.setattr(conversion, "compress_weights", real_compress)
+    capsys.readouterr()
+    sd3_helper.convert_sd3(path, output_dir, config=base, load_t5=False, weight_format="fp16")
+    assert "transformer: already converted, skipped" in capsys.readouterr().out
+    pipeline = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(output_dir)
+    pipeline.set_progress_bar_config(disable=True)
+    assert pipeline("a cat", num_inference_steps=1, height=64, width=64, output_type="np").images.shape == (1, 64, 64, 3)
+    assert not list(output_dir.glob(".*"))  # no staging folder left

@@ -47,6 +47,19 @@ def test_a_single_file_of_unknown_shapes_needs_config(tmp_path):
         sd3_helper.convert_sd3(path, tmp_path / "out")
 
 
+def test_without_config_the_official_base_is_inferred_and_its_absence_named(tmp_path, monkeypatch):
+    """SD3 Medium's shapes (its context norm's 9216 outputs, 192 x 192 positions) name its diffusers repository, as in
+    diffusers; offline, the error says what the base is for and to pass `config=`."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = write(tmp_path / "sd3_medium.safetensors", {
+        "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": torch.zeros(9216, dtype=torch.float16),
+        "model.diffusion_model.pos_embed": torch.zeros(1, 192 * 192, 1, dtype=torch.float16),
+    })  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"sd3_medium.safetensors.*'stabilityai/stable-diffusion-3-medium-diffusers' \(inferred from the file's shapes.*Pass `config=`"):
+        sd3_helper.convert_sd3(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_config_must_exist_and_is_refused_for_a_folder(tmp_path, base):
     path = write(tmp_path / "model.safetensors", {"joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(6, 2)})
     with pytest.raises(FileNotFoundError, match="no-such-base"):

@@ -35,7 +35,10 @@ def load_model_index_and_revision(checkpoint: str | Path | SingleFileCheckpoint,
     importing diffusers. A single file answers with its base's (see `SingleFileCheckpoint`)."""
     if isinstance(checkpoint, SingleFileCheckpoint):  # the base's index; T5 from the base only if the file has none
         t5_from_base = load_t5 and "text_encoder_3" not in checkpoint.components
-        model_index, revision = load_model_index_and_revision(checkpoint.config, load_t5=t5_from_base)
+        try:
+            model_index, revision = load_model_index_and_revision(checkpoint.config, load_t5=t5_from_base)
+        except FileNotFoundError as error:
+            raise checkpoint.base_error(error) from error
         checkpoint.check_base_index(model_index)
         return model_index, revision
     check_local_checkpoint(checkpoint, load_t5=load_t5)

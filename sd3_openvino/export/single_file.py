@@ -102,6 +102,16 @@ class SingleFileCheckpoint(os.PathLike):
     path: Path
     config: str
     components: tuple[str, ...]  # the parts the file holds (of FILE_COMPONENTS)
+    config_inferred: bool = False  # `config` is the official base inferred from the file's shapes, not the user's
+
+    def base_error(self, error: Exception) -> FileNotFoundError:
+        """The error for a base that cannot be read: what it is for, and to pass `config=` a local folder."""
+        how = "inferred from the file's shapes, as diffusers does" if self.config_inferred else "given as `config`"
+        return FileNotFoundError(
+            f"The single file {str(self.path)!r} reads its tokenizers, scheduler, configs and missing parts from its base "
+            f"{self.config!r} ({how}), which could not be read: {error} Pass `config=` a local diffusers folder of the "
+            "same family (CLI: --config)."
+        )
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -147,6 +157,7 @@ def single_file_checkpoint(path: str | Path, *, config: str | Path | None, load_
             f"tensors; it starts with {keys[:3]}). Pass an SD3 single file (Stability / ComfyUI `.safetensors`, or a GGUF "
             "transformer), a diffusers folder or a hub id."
         )
+    config_inferred = config is None
     if config is None:
         config = infer_base(path, keys)
         if config is None:
@@ -157,7 +168,7 @@ def single_file_checkpoint(path: str | Path, *, config: str | Path | None, load_
             )
     config = str(config)
     check_local_checkpoint(config, load_t5=load_t5 and "text_encoder_3" not in components)
-    return SingleFileCheckpoint(path=path, config=config, components=components)
+    return SingleFileCheckpoint(path=path, config=config, components=components, config_inferred=config_inferred)
 
 
 def _missing_parts(components: tuple[str, ...]) -> str:
