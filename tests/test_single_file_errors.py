@@ -139,3 +139,22 @@ def test_community_loras_that_cannot_be_read_get_a_named_error(tmp_path, tensors
     path = write(tmp_path / "lora.safetensors", tensors)
     with pytest.raises(ValueError, match=message):
         read_lora_state_dict(path, transformer_layers=2)
+
+
+@pytest.mark.parametrize("prefix", ["diffusion_model.", "model.diffusion_model.", "transformer.", "base_model.model.", ""])
+@pytest.mark.parametrize("names", [("lora_down", "lora_up"), ("lora_A", "lora_B")])
+def test_comfyui_prefixes_and_names_map_to_the_same_layers(prefix, names):
+    generator = torch.Generator().manual_seed(0)
+    down, up = torch.randn(2, 4, generator=generator), torch.randn(6, 2, generator=generator)
+    layer = {f"{prefix}joint_blocks.1.x_block.mlp.fc2.{names[0]}.weight": down, f"{prefix}joint_blocks.1.x_block.mlp.fc2.{names[1]}.weight": up}
+    clip = {f"text_encoders.clip_g.transformer.text_model.encoder.layers.0.self_attn.out_proj.{names[0]}.weight": down,
+            f"text_encoders.clip_g.transformer.text_model.encoder.layers.0.self_attn.out_proj.{names[1]}.weight": up}  # fmt: skip
+    assert community_lora_format(layer | clip) == "original"
+    converted = convert_community_lora(layer | clip, lora_format="original", transformer_layers=2, source="'test'")
+    assert set(converted) == {
+        "transformer.transformer_blocks.1.ff.net.2.lora_A.weight",
+        "transformer.transformer_blocks.1.ff.net.2.lora_B.weight",
+        "text_encoder_2.text_model.encoder.layers.0.self_attn.out_proj.lora_linear_layer.down.weight",
+        "text_encoder_2.text_model.encoder.layers.0.self_attn.out_proj.lora_linear_layer.up.weight",
+    }
+    torch.testing.assert_close(converted["transformer.transformer_blocks.1.ff.net.2.lora_B.weight"], up)  # no alpha: scale 1
