@@ -21,6 +21,9 @@ PACKAGE = "sd3_openvino"
 LAYERS = ["core", "runtime", "export", "demo"]  # the package's folders, bottom to top
 FACES = ["sd3_helper", "gradio_helper", "notebook_utils"]  # top-level files, above the package, bottom to top
 DEMO_TO_EXPORT = {f"{PACKAGE}.demo.cli"}  # the demo modules that may import `export`: lazily only
+# The runtime modules that may import `export` lazily: `load_ip_adapter` takes an adapter's source as diffusers does, and
+# converting it needs torch (a converted folder loads without).
+RUNTIME_TO_EXPORT = {f"{PACKAGE}.runtime.ip_adapter_api"}
 HEAVY = {"torch", "diffusers", "transformers", "nncf", "peft", "accelerate", "optimum"}  # what the runtime leaves out
 # (runtime file, function, package): why that function may import `package` when it is called
 RUNTIME_LAZY_HEAVY = {
@@ -104,16 +107,17 @@ def layer_of(module: str) -> int:
 
 
 def upward_imports(module: str, path: Path) -> list[str]:
-    """The imports of `module` that point at a higher layer (allowed: demo/cli.py's lazy imports of export)."""
+    """The imports of `module` that point at a higher layer, or from the demo to export (allowed: the lazy imports of
+    `DEMO_TO_EXPORT` and `RUNTIME_TO_EXPORT`)."""
     upward = []
     for found in imports_of(path, module):
         if (target := project_module(found["module"])) is None:
             continue
-        if module.startswith(f"{PACKAGE}.demo") and target.startswith(f"{PACKAGE}.export"):
-            if module in DEMO_TO_EXPORT and found["function"] is not None:
-                continue
-        elif layer_of(target) <= layer_of(module):
-            continue
+        to_export = target.startswith(f"{PACKAGE}.export")
+        if to_export and module in DEMO_TO_EXPORT | RUNTIME_TO_EXPORT and found["function"] is not None:
+            continue  # listed lazy imports of export
+        if layer_of(target) <= layer_of(module) and not (to_export and module.startswith(f"{PACKAGE}.demo")):
+            continue  # down, except demo -> export (the demo runs without torch)
         upward.append(f"line {found['line']}: {found['module']}" + (f" (in {found['function']})" if found["function"] else ""))
     return upward
 

@@ -74,6 +74,18 @@ def controlnet_state_name(index: int) -> str:
     return f"controlnet/transformer_blocks.{index}"
 
 
+# An IP-Adapter folder (`convert_sd3_ip_adapter`): three IRs, each with its `config.json`, and the conversion record.
+IP_ADAPTER_RECORD_KIND = "sd3_ip_adapter"  # the conversion record's "kind" in an IP-Adapter folder
+IP_ADAPTER_PARTS = ("image_encoder", "image_projection", "attention")  # SigLIP, the resampler, the blocks' image attention
+IP_ADAPTER_INPUTS = ("ip_hidden_states", "ip_temb", "ip_scale")  # the transformer's inputs once an IP-Adapter is stitched in
+IP_ATTENTION_OUTPUT = "ip_attention"  # the attention IR's outputs: `ip_attention.{k}`, one per transformer block
+
+
+def ip_attention_input_name(projection: str, index: int) -> str:
+    """The attention IR's input that reads block `index`'s `projection` ("query", "key" or "value") output."""
+    return f"{projection}.{index}"
+
+
 def vae_scale_factor(vae_config: dict) -> int:
     """Pixels per latent cell: each VAE block but the last halves the resolution (8 for SD3)."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)

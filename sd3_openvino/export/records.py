@@ -26,6 +26,11 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_fingerprint(path: str | Path) -> str:
+    """A digest of one local file: its size and content (the first and last MiB of a file larger than 2 MiB)."""
+    return _file_digest(Path(path))
+
+
 def checkpoint_fingerprint(folder: str | Path) -> str:
     """A digest of a local checkpoint folder: every file's path, size, and content (the first and last MiB of
     files larger than 2 MiB: any retrained or fine-tuned weights differ there). Hidden files are skipped."""

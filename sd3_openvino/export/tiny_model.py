@@ -350,3 +350,67 @@ def make_tiny_sd3_controlnet(
     with staged_dir(Path(output_dir)) as staging, quiet_progress_bars():
         controlnet.save_pretrained(staging)
     return Path(output_dir)
+
+
+# InstantX's names for the resampler's layers, by diffusers' names (the inverse of diffusers'
+# `_convert_ip_adapter_image_proj_to_diffusers`): the tiny adapter is written in the layout users download.
+INSTANTX_RESAMPLER_NAMES = {
+    "ln0": "0.norm1",
+    "ln1": "0.norm2",
+    "attn.to_q": "0.to_q",
+    "attn.to_kv": "0.to_kv",
+    "attn.to_out.0": "0.to_out",
+    "adaln_norm": "1.0",
+    "ff.net.0.proj": "1.1",
+    "ff.net.2": "1.3",
+    "adaln_proj": "2.1",
+}
+
+
+def _instantx_resampler_key(key: str) -> str:
+    """A diffusers `IPAdapterTimeImageProjection` key in InstantX's layout ("layers.0.attn.to_q.weight" -> "layers.0.0.to_q.weight")."""
+    if not key.startswith("layers."):
+        return key
+    _, index, rest = key.split(".", 2)
+    for diffusers_name, instantx_name in INSTANTX_RESAMPLER_NAMES.items():
+        if rest.startswith(diffusers_name + "."):
+            return f"layers.{index}.{instantx_name}{rest[len(diffusers_name):]}"
+    raise KeyError(f"no InstantX name for resampler key {key!r}")
+
+
+def make_tiny_ip_adapter(checkpoint: str | Path, output_dir: str | Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """Write a tiny random-weight SD3 IP-Adapter for the tiny SD3 checkpoint at `checkpoint` to `output_dir`; return it.
+
+    The layout diffusers' `load_ip_adapter` reads and InstantX publishes: `ip-adapter.safetensors` with `image_proj.*`
+    (a timestep-aware resampler, InstantX's key names) and `ip_adapter.{block}.*` (one image attention per transformer
+    block, sized from the checkpoint's transformer), and `image_encoder/`, a tiny SigLIP vision model (`image_size`
+    pixels, 16 patches) with its `preprocessor_config.json`. diffusers fixes the resampler's head width at 64 and its
+    output at the transformer's width; the rest is small. Random weights, so the adapter changes the image; the same
+    `seed` gives the same adapter. Stands in for InstantX/SD3.5-Large-IP-Adapter offline.
+    """
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.embeddings import IPAdapterTimeImageProjection
+    from safetensors.torch import save_file
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    config = json.loads((Path(checkpoint) / "transformer" / "config.json").read_text())
+    width, resampler_width, encoder_width = config["num_attention_heads"] * config["attention_head_dim"], 48, 40
+    torch.manual_seed(seed)
+    encoder = SiglipVisionModel(
+        SiglipVisionConfig(hidden_size=encoder_width, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=image_size, patch_size=image_size // 4)
+    ).eval()
+    resampler = IPAdapterTimeImageProjection(
+        embed_dim=encoder_width, output_dim=width, hidden_dim=resampler_width, heads=1, num_queries=8, timestep_in_dim=64
+    )  # heads of 64 channels: diffusers' loader reads the heads as to_q's width / 64
+    state = {f"image_proj.{_instantx_resampler_key(key)}": value for key, value in resampler.state_dict().items()}
+    for block in range(config["num_layers"]):
+        processor = SD3IPAdapterJointAttnProcessor2_0(hidden_size=width, ip_hidden_states_dim=width, head_dim=config["attention_head_dim"], timesteps_emb_dim=resampler_width)
+        with torch.no_grad():
+            for name, parameter in processor.named_parameters():  # norms start at ones and zeros: make them matter
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+        state.update({f"ip_adapter.{block}.{key}": value for key, value in processor.state_dict().items()})
+    with staged_dir(Path(output_dir)) as staging:
+        save_file({key: value.contiguous() for key, value in state.items()}, str(staging / "ip-adapter.safetensors"))
+        encoder.save_pretrained(staging / "image_encoder")
+        SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(staging / "image_encoder")
+    return Path(output_dir)

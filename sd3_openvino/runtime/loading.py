@@ -104,6 +104,7 @@ class PipelineLoaderMixin:
         new_pipe.prompt_cache, new_pipe.release_text_encoders = pipe.prompt_cache, pipe.release_text_encoders  # and the text encoders' options
         new_pipe.lora = pipe.lora  # and the LoRA adapters of the models it shares
         new_pipe.previews = pipe.previews  # and the fitted preview map and tiny decoder
+        new_pipe.ip_adapter = pipe.ip_adapter  # and the IP-Adapter stitched into the transformer graph they share
         new_pipe.set_progress_bar_config(**pipe.progress_bar_config)
         new_pipe.metrics_recorder.read_time = read_time  # its own metrics; `load_time` counts the shared folder's reading
         new_pipe.metrics_recorder.track_memory = pipe.metrics_recorder.track_memory
@@ -126,6 +127,7 @@ class PipelineLoaderMixin:
             twin.enable_prompt_cache(self.prompt_cache.max_prompts)
         twin.release_text_encoders = self.release_text_encoders
         twin.lora = self.lora.copy_for(twin.submodels)
+        twin.ip_adapter = self.ip_adapter.clone() if self.ip_adapter is not None else None
         twin.set_progress_bar_config(**self.progress_bar_config)
         twin.metrics_recorder.read_time = self.metrics_recorder.read_time
         twin.metrics_recorder.track_memory = self.metrics_recorder.track_memory

@@ -46,6 +46,7 @@ from .checks import (
     estimated_memory,
 )
 from .image_processing import ImageProcessor
+from .ip_adapter_api import IPAdapterMixin
 from .loading import PipelineLoaderMixin
 from .lora import LoraAdapters
 from .lora_api import LoraLoaderMixin
@@ -70,7 +71,7 @@ class SD3PipelineOutput:
 
 
 class OVStableDiffusion3Pipeline(
-    PipelineLoaderMixin, PromptEncodingMixin, LoraLoaderMixin, LatentPreviewMixin, ShapesMixin, PerformanceMetricsMixin
+    PipelineLoaderMixin, PromptEncodingMixin, LoraLoaderMixin, IPAdapterMixin, LatentPreviewMixin, ShapesMixin, PerformanceMetricsMixin
 ):
     """Text-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline; calls run one at a
     time (thread-safe)."""
@@ -107,6 +108,7 @@ class OVStableDiffusion3Pipeline(
             logger=logger,
         )
         self.vae_tiling = None  # a `VaeTiling` after `enable_vae_tiling()`
+        self.ip_adapter = None  # an `ip_adapter.IPAdapter` after `load_ip_adapter`
         self._pages_released = {}  # submodel name -> the compilation after whose first inference its IR pages went
         self._progress_bar_config = {}
         self._interrupt = False
@@ -281,10 +283,12 @@ class OVStableDiffusion3Pipeline(
         model_input: Callable[[np.ndarray], np.ndarray] | None = None,
         transformer_states: Callable[..., dict | None] | None = None,
         step: int = 0,
+        image_prompt=None,
     ) -> np.ndarray:
         """One transformer call on `latents` (doubled for guidance, then passed through `model_input` if given), with
         the states `transformer_states(latent_model_input, timestep=, step=, text=)` gives for this step (a ControlNet's
-        residuals); returns the flow prediction, not yet guided."""
+        residuals) and the adapter inputs of `image_prompt` (an IP-Adapter's, see `ip_adapter_inputs`); returns the flow
+        prediction, not yet guided."""
         encoder_hidden_states, pooled_projections = text
         do_classifier_free_guidance = guidance_scale > 1.0
         latent_model_input = np.concatenate([latents] * 2) if do_classifier_free_guidance else latents
@@ -298,13 +302,17 @@ class OVStableDiffusion3Pipeline(
             timestep=np.full(latent_model_input.shape[0], timestep, dtype=np.float32),
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
+            **self.ip_adapter_inputs(image_prompt, timestep=timestep, batch=latent_model_input.shape[0]),
         )["out_sample"]
 
     def predict_skipping(
-        self, latents: np.ndarray, *, timestep: np.float32, text: tuple[np.ndarray, np.ndarray], layers: tuple[int, ...], states: dict | None = None
-    ) -> np.ndarray:
+        self, latents: np.ndarray, *, timestep: np.float32, text: tuple[np.ndarray, np.ndarray], layers: tuple[int, ...], states: dict | None = None,
+        image_prompt=None,
+    ) -> np.ndarray:  # fmt: skip
         """One transformer call on `latents` and the positive `text` with the blocks `layers` skipped (the
-        transformer's `block_mask` state set to 0 there for this call), and other `states` (a ControlNet's residuals)."""
+        transformer's `block_mask` state set to 0 there for this call), and other `states` (a ControlNet's residuals), with
+        the positive half of `image_prompt`."""
+        image_inputs = self.ip_adapter_inputs(image_prompt, timestep=timestep, batch=latents.shape[0], positive_only=True)
         mask = np.ones(self.transformer.config["num_layers"], dtype=np.float32)
         mask[list(layers)] = 0.0
         encoder_hidden_states, pooled_projections = text
@@ -315,6 +323,7 @@ class OVStableDiffusion3Pipeline(
                 timestep=np.full(latents.shape[0], timestep, dtype=np.float32),
                 encoder_hidden_states=encoder_hidden_states,
                 pooled_projections=pooled_projections,
+                **image_inputs,
             )["out_sample"]
 
     @staticmethod
@@ -339,13 +348,15 @@ class OVStableDiffusion3Pipeline(
         conditioning=None,
         skip_layer_guidance: SkipLayerGuidance | None = None,
         torch_callback: bool = False,
+        image_prompt=None,
     ) -> np.ndarray:
         """The denoising loop: predict the flow (or take it from the step cache), guide it, take a scheduler step.
 
         `conditioning` (from `initial_latents`) may add transformer input channels (`model_input`) and change the
         latents after each step (`after_step`), as inpainting does, or set transformer states each step
         (`transformer_states`, a ControlNet's residuals). `skip_layer_guidance` adds its extra pass on
-        the steps of its window. `callback_on_step_end` gets numpy arrays (torch tensors with `torch_callback`)."""
+        the steps of its window; `image_prompt` (an IP-Adapter's) conditions every step. `callback_on_step_end` gets numpy
+        arrays (torch tensors with `torch_callback`)."""
         from tqdm.auto import tqdm
 
         model_input = getattr(conditioning, "model_input", None)
@@ -361,7 +372,7 @@ class OVStableDiffusion3Pipeline(
             if cache is None or cache.computes(step):
                 noise_pred = self.predict_noise(
                     latents, timestep=t, text=text, guidance_scale=guidance_scale, model_input=model_input,
-                    transformer_states=transformer_states, step=step,
+                    transformer_states=transformer_states, step=step, image_prompt=image_prompt,
                 )  # fmt: skip
                 if cache is not None:
                     cache.update(step, noise_pred)
@@ -370,7 +381,9 @@ class OVStableDiffusion3Pipeline(
             guided = self.guide(noise_pred, guidance_scale=guidance_scale)
             if skip_layer_guidance is not None and skip_layer_guidance.active(step, num_steps=len(timesteps)):
                 states = transformer_states.positive() if transformer_states is not None else None  # this step's residuals
-                skipped = self.predict_skipping(latents, timestep=t, text=positive_text, layers=skip_layer_guidance.layers, states=states)
+                skipped = self.predict_skipping(
+                    latents, timestep=t, text=positive_text, layers=skip_layer_guidance.layers, states=states, image_prompt=image_prompt
+                )
                 guided = guided + (np.split(noise_pred, 2)[1] - skipped) * np.float32(skip_layer_guidance.scale)
             latents = self.scheduler.step(guided, t, latents, return_dict=False)[0]
             if after_step is not None:
@@ -439,7 +452,7 @@ class OVStableDiffusion3Pipeline(
         max_sequence_length: int = GENERATION_DEFAULTS.max_sequence_length, mu: float | None = None,
         taylorseer: TaylorSeerConfig | None = DEFAULT_STEP_CACHE,
         skip_guidance_layers: list[int] | None = None, skip_layer_guidance_scale: float = 2.8, skip_layer_guidance_stop: float = 0.2,
-        skip_layer_guidance_start: float = 0.01, image_inputs=None,
+        skip_layer_guidance_start: float = 0.01, ip_adapter_image=None, ip_adapter_image_embeds=None, image_inputs=None,
     ) -> SD3PipelineOutput | tuple:  # fmt: skip
         """Generate images from text; arguments mean what they mean in diffusers' `StableDiffusion3Pipeline` (skip-layer
         guidance too, see `SkipLayerGuidance`); guidance runs when `guidance_scale > 1`. `callback_on_step_end(pipe, step,
@@ -447,7 +460,9 @@ class OVStableDiffusion3Pipeline(
         `taylorseer`: the step cache, by default genai's (`DEFAULT_STEP_CACHE`); None computes every step (diffusers' image).
         `generator`: a `torch.Generator`, an int seed, a `TorchCPUGenerator` (the same noise without torch), or a list.
         `latents` and embeddings may be numpy or torch; latent outputs and callback tensors are torch tensors when the call
-        was given torch objects (as in diffusers), else numpy, and torch is never imported. Image pipelines set `image_inputs`."""
+        was given torch objects (as in diffusers), else numpy, and torch is never imported. `ip_adapter_image` (one image
+        for every prompt or one per prompt) or `ip_adapter_image_embeds` prompt with an image once an IP-Adapter is loaded
+        (`load_ip_adapter`). Image pipelines set `image_inputs`."""
         height = self.size_rules.default if height is None else height
         width = self.size_rules.default if width is None else width
         other_prompts = dict(prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3)
@@ -470,6 +485,10 @@ class OVStableDiffusion3Pipeline(
         # 2. Define call parameters
         batch_size = prompt_batch_size(prompt, prompt_embeds)
         do_classifier_free_guidance = guidance_scale > 1.0
+        self.check_ip_adapter_inputs(
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds, batch_size=batch_size,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+        )  # fmt: skip
         returns_torch = wants_torch(generator, latents, *embeds.values()) or (image_inputs is not None and image_inputs.torch_inputs)
         generator = as_generator(generator)  # a seed: one stream for the whole call
         with self._call_lock:
@@ -484,6 +503,12 @@ class OVStableDiffusion3Pipeline(
                 prompts=dict(prompt=prompt, negative_prompt=negative_prompt, **other_prompts), **embeds,
                 do_classifier_free_guidance=do_classifier_free_guidance, num_images_per_prompt=num_images_per_prompt,
                 clip_skip=clip_skip, max_sequence_length=max_sequence_length,
+            )  # fmt: skip
+
+            # 3b. Encode the image prompt (an IP-Adapter's)
+            image_prompt = self.prepare_image_prompt(
+                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds, batch_size=batch_size,
+                num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_classifier_free_guidance,
             )  # fmt: skip
 
             # 4. Prepare timesteps
@@ -501,7 +526,7 @@ class OVStableDiffusion3Pipeline(
                 latents, timesteps=timesteps, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                 guidance_scale=guidance_scale, taylorseer=taylorseer, callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, conditioning=conditioning,
-                skip_layer_guidance=skip_layer_guidance, torch_callback=returns_torch,
+                skip_layer_guidance=skip_layer_guidance, torch_callback=returns_torch, image_prompt=image_prompt,
             )  # fmt: skip
 
             # 7. Decode

@@ -153,6 +153,7 @@ class ShapesMixin:
             "encoder_hidden_states": [batch, self.tokenizer_max_length + shape["max_sequence_length"], config["joint_attention_dim"]],
             "pooled_projections": [batch, config["pooled_projection_dim"]],
             "timestep": [batch],
+            **(self.ip_adapter.input_shapes(batch) if self.ip_adapter is not None else {}),
         }
 
     def _vae_decoder_shapes(self, shape: dict) -> dict[str, list[int]]:
