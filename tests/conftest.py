@@ -30,6 +30,10 @@ SLOW_FIXTURES = {
     "diffusers_pipeline",
     "ov_pipeline",
     "int8_vae_folder",
+    "tiny_large_checkpoint",
+    "ov_large_fp32",
+    "tiny_ip_adapter_source",
+    "ov_ip_adapter",
     # in the test files
     "diffusers_image_pipelines",  # test_image_pipelines: diffusers' pipelines of the tiny checkpoint
     "ov_image_pipelines",
@@ -187,3 +191,35 @@ def int8_vae_folder(converted, tmp_path_factory) -> Path:
 
     output_dir = tmp_path_factory.mktemp("int8-vae") / "tiny-sd3-int8-hybrid-int8-vae"
     return quantize_sd3(converted("fp16"), output_dir, num_samples=8, num_inference_steps=4, quantize_vae=True, vae_num_samples=2)
+
+
+# -- IP-Adapter: the SD3.5-Large-shaped tiny model and a tiny adapter for it ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_large_checkpoint(tiny_checkpoints) -> Path:
+    """The tiny SD3.5-Large-shaped checkpoint (qk-norm, no dual attention: the blocks IP-Adapters fit)."""
+    return tiny_checkpoints(family="sd3.5-large")
+
+
+@pytest.fixture(scope="session")
+def ov_large_fp32(converted) -> Path:
+    return converted("fp32", family="sd3.5-large")
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter_source(tiny_models_dir, tiny_large_checkpoint) -> Path:
+    """A tiny IP-Adapter for `tiny_large_checkpoint` in InstantX's layout (`ip-adapter.safetensors`, `image_encoder/`)."""
+    folder = tiny_models_dir / f"{tiny_large_checkpoint.name}-ip-adapter"
+    if not (folder / "ip-adapter.safetensors").is_file():
+        sd3_helper.make_tiny_ip_adapter(tiny_large_checkpoint, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ov_ip_adapter(ov_large_fp32, tiny_ip_adapter_source) -> Path:
+    """`tiny_ip_adapter_source` converted for `ov_large_fp32`, where `load_ip_adapter(tiny_ip_adapter_source)` puts it."""
+    from sd3_openvino.runtime.ip_adapter_api import converted_ip_adapter_dir
+
+    folder = converted_ip_adapter_dir(ov_large_fp32, tiny_ip_adapter_source, weight_name="ip-adapter.safetensors", subfolder=None)
+    return sd3_helper.convert_sd3_ip_adapter(tiny_ip_adapter_source, folder, model_dir=ov_large_fp32)

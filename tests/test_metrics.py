@@ -207,6 +207,8 @@ def test_summary_names_the_stages_that_ran():
         "3 steps in 4.41 s (1.47 s/step), text 0.400 s, encode 0.500 s, decode 2.10 s, previews 0.0300 s, compile 0.900 s, total 7.00 s"
     )
     assert example_metrics(step_times=[41.2 / 28] * 28, num_steps=28, total_time=44.04).summary().startswith("28 steps in 41.2 s (1.47 s/step)")
+    image_prompt = example_metrics(image_encoder_times=[0.25], image_projection_times=[0.05, 0.05, 0.05]).summary()
+    assert "text 0.400 s, image prompt 0.400 s, decode 2.10 s" in image_prompt  # the encoder once, the resampler each step
     assert example_metrics(total_time=44.04).summary().endswith("total 44.0 s")
     assert PerformanceMetrics().summary() == "0 steps in 0.00 s (0.00 s/step), total 0.00 s"
 
@@ -215,8 +217,8 @@ def test_as_dict_is_plain_data():
     data = example_metrics(peak_rss=2**30).as_dict()
     assert data["text_encoder_times"] == {"text_encoder": [0.1], "text_encoder_3": [0.3]} and data["peak_rss"] == 2**30
     assert set(data) == {
-        "load_time", "compile_times", "text_encoder_times", "step_times", "transformer_times", "controlnet_times", "vae_encode_times",
-        "vae_decode_times", "preview_times", "total_time", "num_steps", "peak_rss",
+        "load_time", "compile_times", "text_encoder_times", "step_times", "transformer_times", "controlnet_times", "image_encoder_times",
+        "image_projection_times", "vae_encode_times", "vae_decode_times", "preview_times", "total_time", "num_steps", "peak_rss",
     }  # fmt: skip
 
 

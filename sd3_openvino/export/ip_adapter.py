@@ -429,29 +429,31 @@ def convert_sd3_ip_adapter(
     check_no_dual_attention(transformer_config, where=model_dir / "transformer")
     weight_format = adapter_weight_format(model_dir, weight_format)
     encoder_location = image_encoder_location(pretrained_model_name_or_path_or_dict, subfolder=subfolder, image_encoder_folder=image_encoder_folder)
+    source = pretrained_model_name_or_path_or_dict
+    state = read_ip_adapter_state_dict(source) if isinstance(source, dict) else None  # checked, and hashed for the record
     record = {
         "kind": IP_ADAPTER_RECORD_KIND,
-        "source": _source_record(pretrained_model_name_or_path_or_dict, weight_name=weight_name, subfolder=subfolder)
-        if not isinstance(pretrained_model_name_or_path_or_dict, dict)
-        else None,
-        "options": {"weight_format": weight_format, "image_encoder": _encoder_record(encoder_location)},
-        "transformer": {key: transformer_config[key] for key in ("num_layers", "num_attention_heads", "attention_head_dim")},
+        "source": _source_record(source, weight_name=weight_name, subfolder=subfolder),
+        "options": {
+            "weight_format": weight_format,
+            "image_encoder": _encoder_record(encoder_location),
+            "transformer": {key: transformer_config[key] for key in ("num_layers", "num_attention_heads", "attention_head_dim")},
+        },
     }
-    state = read_ip_adapter_state_dict(pretrained_model_name_or_path_or_dict, weight_name=weight_name, subfolder=subfolder)
-    if record["source"] is None:
-        record["source"] = _source_record(state, weight_name=weight_name, subfolder=subfolder)
+    parts = IP_ADAPTER_PARTS if encoder_location is not None else IP_ADAPTER_PARTS[1:]
+    if not overwrite:
+        refuse_other_conversion(output_dir, record)
+        if read_conversion_record(output_dir) is not None and all(is_converted(output_dir / part) for part in parts):
+            return output_dir  # converted from this source with these options (and checked against this transformer then)
+    state = state or read_ip_adapter_state_dict(source, weight_name=weight_name, subfolder=subfolder)
     image_projection = build_image_projection(state["image_proj"])
     processors = build_attention_processors(state["ip_adapter"], transformer_config=transformer_config)
     encoder = load_image_encoder(encoder_location) if encoder_location is not None else None
     check_resampler_fits(image_projection, processors, image_encoder_width=encoder[0].config.hidden_size if encoder else None)
-    if not overwrite:
-        refuse_other_conversion(output_dir, record)
-        if read_conversion_record(output_dir) is not None and all(is_converted(output_dir / part) for part in _parts(encoder)):
-            return output_dir
     from tqdm.auto import tqdm
 
     with staged_dir(output_dir) as staging, quiet_nncf(), torch.no_grad():
-        progress = tqdm(_parts(encoder), desc="Converting the IP-Adapter to OpenVINO", unit="part")
+        progress = tqdm(parts, desc="Converting the IP-Adapter to OpenVINO", unit="part")
         for part in progress:
             progress.set_postfix_str(part)
             (staging / part).mkdir()
@@ -461,10 +463,6 @@ def convert_sd3_ip_adapter(
     del state, image_projection, processors, encoder
     gc.collect()
     return output_dir
-
-
-def _parts(encoder) -> tuple[str, ...]:
-    return IP_ADAPTER_PARTS if encoder is not None else IP_ADAPTER_PARTS[1:]
 
 
 def _export_part(part: str, directory: Path, *, weight_format: str, encoder, image_projection, processors, transformer_config: dict) -> None:

@@ -367,7 +367,7 @@ INSTANTX_RESAMPLER_NAMES = {
 }
 
 
-def _instantx_resampler_key(key: str) -> str:
+def instantx_resampler_key(key: str) -> str:
     """A diffusers `IPAdapterTimeImageProjection` key in InstantX's layout ("layers.0.attn.to_q.weight" -> "layers.0.0.to_q.weight")."""
     if not key.startswith("layers."):
         return key
@@ -402,7 +402,7 @@ def make_tiny_ip_adapter(checkpoint: str | Path, output_dir: str | Path, *, seed
     resampler = IPAdapterTimeImageProjection(
         embed_dim=encoder_width, output_dim=width, hidden_dim=resampler_width, heads=1, num_queries=8, timestep_in_dim=64
     )  # heads of 64 channels: diffusers' loader reads the heads as to_q's width / 64
-    state = {f"image_proj.{_instantx_resampler_key(key)}": value for key, value in resampler.state_dict().items()}
+    state = {f"image_proj.{instantx_resampler_key(key)}": value for key, value in resampler.state_dict().items()}
     for block in range(config["num_layers"]):
         processor = SD3IPAdapterJointAttnProcessor2_0(hidden_size=width, ip_hidden_states_dim=width, head_dim=config["attention_head_dim"], timesteps_emb_dim=resampler_width)
         with torch.no_grad():

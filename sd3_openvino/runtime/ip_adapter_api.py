@@ -40,7 +40,15 @@ def converted_ip_adapter_dir(model_dir: Path, source, *, weight_name: str, subfo
 class IPAdapterMixin:
     """IP-Adapter loading and image prompts for a pipeline with `transformer`, `model_dir`, `run_submodel`."""
 
-    ip_adapter = None  # the loaded `ip_adapter.IPAdapter`, or None
+    @property
+    def ip_adapter(self):
+        """The loaded `ip_adapter.IPAdapter`, or None. It lives with the transformer graph it is stitched into, so the
+        pipelines that share that transformer (`from_pipe`) share it too."""
+        return getattr(self.transformer, "ip_adapter", None)
+
+    @ip_adapter.setter
+    def ip_adapter(self, adapter) -> None:
+        self.transformer.ip_adapter = adapter
 
     def load_ip_adapter(
         self,
@@ -120,9 +128,10 @@ class IPAdapterMixin:
 
     # -- A call's image prompt -------------------------------------------------------------------------------
 
-    def encode_image(self, image) -> np.ndarray:
-        """Image(s) -> (n, tokens, width) features of the image encoder (diffusers' `encode_image`: SigLIP's penultimate
-        hidden states); each image is encoded once while it stays among the adapter's recent images."""
+    def encode_ip_adapter_image(self, image) -> np.ndarray:
+        """Image(s) -> (n, tokens, width) features of the image encoder: SigLIP's penultimate hidden states (diffusers'
+        `encode_image`, renamed: the image pipelines' `encode_image` is the VAE's). Each image is encoded once while it
+        stays among the adapter's recent images."""
         adapter = self.ip_adapter
         if adapter.image_encoder is None:
             raise ValueError(
@@ -154,34 +163,38 @@ class IPAdapterMixin:
             _check_embeds(ip_adapter_image_embeds, batch_size=batch_size, width=self.ip_adapter.embed_dim, guided=do_classifier_free_guidance)
 
     def prepare_ip_adapter_image_embeds(
-        self, ip_adapter_image=None, ip_adapter_image_embeds=None, num_images_per_prompt: int = 1, do_classifier_free_guidance: bool = True, batch_size: int = 1
+        self, ip_adapter_image=None, ip_adapter_image_embeds=None, num_images_per_prompt: int = 1, do_classifier_free_guidance: bool = True
     ) -> np.ndarray:
-        """The image features for the transformer batch (diffusers' `prepare_ip_adapter_image_embeds`): one image (or
-        embedding) for every prompt or one per prompt, each repeated for its `num_images_per_prompt` images, and under
-        guidance zeros (or the negative half of `ip_adapter_image_embeds`, given as [negative, positive]) first."""
+        """The image features for the transformer batch (diffusers' `prepare_ip_adapter_image_embeds`, whose
+        `num_images_per_prompt` is the call's number of images): one image (or embedding) for every prompt, or one per
+        prompt, each repeated for its images; under guidance zeros (or the negative half of `ip_adapter_image_embeds`,
+        given as [negative, positive]) first."""
         if ip_adapter_image_embeds is not None:
             embeds = as_array(ip_adapter_image_embeds).astype(np.float32)
             negative, positive = np.split(embeds, 2) if do_classifier_free_guidance else (None, embeds)
         else:
-            positive = self.encode_image(ip_adapter_image)
+            positive = self.encode_ip_adapter_image(ip_adapter_image)
             negative = np.zeros_like(positive)
 
-        def per_image(embeds: np.ndarray) -> np.ndarray:  # (1 or batch_size, ...) -> (batch_size * num_images_per_prompt, ...)
-            embeds = np.repeat(embeds, batch_size, axis=0) if len(embeds) == 1 else embeds
-            return np.repeat(embeds, num_images_per_prompt, axis=0)
+        def per_image(embeds: np.ndarray) -> np.ndarray:  # (1 or one per prompt, ...) -> (images, ...), prompt by prompt
+            return np.repeat(embeds, num_images_per_prompt // len(embeds), axis=0)
 
         if not do_classifier_free_guidance:
             return per_image(positive)
         return np.concatenate([per_image(negative), per_image(positive)])
 
-    def prepare_image_prompt(self, *, ip_adapter_image, ip_adapter_image_embeds, batch_size: int, num_images_per_prompt: int, do_classifier_free_guidance: bool):
-        """The call's `ImagePrompt`, or None without an image prompt (or at scale 0, which adds nothing)."""
+    def prepare_image_prompt(self, ip_adapter_image, ip_adapter_image_embeds, *, batch_size: int, num_images: int, do_classifier_free_guidance: bool):
+        """The call's `ImagePrompt` after its checks (`check_ip_adapter_inputs`), or None without an image prompt (or at
+        scale 0, which adds nothing); `num_images`: the call's images (prompts x images per prompt)."""
+        self.check_ip_adapter_inputs(
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds, batch_size=batch_size,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+        )  # fmt: skip
         if (ip_adapter_image is None and ip_adapter_image_embeds is None) or not self.is_ip_adapter_active:
             return None
         image_embeds = self.prepare_ip_adapter_image_embeds(
-            ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=do_classifier_free_guidance, batch_size=batch_size,
-        )  # fmt: skip
+            ip_adapter_image, ip_adapter_image_embeds, num_images_per_prompt=num_images, do_classifier_free_guidance=do_classifier_free_guidance
+        )
         return ImagePrompt(self.ip_adapter, image_embeds, self.ip_adapter.scale)
 
     def ip_adapter_inputs(self, image_prompt, *, timestep, batch: int, positive_only: bool = False) -> dict[str, np.ndarray]:

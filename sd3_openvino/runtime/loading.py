@@ -104,7 +104,6 @@ class PipelineLoaderMixin:
         new_pipe.prompt_cache, new_pipe.release_text_encoders = pipe.prompt_cache, pipe.release_text_encoders  # and the text encoders' options
         new_pipe.lora = pipe.lora  # and the LoRA adapters of the models it shares
         new_pipe.previews = pipe.previews  # and the fitted preview map and tiny decoder
-        new_pipe.ip_adapter = pipe.ip_adapter  # and the IP-Adapter stitched into the transformer graph they share
         new_pipe.set_progress_bar_config(**pipe.progress_bar_config)
         new_pipe.metrics_recorder.read_time = read_time  # its own metrics; `load_time` counts the shared folder's reading
         new_pipe.metrics_recorder.track_memory = pipe.metrics_recorder.track_memory

@@ -23,6 +23,8 @@ STAGE_OF_SUBMODEL = {
     "controlnet": "controlnet_times",
     "vae_decoder": "vae_decode_times",
     "vae_encoder": "vae_encode_times",
+    "ip_image_encoder": "image_encoder_times",
+    "ip_image_projection": "image_projection_times",
 }
 
 
@@ -42,6 +44,8 @@ class PerformanceMetrics:
     step_times: list[float] = field(default_factory=list)  # wall time of each denoising step that ran
     transformer_times: list[float] = field(default_factory=list)  # each transformer infer (skip-layer passes too)
     controlnet_times: list[float] = field(default_factory=list)  # each ControlNet infer (inside the steps)
+    image_encoder_times: list[float] = field(default_factory=list)  # each IP-Adapter image encoder infer (none: cached image)
+    image_projection_times: list[float] = field(default_factory=list)  # each IP-Adapter resampler infer (inside the steps)
     vae_encode_times: list[float] = field(default_factory=list)  # each VAE encoder infer (one per tile when tiled)
     vae_decode_times: list[float] = field(default_factory=list)  # each VAE decoder infer (one per tile when tiled)
     preview_times: list[float] = field(default_factory=list)  # each `preview_images` during the call
@@ -61,6 +65,7 @@ class PerformanceMetrics:
         stages = {
             "text": [seconds for times in self.text_encoder_times.values() for seconds in times],
             "controlnet": self.controlnet_times,
+            "image prompt": self.image_encoder_times + self.image_projection_times,
             "encode": self.vae_encode_times,
             "decode": self.vae_decode_times,
             "previews": self.preview_times,

@@ -56,7 +56,7 @@ from .previews import LatentPreviewMixin, LatentPreviews
 from .prompts import PromptEncoder, PromptEncodingMixin, prompt_batch_size
 from .scheduler import calculate_shift, retrieve_timesteps
 from .shapes import ShapesMixin, call_shape
-from .steps import DEFAULT_STEP_CACHE, SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig
+from .steps import DEFAULT_STEP_CACHE, SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig, classifier_free_guidance
 from .submodels import OVSubmodel, physical_memory, release_file_pages
 
 logger = logging.getLogger(__name__)  # truncation warnings of `encode_prompt` come from here, as in diffusers
@@ -108,7 +108,6 @@ class OVStableDiffusion3Pipeline(
             logger=logger,
         )
         self.vae_tiling = None  # a `VaeTiling` after `enable_vae_tiling()`
-        self.ip_adapter = None  # an `ip_adapter.IPAdapter` after `load_ip_adapter`
         self._pages_released = {}  # submodel name -> the compilation after whose first inference its IR pages went
         self._progress_bar_config = {}
         self._interrupt = False
@@ -326,14 +325,6 @@ class OVStableDiffusion3Pipeline(
                 **image_inputs,
             )["out_sample"]
 
-    @staticmethod
-    def guide(noise_pred: np.ndarray, *, guidance_scale: float) -> np.ndarray:
-        """Classifier-free guidance: move from the unconditional prediction past the conditional one."""
-        if guidance_scale <= 1.0:
-            return noise_pred
-        noise_pred_uncond, noise_pred_text = np.split(noise_pred, 2)
-        return noise_pred_uncond + np.float32(guidance_scale) * (noise_pred_text - noise_pred_uncond)
-
     def denoise(
         self,
         latents: np.ndarray,
@@ -378,7 +369,7 @@ class OVStableDiffusion3Pipeline(
                     cache.update(step, noise_pred)
             else:
                 noise_pred = cache.predict(step)
-            guided = self.guide(noise_pred, guidance_scale=guidance_scale)
+            guided = classifier_free_guidance(noise_pred, guidance_scale=guidance_scale)
             if skip_layer_guidance is not None and skip_layer_guidance.active(step, num_steps=len(timesteps)):
                 states = transformer_states.positive() if transformer_states is not None else None  # this step's residuals
                 skipped = self.predict_skipping(
@@ -454,17 +445,13 @@ class OVStableDiffusion3Pipeline(
         skip_guidance_layers: list[int] | None = None, skip_layer_guidance_scale: float = 2.8, skip_layer_guidance_stop: float = 0.2,
         skip_layer_guidance_start: float = 0.01, ip_adapter_image=None, ip_adapter_image_embeds=None, image_inputs=None,
     ) -> SD3PipelineOutput | tuple:  # fmt: skip
-        """Generate images from text; arguments mean what they mean in diffusers' `StableDiffusion3Pipeline` (skip-layer
-        guidance too, see `SkipLayerGuidance`); guidance runs when `guidance_scale > 1`. `callback_on_step_end(pipe, step,
-        timestep, callback_kwargs)` may return replacements for the tensors and set `pipe._interrupt = True` to stop.
-        `taylorseer`: the step cache, by default genai's (`DEFAULT_STEP_CACHE`); None computes every step (diffusers' image).
-        `generator`: a `torch.Generator`, an int seed, a `TorchCPUGenerator` (the same noise without torch), or a list.
-        `latents` and embeddings may be numpy or torch; latent outputs and callback tensors are torch tensors when the call
-        was given torch objects (as in diffusers), else numpy, and torch is never imported. `ip_adapter_image` (one image
-        for every prompt or one per prompt) or `ip_adapter_image_embeds` prompt with an image once an IP-Adapter is loaded
-        (`load_ip_adapter`). Image pipelines set `image_inputs`."""
-        height = self.size_rules.default if height is None else height
-        width = self.size_rules.default if width is None else width
+        """Generate images from text; arguments mean what they mean in diffusers' `StableDiffusion3Pipeline`, skip-layer
+        guidance (`SkipLayerGuidance`) and IP-Adapter image prompts (`load_ip_adapter`) included; guidance runs when
+        `guidance_scale > 1`; `callback_on_step_end` may return new tensors and set `pipe._interrupt = True` to stop.
+        `taylorseer`: the step cache, genai's by default; None computes every step (diffusers' image). `generator`: a
+        `torch.Generator`, an int seed, a `TorchCPUGenerator` or a list. Latents and embeddings may be numpy or torch; outputs
+        and callback tensors are torch when the call got torch objects, else numpy. Image pipelines set `image_inputs`."""
+        height, width = (self.size_rules.default if side is None else side for side in (height, width))
         other_prompts = dict(prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3)
         embeds = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                       negative_pooled_prompt_embeds=negative_pooled_prompt_embeds)  # fmt: skip
@@ -473,22 +460,16 @@ class OVStableDiffusion3Pipeline(
         self.check_inputs(
             prompt=prompt, negative_prompt=negative_prompt, other_prompts=other_prompts, **embeds, height=height, width=width,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt,
-            max_sequence_length=max_sequence_length, clip_skip=clip_skip, output_type=output_type, generator=generator,
-            taylorseer=taylorseer, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, latents=latents,
+            max_sequence_length=max_sequence_length, clip_skip=clip_skip, output_type=output_type, generator=generator, latents=latents,
+            taylorseer=taylorseer, callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         skip_layer_guidance = self.check_skip_layer_guidance(
-            layers=skip_guidance_layers, scale=skip_layer_guidance_scale, start=skip_layer_guidance_start,
-            stop=skip_layer_guidance_stop, guidance_scale=guidance_scale,
+            layers=skip_guidance_layers, scale=skip_layer_guidance_scale, start=skip_layer_guidance_start, stop=skip_layer_guidance_stop, guidance_scale=guidance_scale
         )  # fmt: skip
 
         # 2. Define call parameters
         batch_size = prompt_batch_size(prompt, prompt_embeds)
         do_classifier_free_guidance = guidance_scale > 1.0
-        self.check_ip_adapter_inputs(
-            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds, batch_size=batch_size,
-            do_classifier_free_guidance=do_classifier_free_guidance,
-        )  # fmt: skip
         returns_torch = wants_torch(generator, latents, *embeds.values()) or (image_inputs is not None and image_inputs.torch_inputs)
         generator = as_generator(generator)  # a seed: one stream for the whole call
         with self._call_lock:
@@ -498,17 +479,15 @@ class OVStableDiffusion3Pipeline(
             ), transformer_batch_varies=skip_layer_guidance is not None)  # fmt: skip
             self._interrupt = False
 
-            # 3. Encode prompt
+            # 3. Encode prompt, and the image prompt of an IP-Adapter
             prompt_embeds, pooled_prompt_embeds = self.prepare_embeddings(
                 prompts=dict(prompt=prompt, negative_prompt=negative_prompt, **other_prompts), **embeds,
                 do_classifier_free_guidance=do_classifier_free_guidance, num_images_per_prompt=num_images_per_prompt,
                 clip_skip=clip_skip, max_sequence_length=max_sequence_length,
             )  # fmt: skip
-
-            # 3b. Encode the image prompt (an IP-Adapter's)
             image_prompt = self.prepare_image_prompt(
-                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds, batch_size=batch_size,
-                num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_classifier_free_guidance,
+                ip_adapter_image, ip_adapter_image_embeds, batch_size=batch_size, num_images=batch_size * num_images_per_prompt,
+                do_classifier_free_guidance=do_classifier_free_guidance,
             )  # fmt: skip
 
             # 4. Prepare timesteps

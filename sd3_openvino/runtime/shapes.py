@@ -89,7 +89,9 @@ class ShapesMixin:
         """Make the models ready for a call of `shape` (a `call_shape`): under "static" check it is the reshaped one,
         under "auto" give the transformer and VAE decoder its shapes (they compile on first use, or come from the
         shapes kept compiled), under "dynamic" nothing. `transformer_batch_varies`: the call runs the transformer on
-        two batch sizes (skip-layer guidance), so its batch stays dynamic."""
+        two batch sizes (skip-layer guidance), so its batch stays dynamic. An IP-Adapter's image attention is stitched
+        into the transformer graph first if a graph change dropped it (`unload_lora_weights` reads the IR anew)."""
+        self.enable_ip_adapter_attention()
         if self.shapes == "static":
             self._check_static_shape(shape)
         elif self.shapes == "auto":

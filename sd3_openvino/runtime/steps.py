@@ -79,3 +79,12 @@ class SkipLayerGuidance:
     def active(self, step: int, *, num_steps: int) -> bool:
         """True when `step` (0-based, of `num_steps`) runs the extra pass, as diffusers decides it."""
         return num_steps * self.start < step < num_steps * self.stop
+
+
+def classifier_free_guidance(noise_pred: np.ndarray, *, guidance_scale: float) -> np.ndarray:
+    """Move from the unconditional prediction (the first half of `noise_pred`) past the conditional one; unguided
+    calls (`guidance_scale <= 1`) return `noise_pred` as it is."""
+    if guidance_scale <= 1.0:
+        return noise_pred
+    noise_pred_uncond, noise_pred_text = np.split(noise_pred, 2)
+    return noise_pred_uncond + np.float32(guidance_scale) * (noise_pred_text - noise_pred_uncond)

@@ -174,8 +174,9 @@ class OVSubmodel:
         self.check_unshared("Reading the IR again (`unload_lora_weights`)")
         self.model, self.states, self.request, self._compiled = self.core.read_model(self.xml_path, self.bin_path), {}, None, {}
         self.shared = SharedCompilation()
-        if self.shapes is not None:
-            self.model.reshape(self.shapes)
+        if self.shapes is not None:  # the IR's own inputs (inputs a graph change added come back with it)
+            names = {name for model_input in self.model.inputs for name in model_input.get_names()}
+            self.model.reshape({name: dims for name, dims in self.shapes.items() if name in names})
 
     def set_states(self, states: dict[str, np.ndarray | None]) -> None:
         """Keep `states` (name -> value; None empties a state) for every infer request, this one and later ones."""
