@@ -1,5 +1,5 @@
 """An interactive Gradio demo for Stable Diffusion 3 with OpenVINO: text to image, image to image, inpainting, and
-ControlNet when the pipeline has ControlNets.
+ControlNet when the pipeline has ControlNets, and an image prompt when it has an IP-Adapter.
 
     from gradio_helper import make_demo
 
@@ -9,6 +9,8 @@ ControlNet when the pipeline has ControlNets.
 The three tabs share one set of compiled models (`from_pipe`; diffusers' pipeline gets the text tab only). Given an
 `OVStableDiffusion3ControlNetPipeline`, the demo adds a "ControlNet" tab (an upload, a preprocessor such as canny
 edges with a live preview of the control image, the ControlNet's scale and guidance window), sharing the same models.
+Given a pipeline with an IP-Adapter loaded (`pipe.load_ip_adapter`), every tab shows an optional "Image prompt
+(IP-Adapter)" upload and an "Image prompt scale" slider.
 Compiled OpenVINO models are not re-entrant, so the demo runs one generation at a time, whichever tab asks, and
 queues the other requests. Every field is checked before anything runs, and bad input becomes a readable `gr.Error`
 that names the field, its value and the fix. The denoising steps show as a progress bar, and the Stop button
@@ -17,7 +19,7 @@ step (`pipe.preview_images`) until the final image replaces it, and the advanced
 ("Fast") and, when LoRA adapters are loaded (`pipe.load_lora_weights`), the adapter and its scale.
 
 Standalone: `python gradio_helper.py MODEL_DIR [--device CPU] [--port N] [--share] [--lora PATH[:SCALE] ...]
-[--controlnet DIR ...]` serves on 127.0.0.1 only. User mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one
+[--controlnet DIR ...] [--ip-adapter PATH]` serves on 127.0.0.1 only. User mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one
 `error: ...` line.
 
 The code lives in `sd3_openvino/demo/`: `checks` (the request and its checks), `runner` (`GenerationRunner`),
@@ -34,9 +36,11 @@ from sd3_openvino.demo.checks import (
     MAX_GUIDANCE_SCALE,
     MAX_CONTROLNET_SCALE,
     MAX_INFERENCE_STEPS,
+    MAX_IP_ADAPTER_SCALE,
     MAX_LORA_SCALE,
     MAX_PROMPT_CHARS,
     MAX_SEED,
+    MIN_IP_ADAPTER_SCALE,
     MIN_LORA_SCALE,
     NO_ADAPTER,
     PAINT_THE_MASK,
@@ -56,9 +60,11 @@ from sd3_openvino.demo.cli import (
     PORTS_TO_TRY,
     UsageError,
     check_controlnet_dirs,
+    check_ip_adapter_path,
     check_lora_arguments,
     check_model_dir,
     choose_port,
+    load_ip_adapter,
     load_pipeline,
     main,
     port_is_free,
@@ -100,9 +106,11 @@ __all__ = [
     "MAX_FILE_SIZE_MB",
     "MAX_GUIDANCE_SCALE",
     "MAX_INFERENCE_STEPS",
+    "MAX_IP_ADAPTER_SCALE",
     "MAX_LORA_SCALE",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
+    "MIN_IP_ADAPTER_SCALE",
     "MIN_LORA_SCALE",
     "NO_ADAPTER",
     "PAINT_THE_MASK",
@@ -119,6 +127,7 @@ __all__ = [
     "RequestLimits",
     "UsageError",
     "check_controlnet_dirs",
+    "check_ip_adapter_path",
     "check_lora_arguments",
     "check_model_dir",
     "check_request",
@@ -129,6 +138,7 @@ __all__ = [
     "fit_size",
     "image_and_mask_from_editor",
     "is_openvino_pipeline",
+    "load_ip_adapter",
     "load_pipeline",
     "main",
     "make_control_image",

@@ -12,7 +12,7 @@ Every name is imported on first use, from the package `sd3_openvino` whose folde
 `__init__`): `import sd3_helper` and the pipelines load numpy and OpenVINO only; `convert_sd3`, `quantize_sd3`,
 `make_tiny_sd3` and `load_sd3_pipeline` load torch, diffusers, transformers and NNCF when used.
 
-Command line: `python sd3_helper.py {tiny-model,convert,generate,tiny-controlnet,convert-controlnet} --help`.
+Command line: `python sd3_helper.py {tiny-model,convert,generate,tiny-controlnet,convert-controlnet,tiny-ip-adapter} --help`.
 """
 
 import importlib

@@ -1592,3 +1592,143 @@ def test_cli_reports_a_folder_without_a_controlnet_before_loading(tiny_ov_model,
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: `--controlnet` ") and "holds no converted ControlNet (`openvino_model.xml`)" in stderr
     assert "Traceback" not in stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The image prompt (IP-Adapter)
+# ----------------------------------------------------------------------------------------------------------
+
+IMAGE_PROMPT_LABELS = ("Image prompt (IP-Adapter)", "Image prompt scale")
+
+
+@pytest.fixture(scope="module")
+def ip_adapter_pipeline(ov_large_fp32, ov_ip_adapter) -> OVStableDiffusion3Pipeline:
+    """The SD3.5-Large-shaped tiny model with the tiny IP-Adapter loaded, in f32 so that images compare exactly."""
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(ov_large_fp32, ov_config=F32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(ov_ip_adapter)
+    return pipe
+
+
+def endpoint(demo, api_name: str):
+    """The function behind the demo's endpoint `api_name` (called directly: no server)."""
+    (fn,) = [fn.fn for fn in demo.fns.values() if fn.api_name == api_name]
+    return fn
+
+
+def file_payload(path: Path) -> dict:
+    """What the page (or `gradio_client.handle_file`) sends for an uploaded file, once gradio has it."""
+    return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_the_image_prompt_shows_only_with_an_ip_adapter_loaded(pipeline, ip_adapter_pipeline):
+    import gradio as gr
+
+    plain = make_demo(pipeline)
+    assert not blocks_labelled(plain, gr.Image, IMAGE_PROMPT_LABELS[0]) and not blocks_labelled(plain, gr.Slider, IMAGE_PROMPT_LABELS[1])
+    assert not {"ip_adapter_image", "ip_adapter_scale"} & {name for name, _ in api_parameters(plain, "/generate")}
+    ip_adapter_pipeline.set_ip_adapter_scale(0.65)
+    prompted = make_demo(ip_adapter_pipeline)
+    images, sliders = blocks_labelled(prompted, gr.Image, IMAGE_PROMPT_LABELS[0]), blocks_labelled(prompted, gr.Slider, IMAGE_PROMPT_LABELS[1])
+    assert len(images) == len(sliders) == 3  # one of each per tab
+    assert {(slider.minimum, slider.maximum, slider.value) for slider in sliders} == {(0.0, 1.0, 0.65)}  # the adapter's scale
+    for api_name in ("/generate", "/image_to_image", "/inpaint"):  # after the options, by name
+        assert api_parameters(prompted, api_name)[-3:] == [("fast", True), ("ip_adapter_image", None), ("ip_adapter_scale", 0.65)]
+
+
+def test_the_handler_prompts_with_the_uploaded_image_at_the_slider_s_scale(ip_adapter_pipeline, image_files):
+    generate = endpoint(make_demo(ip_adapter_pipeline), "generate")
+
+    def served(**image_prompt) -> np.ndarray:
+        *_, (image, seed) = generate(*generate_args(), False, progress=lambda *args, **kwargs: None, **image_prompt)
+        return np.asarray(image)
+
+    photo = file_payload(image_files.photo)
+    prompted = served(ip_adapter_image=photo, ip_adapter_scale=0.8)
+    assert ip_adapter_pipeline.ip_adapter.scale == 0.8  # set before the call, and it stays set
+    weaker = served(ip_adapter_image=photo, ip_adapter_scale=0.2)
+    assert ip_adapter_pipeline.ip_adapter.scale == 0.2
+    without = served()  # no image prompt
+    np.testing.assert_array_equal(weaker, direct_image(ip_adapter_pipeline, taylorseer=None, ip_adapter_image=picture(PHOTO_SIZE)))
+    ip_adapter_pipeline.set_ip_adapter_scale(0.8)
+    np.testing.assert_array_equal(prompted, direct_image(ip_adapter_pipeline, taylorseer=None, ip_adapter_image=picture(PHOTO_SIZE)))
+    assert len({prompted.tobytes(), weaker.tobytes(), without.tobytes()}) == 3, "the image prompt and its scale should change the image"
+
+
+IMAGE_PROMPT_BAD_INPUTS = [  # (change to a good request, exception type, fragment of its message)
+    ({"ip_adapter_scale": 1.5}, ValueError, "`ip_adapter_scale` has to be between 0.0 and 1.0 but is 1.5"),
+    ({"ip_adapter_scale": float("nan")}, ValueError, "`ip_adapter_scale` has to be a finite number between 0.0 and 1.0 but is nan"),
+    ({"ip_adapter_scale": "0.5"}, TypeError, "`ip_adapter_scale` has to be a number but is str: '0.5'"),
+    ({"ip_adapter_image": "cat.png"}, TypeError, "`ip_adapter_image` has to be a PIL image but is str: 'cat.png'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, error_type, message", IMAGE_PROMPT_BAD_INPUTS, ids=lambda value: repr(value)[:40])
+def test_a_bad_image_prompt_is_refused_with_a_readable_message(change, error_type, message):
+    from gradio_helper import RequestLimits, check_request
+
+    limits = RequestLimits(tasks=("text-to-image",), size_rules=FAKE_SIZE_RULES, ip_adapter=True)
+    checked = check_request(limits, **REQUEST, ip_adapter_image=picture(), ip_adapter_scale=0.3)
+    assert checked.pipeline_arguments()["ip_adapter_image"] is checked.ip_adapter_image and checked.ip_adapter_scale == 0.3
+    assert "ip_adapter_image" not in check_request(limits, **REQUEST).pipeline_arguments()  # no image prompt: none passed
+    with pytest.raises(error_type) as error:
+        check_request(limits, **{**REQUEST, "ip_adapter_image": picture(), **change})
+    assert message in str(error.value)
+
+
+def test_an_image_prompt_is_refused_where_no_ip_adapter_is_loaded():
+    for field, value in (("ip_adapter_image", picture()), ("ip_adapter_scale", 0.5)):
+        with pytest.raises(ValueError, match=f"`{field}` needs an IP-Adapter but the pipeline has none. Load one with"):
+            GenerationRunner(NeverCalled()).generate(**REQUEST, **{field: value})
+
+
+def test_cli_loads_the_ip_adapter_and_names_a_missing_one(ov_large_fp32, ov_ip_adapter, tmp_path, monkeypatch, capsys):
+    import gradio as gr
+
+    import gradio_helper
+
+    assert gradio_helper.main([str(ov_large_fp32), "--ip-adapter", str(tmp_path / "no-adapter")]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"error: `--ip-adapter` '{tmp_path / 'no-adapter'}' does not exist.") and "Traceback" not in stderr
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **options: launched.append(demo))  # build, do not serve
+    assert gradio_helper.main([str(ov_large_fp32), "--ip-adapter", str(ov_ip_adapter)]) == 0
+    (demo,) = launched
+    assert len(blocks_labelled(demo, gr.Image, IMAGE_PROMPT_LABELS[0])) == 3
+    assert gradio_helper.main([str(ov_large_fp32), "--ip-adapter", str(tmp_path)]) == 2  # a folder that is no adapter
+    assert capsys.readouterr().err.startswith(f"error: `--ip-adapter` '{tmp_path}': ")
+
+
+@pytest.fixture(scope="module")
+def ip_adapter_server(ip_adapter_pipeline):
+    """The demo of `ip_adapter_pipeline`, launched in this process on a loopback port (closed whatever happens); its URL."""
+    demo = make_demo(ip_adapter_pipeline)
+    try:
+        demo.launch(server_name="127.0.0.1", server_port=free_loopback_port(), prevent_thread_lock=True, quiet=True)
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+def test_browser_prompts_with_an_uploaded_image(ip_adapter_server, browser, image_files):
+    """The page's image prompt: upload, Run, the result; the screenshot is docs/images/demo-ip-adapter.png's source."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(ip_adapter_server)
+    prompt = WebDriverWait(browser, 60).until(
+        expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea, #prompt input"))
+    )
+    browser.find_element(By.CSS_SELECTOR, "#ip-adapter-image input[type=file]").send_keys(str(image_files.photo))
+    WebDriverWait(browser, 30).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#ip-adapter-image img"))
+    prompt.send_keys("a photo of a cat")
+    browser.find_element(By.ID, "run").click()
+    wait_for_image(browser)
+    toasts = " ".join(element.text for element in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-text']"))
+    assert " steps in " in toasts and "Invalid input" not in toasts, toasts  # the timings' notice, no error
+    for close in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close']"):
+        close.click()  # the notice would cover the page's corner in the screenshot
+    WebDriverWait(browser, 30).until(lambda driver: not driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-text']"))
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS_DIR / "gradio-demo-ip-adapter.png"))

@@ -14,6 +14,19 @@ HELPER = Path(__file__).resolve().parents[1] / "sd3_helper.py"
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(HELPER), *args], capture_output=True, text=True, timeout=600)
 
+def generated_images(model_dir, runs: dict[str, list[str]], *, common: list[str], tmp_path) -> dict:
+    """`generate` once per `runs` entry (name -> extra flags), each image as an int16 array by name."""
+    import numpy as np
+
+    images = {}
+    for name, flags in runs.items():
+        result = run("generate", str(model_dir), *common, *flags, "--output", str(tmp_path / f"{name}.png"))
+        assert result.returncode == 0, result.stderr
+        with Image.open(tmp_path / f"{name}.png") as image:
+            images[name] = np.asarray(image, dtype=np.int16)
+    return images
+
+
 
 def fake_checkpoint(folder: Path, *, without: str | None = None) -> Path:
     """A checkpoint's folders and config files (no weights): what the conversion checks before it loads anything."""
@@ -64,7 +77,7 @@ def test_the_checks_ask_for_t5_s_folder_only_with_t5(tmp_path):
         check_local_checkpoint(checkpoint, load_t5=False)
 
 
-@pytest.mark.parametrize("command", [[], ["tiny-model"], ["convert"], ["generate"]])
+@pytest.mark.parametrize("command", [[], ["tiny-model"], ["convert"], ["generate"], ["tiny-ip-adapter"]])
 def test_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: sd3_helper.py" in result.stdout
@@ -138,12 +151,7 @@ def test_generate_with_loras_at_run_time_equals_the_api(converted, tiny_checkpoi
     first = sd3_helper.make_tiny_lora(tiny_checkpoint, tmp_path / "lora-1", seed=1)
     second = sd3_helper.make_tiny_lora(tiny_checkpoint, tmp_path / "lora-2", seed=2, targets=("attn.to_q",))
     common = ["--prompt", "a cat", "--steps", "2", "--seed", "5", "--height", "32", "--width", "32"]
-    images = {}
-    for name, flags in (("base", []), ("lora", ["--lora", f"{first}:0.7", "--lora", str(second)])):
-        result = run("generate", str(model_dir), *common, *flags, "--output", str(tmp_path / f"{name}.png"))
-        assert result.returncode == 0, result.stderr
-        with Image.open(tmp_path / f"{name}.png") as image:
-            images[name] = np.asarray(image, dtype=np.int16)
+    images = generated_images(model_dir, {"base": [], "lora": ["--lora", f"{first}:0.7", "--lora", str(second)]}, common=common, tmp_path=tmp_path)
 
     pipe = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -157,3 +165,74 @@ def test_generate_with_loras_at_run_time_equals_the_api(converted, tiny_checkpoi
     assert bad.returncode == 2 and "could not be read" in bad.stderr and "Traceback" not in bad.stderr
     nan = run("generate", str(model_dir), *common, "--lora", f"{first}:nan", "--output", str(tmp_path / "x.png"))
     assert nan.returncode == 2 and "has to be a finite number" in nan.stderr
+
+
+IP_ADAPTER_FLAG_ERRORS = {  # (flags after `generate MODEL_DIR --prompt ...`, fragment of the one error)
+    "image-without-adapter": (["--ip-image", "{tmp}/cat.png"], "`--ip-image` needs `--ip-adapter PATH`"),
+    "scale-without-adapter": (["--ip-scale", "0.7"], "`--ip-scale` needs `--ip-adapter PATH`"),
+    "adapter-without-image": (["--ip-adapter", "{tmp}"], "`--ip-adapter` needs `--ip-image PATH`: the image to prompt with"),
+    "nan-scale": (["--ip-adapter", "{tmp}", "--ip-image", "{tmp}/cat.png", "--ip-scale", "nan"],
+                  "argument --ip-scale: has to be a finite number but is 'nan'"),
+    "inf-scale": (["--ip-adapter", "{tmp}", "--ip-image", "{tmp}/cat.png", "--ip-scale", "inf"],
+                  "argument --ip-scale: has to be a finite number but is 'inf'"),
+    "missing-image": (["--ip-adapter", "{tmp}", "--ip-image", "{tmp}/cat.png"], "`--ip-image` '{tmp}/cat.png' does not exist."),
+    "missing-adapter": (["--ip-adapter", "{tmp}/ipa", "--ip-image", "{tmp}/cat.png"], "`--ip-adapter` '{tmp}/ipa' does not exist."),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("flags", "message"), IP_ADAPTER_FLAG_ERRORS.values(), ids=IP_ADAPTER_FLAG_ERRORS.keys())
+def test_generate_names_a_bad_ip_adapter_flag_before_loading_a_model(tmp_path, flags, message):
+    """argparse's error (usage, then the message) for a flag without its partner or a scale that is no finite number;
+    one `error:` line for a path that does not exist. No model folder is needed: all of it is checked first."""
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    result = run("generate", str(tmp_path / "no-model"), "--prompt", "a cat", "--output", str(tmp_path / "x.png"), *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr.splitlines()[-1], result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_tiny_ip_adapter_refuses_a_checkpoint_that_is_not_there(tmp_path):
+    result = run("tiny-ip-adapter", str(tmp_path / "no-checkpoint"), str(tmp_path / "ipa"))
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert f"`checkpoint` '{tmp_path}/no-checkpoint' holds no `transformer/config.json`" in result.stderr
+    assert not (tmp_path / "ipa").exists()
+
+
+def test_generate_with_an_image_prompt_equals_the_api(
+    ov_large_fp32, tiny_large_checkpoint, tiny_ip_adapter_source, ov_ip_adapter, tmp_path
+):
+    """`tiny-ip-adapter` writes `make_tiny_ip_adapter`'s adapter; `generate --ip-adapter` prompts with `--ip-image` at
+    `--ip-scale` (0.5 by default) as `load_ip_adapter` + `set_ip_adapter_scale` do, and names a folder that is none."""
+    import numpy as np
+
+    import sd3_helper
+
+    source = tmp_path / "tiny-ipa"
+    made = run("tiny-ip-adapter", str(tiny_large_checkpoint), str(source))
+    assert made.returncode == 0, made.stderr
+    assert (source / "image_encoder" / "config.json").is_file()
+    weights = (source / "ip-adapter.safetensors").read_bytes()
+    assert weights == (tiny_ip_adapter_source / "ip-adapter.safetensors").read_bytes()  # the same seed, the same adapter
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 24), color=(230, 60, 20)).save(photo)
+    common = ["--prompt", "a cat", "--steps", "3", "--seed", "5", "--height", "32", "--width", "32", "--no-step-cache"]
+    runs = {
+        "base": [],
+        "prompted": ["--ip-adapter", str(ov_ip_adapter), "--ip-image", str(photo), "--ip-scale", "0.8"],
+        "default-scale": ["--ip-adapter", str(ov_ip_adapter), "--ip-image", str(photo)],
+    }
+    images = generated_images(ov_large_fp32, runs, common=common, tmp_path=tmp_path)
+
+    pipe = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(ov_large_fp32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(ov_ip_adapter)
+    pipe.set_ip_adapter_scale(0.8)
+    with Image.open(photo) as picture:
+        expected = pipe("a cat", ip_adapter_image=picture.convert("RGB"), num_inference_steps=3, generator=5, height=32, width=32, taylorseer=None)
+    expected = np.asarray(expected.images[0], dtype=np.int16)
+    assert np.abs(images["prompted"] - expected).max() <= 1  # the same call in-process (CPU default precision, PNG rounding)
+    assert np.abs(images["prompted"] - images["base"]).max() > 4  # the image prompt changes the image
+    assert np.abs(images["default-scale"] - images["prompted"]).max() > 0  # 0.5 by default, not 0.8
+
+    bad = run("generate", str(ov_large_fp32), *common, "--ip-adapter", str(tmp_path), "--ip-image", str(photo), "--output", str(tmp_path / "x.png"))
+    assert bad.returncode == 2 and bad.stderr.startswith(f"error: `--ip-adapter` '{tmp_path}': ") and "Traceback" not in bad.stderr, bad.stderr

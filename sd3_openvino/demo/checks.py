@@ -41,6 +41,8 @@ PAINT_THE_MASK = "paint the area to repaint with the brush (white = repaint)"
 # 0.8, and 1.0 and beyond follows the edges so closely that the image looks traced), and the preprocessor at first.
 MAX_CONTROLNET_SCALE, CONTROLNET_SCALE = 2.0, 0.7
 CONTROL_PREPROCESSOR = "canny"
+# IP-Adapter: the image prompt scale slider's ends (0 ignores the image prompt, 1 is the adapter's full weight)
+MIN_IP_ADAPTER_SCALE, MAX_IP_ADAPTER_SCALE = 0.0, 1.0
 
 
 def size_rules_of(pipeline) -> SizeRules:
@@ -134,6 +136,8 @@ class GenerationRequest:
     controlnet_conditioning_scale: float | None = None  # ControlNet: one scale for every ControlNet
     control_guidance_start: float = 0.0  # ControlNet: the fractions of the steps it acts between
     control_guidance_end: float = 1.0
+    ip_adapter_image: object = None  # IP-Adapter: the image prompt (a PIL image), or None: none
+    ip_adapter_scale: float | None = None  # IP-Adapter: its scale (`set_ip_adapter_scale`), or None: as it is set
 
     @property
     def denoising_steps(self) -> int:
@@ -148,7 +152,8 @@ class GenerationRequest:
     def pipeline_arguments(self) -> dict:
         """The keyword arguments of the task's pipeline call for this request (all but the generator and the
         callback): the image tasks add the image and strength, inpainting the mask, ControlNet the control image and
-        its scale and window, `fast` the step cache."""
+        its scale and window, `fast` the step cache, an image prompt `ip_adapter_image` (its scale is set on the
+        pipeline: `GenerationRunner`)."""
         arguments = dict(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt or None,
@@ -170,6 +175,8 @@ class GenerationRequest:
             )
         if self.fast is not None:  # ours: the cache, or every step computed (diffusers' image)
             arguments.update(taylorseer=FAST_STEP_CACHE if self.fast else None)
+        if self.ip_adapter_image is not None:
+            arguments.update(ip_adapter_image=self.ip_adapter_image)
         return arguments
 
 
@@ -185,6 +192,7 @@ class RequestLimits:
     pipeline_name: str = ""  # the pipeline's class, named when `fast` is refused
     adapters: tuple[str, ...] = ()  # the LoRA adapters loaded into the pipeline
     controlnets: int = 0  # the ControlNet pipeline's ControlNets: each gets the tab's one control image
+    ip_adapter: bool = False  # an IP-Adapter is loaded: a request may carry an image prompt
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,6 +311,22 @@ def _check_adapter(adapter, *, lora_scale, loaded: tuple[str, ...]) -> tuple[str
     return adapter, lora_scale
 
 
+def _check_image_prompt(image, scale, *, loaded: bool) -> dict:
+    """The image prompt fields of a checked request: `ip_adapter_image` (None: none) and `ip_adapter_scale` (None: as it
+    is set, else from `MIN_IP_ADAPTER_SCALE` to `MAX_IP_ADAPTER_SCALE`); either is refused when no IP-Adapter is `loaded`."""
+    if not loaded and (image is not None or scale is not None):
+        name = "ip_adapter_image" if image is not None else "ip_adapter_scale"
+        raise ValueError(
+            f"`{name}` needs an IP-Adapter but the pipeline has none. Load one with `pipe.load_ip_adapter(...)` before "
+            "`make_demo` (or `gradio_helper.py MODEL_DIR --ip-adapter PATH`), or leave the image prompt out."
+        )
+    if scale is not None:
+        scale = _as_finite(scale, name="ip_adapter_scale", minimum=MIN_IP_ADAPTER_SCALE, maximum=MAX_IP_ADAPTER_SCALE)
+    if image is not None:
+        image = _check_image(image, name="ip_adapter_image", missing="upload the image to prompt with")
+    return dict(ip_adapter_image=image, ip_adapter_scale=scale)
+
+
 def _check_images(task: str, *, image, mask_image, strength, num_inference_steps: int) -> tuple:
     """(image, mask_image, strength) of `task`: None for what the task does not take; the image tasks need an image
     and a strength that leaves a denoising step, inpainting a mask of the image's size with something painted."""
@@ -367,6 +391,8 @@ def check_request(
     controlnet_conditioning_scale: float | None = CONTROLNET_SCALE,
     control_guidance_start: float = 0.0,
     control_guidance_end: float = 1.0,
+    ip_adapter_image=None,
+    ip_adapter_scale: float | None = None,
 ) -> GenerationRequest:
     """The request with every field checked against `limits`; a ValueError or TypeError names the first bad field.
 
@@ -378,8 +404,8 @@ def check_request(
     `control_guidance_start` < `control_guidance_end`.
     `fast` turns the step cache on or off (our pipelines; None: on, their default; refused on for others). `adapter` is a loaded LoRA adapter (applied at
     `lora_scale`, from `MIN_LORA_SCALE` to `MAX_LORA_SCALE`), `NO_ADAPTER` for none, or None to leave the
-    pipeline's adapters as they are set.
-    """
+    pipeline's adapters as they are set. With an IP-Adapter loaded, `ip_adapter_image` (a PIL image; None: none) prompts
+    with an image at `ip_adapter_scale` (`MIN_IP_ADAPTER_SCALE` to `MAX_IP_ADAPTER_SCALE`; None: the scale set)."""
     if task not in limits.tasks:
         raise ValueError(f"`task` has to be one of {limits.tasks} but is {task!r:.80}.")
     prompt = _check_text(prompt, name="prompt")
@@ -396,6 +422,7 @@ def check_request(
     )
     fast = _check_fast(fast, limits=limits)
     adapter, lora_scale = _check_adapter(adapter, lora_scale=lora_scale, loaded=limits.adapters)
+    image_prompt = _check_image_prompt(ip_adapter_image, ip_adapter_scale, loaded=limits.ip_adapter)
     control = _check_control(
         task, limits=limits, width=width, height=height, image=image, preprocessor=preprocessor,
         controlnet_conditioning_scale=controlnet_conditioning_scale, control_guidance_start=control_guidance_start,
@@ -420,4 +447,5 @@ def check_request(
         adapter=adapter,
         lora_scale=lora_scale,
         **control,
+        **image_prompt,
     )

@@ -1,7 +1,8 @@
 """The demo's command line: `python gradio_helper.py MODEL_DIR [--device CPU] [--host H] [--port N] [--share]
-[--lora PATH[:SCALE] ...] [--controlnet DIR ...] [--max-file-size MB]` serves the demo (`make_demo`) on 127.0.0.1
-only by default, and refuses uploads over `MAX_FILE_SIZE_MB` (status 413). With `--controlnet` it loads an
-`OVStableDiffusion3ControlNetPipeline`, and the demo gets its ControlNet tab.
+[--lora PATH[:SCALE] ...] [--controlnet DIR ...] [--ip-adapter PATH] [--max-file-size MB]` serves the demo
+(`make_demo`) on 127.0.0.1 only by default, and refuses uploads over `MAX_FILE_SIZE_MB` (status 413). With
+`--controlnet` it loads an `OVStableDiffusion3ControlNetPipeline`, and the demo gets its ControlNet tab; with
+`--ip-adapter`, an IP-Adapter, and every tab gets an image prompt.
 
 What can be checked in a moment is checked before the model loads: the folders, the LoRA arguments, the port. User
 mistakes (no model folder, a port in use, a file that is no LoRA) exit with status 2 and one `error: ...` line.
@@ -69,6 +70,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load this ControlNet (a folder written by `sd3_helper.py convert-controlnet`) for the demo's ControlNet "
         "tab; repeatable (multi-ControlNet: the tab's one control image goes to each)",
     )
+    parser.add_argument(
+        "--ip-adapter",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="load this IP-Adapter (a folder converted by `convert_sd3_ip_adapter`, or its source folder with "
+        "`ip-adapter.safetensors` and `image_encoder/`, converted into MODEL_DIR once): every tab gets an image prompt",
+    )
     return parser.parse_args(argv)
 
 
@@ -133,6 +142,27 @@ def check_controlnet_dirs(controlnet: list[Path]) -> None:
             )
 
 
+def check_ip_adapter_path(ip_adapter: Path | None) -> None:
+    """A UsageError naming `--ip-adapter` if its path does not exist (before the model loads); None passes."""
+    if ip_adapter is not None and not ip_adapter.exists():
+        raise UsageError(
+            f"`--ip-adapter` '{ip_adapter}' does not exist. Pass a folder converted by `convert_sd3_ip_adapter`, or the "
+            "adapter's source folder (`ip-adapter.safetensors` and `image_encoder/`, e.g. from "
+            f"`python sd3_helper.py tiny-ip-adapter CHECKPOINT {ip_adapter}`)."
+        )
+
+
+def load_ip_adapter(pipeline, ip_adapter: Path | None) -> None:
+    """Load `--ip-adapter` into `pipeline` (converting a source folder into the model folder once); a folder that is
+    no IP-Adapter, or one for another transformer, is a UsageError."""
+    if ip_adapter is None:
+        return
+    try:
+        pipeline.load_ip_adapter(ip_adapter)
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
+        raise UsageError(f"`--ip-adapter` '{ip_adapter}': {error}") from error
+
+
 def load_pipeline(args: argparse.Namespace):
     """The pipeline the command line asks for: an `OVStableDiffusion3ControlNetPipeline` with `--controlnet`, else an
     `OVStableDiffusion3Pipeline`; a damaged or foreign folder, an unknown device, a ControlNet for another model are a
@@ -150,10 +180,11 @@ def load_pipeline(args: argparse.Namespace):
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Check the folders, the LoRA scales and the port (in a moment), then load the model (minutes), its ControlNets
-    and its LoRA adapters, and serve until stopped."""
+    """Check the folders, the LoRA scales and the port (in a moment), then load the model (minutes), its ControlNets,
+    its LoRA adapters and its IP-Adapter, and serve until stopped."""
     check_model_dir(args.model_dir)
     check_controlnet_dirs(args.controlnet)
+    check_ip_adapter_path(args.ip_adapter)
     lora = check_lora_arguments(args.lora)
     port = choose_port(host=args.host, port=args.port)
     pipeline = load_pipeline(args)
@@ -164,6 +195,7 @@ def serve(args: argparse.Namespace) -> None:
     except Exception as error:  # a hub id without network (httpx's errors), say
         sources = ", ".join(repr(source) for source, _ in lora)
         raise UsageError(f"`--lora` {sources} could not be loaded ({type(error).__name__}: {error}).") from error
+    load_ip_adapter(pipeline, args.ip_adapter)
     pipeline.set_progress_bar_config(disable=True)  # the UI shows the progress
     demo = make_demo(pipeline)
     try:

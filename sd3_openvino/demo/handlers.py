@@ -23,20 +23,22 @@ class DemoHandlers:
     progress, turn bad input into a readable `gr.Error`, stop a generation, fit the size sliders to an upload, and
     preview the ControlNet tab's control image.
 
-    `image_fields` holds each image tab's image component, by task (the UI's image tabs fill it): the Run events have
+    `image_fields` holds each image tab's image component, by task (the UI's image tabs fill it), and
+    `image_prompt_fields` each tab's IP-Adapter image prompt (with an IP-Adapter loaded): the Run events have
     `preprocess=False`, so `run` asks the component itself to read what the page sent.
     """
 
     def __init__(self, runner: GenerationRunner):
         self.runner = runner
         self.image_fields: dict = {}
+        self.image_prompt_fields: dict = {}
 
-    def read_payload(self, task: str, payload, *, name: str):
-        """A file field's payload as Gradio's own preprocessing gives it (the events have `preprocess=False`). The
-        page sends the image editor's images ahead and only their id with the event; the component finds them."""
+    @staticmethod
+    def read_payload(component, payload, *, name: str):
+        """A file field's payload as `component`'s own preprocessing gives it (the events have `preprocess=False`).
+        The page sends the image editor's images ahead and only their id with the event; the component finds them."""
         if payload is None:
             return None
-        component = self.image_fields[task]
         try:
             return component.preprocess(component.data_model.model_validate(payload))
         except (OSError, ValueError) as error:  # not an image file
@@ -50,10 +52,13 @@ class DemoHandlers:
 
         try:
             if task in ("image-to-image", "controlnet"):
-                fields["image"] = self.read_payload(task, fields["image"], name="image")
+                fields["image"] = self.read_payload(self.image_fields[task], fields["image"], name="image")
             elif task == "inpainting":
-                editor_value = self.read_payload(task, fields["image"], name="image_and_mask")
+                editor_value = self.read_payload(self.image_fields[task], fields["image"], name="image_and_mask")
                 fields["image"], fields["mask_image"] = image_and_mask_from_editor(editor_value)
+            if fields.get("ip_adapter_image") is not None and task in self.image_prompt_fields:
+                prompt_field = self.image_prompt_fields[task]
+                fields["ip_adapter_image"] = self.read_payload(prompt_field, fields["ip_adapter_image"], name="ip_adapter_image")
             for update in self.runner.stream(task=task, owner=_session_of(request), **fields):
                 if update.status is not None:  # compiling for a new size: tens of seconds before the first step
                     progress((0, update.total), desc=update.status, unit="steps")
@@ -98,7 +103,8 @@ class DemoHandlers:
 # endpoints are defined in these two functions and pass everything on to `DemoHandlers`. They are generators
 # (`yield from`): Gradio streams what they yield (the previews, then the result) and gives API clients the last
 # value. The options after the required inputs (`fast`, `adapter`, `lora_scale`) have defaults: a demo without the
-# matching controls passes fewer inputs (`fast` None: the pipeline's default, the step cache on for ours).
+# matching controls passes fewer inputs (`fast` None: the pipeline's default, the step cache on for ours). The image
+# prompt (`ip_adapter_image`, `ip_adapter_scale`) comes by name (`inputs_kwargs`), and only with an IP-Adapter loaded.
 
 
 def text_to_image_endpoints(handlers: DemoHandlers) -> dict:
@@ -117,6 +123,8 @@ def text_to_image_endpoints(handlers: DemoHandlers) -> dict:
         fast: bool | None = None,
         adapter: str | None = None,
         lora_scale: float = 1.0,
+        ip_adapter_image: dict | None = None,
+        ip_adapter_scale: float | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -135,6 +143,8 @@ def text_to_image_endpoints(handlers: DemoHandlers) -> dict:
             fast=fast,
             adapter=adapter,
             lora_scale=lora_scale,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_scale=ip_adapter_scale,
         )
 
     def stop(request: gr.Request) -> None:
@@ -145,7 +155,7 @@ def text_to_image_endpoints(handlers: DemoHandlers) -> dict:
 
 def image_endpoints(handlers: DemoHandlers) -> dict:
     """`/image_to_image` and `/inpaint`, by task: an image (an image editor's value for inpainting), then
-    `/generate`'s inputs up to the steps, then strength, then the options (fast, adapter, LoRA scale)."""
+    `/generate`'s inputs up to the steps, then strength, then the options (fast, adapter, LoRA scale, image prompt)."""
     return {"image-to-image": _image_to_image_endpoint(handlers), "inpainting": _inpaint_endpoint(handlers)}
 
 
@@ -167,6 +177,8 @@ def _image_to_image_endpoint(handlers: DemoHandlers) -> Callable:
         fast: bool | None = None,
         adapter: str | None = None,
         lora_scale: float = 1.0,
+        ip_adapter_image: dict | None = None,
+        ip_adapter_scale: float | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -187,6 +199,8 @@ def _image_to_image_endpoint(handlers: DemoHandlers) -> Callable:
             fast=fast,
             adapter=adapter,
             lora_scale=lora_scale,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_scale=ip_adapter_scale,
         )
 
     return image_to_image
@@ -211,6 +225,8 @@ def _inpaint_endpoint(handlers: DemoHandlers) -> Callable:
         fast: bool | None = None,
         adapter: str | None = None,
         lora_scale: float = 1.0,
+        ip_adapter_image: dict | None = None,
+        ip_adapter_scale: float | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -231,6 +247,8 @@ def _inpaint_endpoint(handlers: DemoHandlers) -> Callable:
             fast=fast,
             adapter=adapter,
             lora_scale=lora_scale,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_scale=ip_adapter_scale,
         )
 
     return inpaint
@@ -258,6 +276,8 @@ def controlnet_endpoint(handlers: DemoHandlers) -> Callable:
         fast: bool | None = None,
         adapter: str | None = None,
         lora_scale: float = 1.0,
+        ip_adapter_image: dict | None = None,
+        ip_adapter_scale: float | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -281,6 +301,8 @@ def controlnet_endpoint(handlers: DemoHandlers) -> Callable:
             fast=fast,
             adapter=adapter,
             lora_scale=lora_scale,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_scale=ip_adapter_scale,
         )
 
     return controlnet

@@ -1,6 +1,6 @@
 """What runs the demo's generations, without a UI: the pipeline of each task (`demo_pipelines`), and
 `GenerationRunner`, which checks a request, runs one generation at a time, reports each step with its live preview
-(`LivePreviews`), sets the LoRA adapter choice, and stops a generation on request.
+(`LivePreviews`), sets the LoRA adapter choice and the IP-Adapter's scale, and stops a generation on request.
 
 Plain Python (no Gradio), so it can be tested and reused without a UI. Our pipelines are imported where they are
 needed, and torch only where a generation starts (its generator), so importing this module stays light.
@@ -17,7 +17,9 @@ import numpy as np
 from ..runtime.arrays import as_array  # light: numpy only
 from .checks import (
     MAX_INFERENCE_STEPS,
+    MAX_IP_ADAPTER_SCALE,
     MAX_LORA_SCALE,
+    MIN_IP_ADAPTER_SCALE,
     MIN_LORA_SCALE,
     NO_ADAPTER,
     GenerationRequest,
@@ -158,9 +160,9 @@ class GenerationRunner:
     """Runs the demo's pipelines: checks the request, one generation at a time, progress, live previews, and stop.
 
     `pipeline` serves text to image; `image_to_image`, `inpainting` and `controlnet` (optional) are pipelines that share
-    its compiled models (see `demo_pipelines`), so one lock serves them all. The LoRA adapters belong to those shared
-    models too: a request's adapter choice is set under the same lock, just before its generation, and stays set
-    after it.
+    its compiled models (see `demo_pipelines`), so one lock serves them all. The LoRA adapters and the IP-Adapter belong
+    to those shared models too: a request's adapter choice and image prompt scale are set under the same lock, just
+    before its generation, and stay set after it.
     """
 
     def __init__(
@@ -217,6 +219,17 @@ class GenerationRunner:
         weight = weights.get("transformer", next(iter(weights.values()), 1.0))
         return min(max(weight, MIN_LORA_SCALE), MAX_LORA_SCALE)
 
+    @property
+    def ip_adapter(self):
+        """The IP-Adapter loaded into the pipeline (`pipe.ip_adapter`, shared by its `from_pipe` pipelines), or None."""
+        return getattr(self.pipeline, "ip_adapter", None) if self.openvino else None
+
+    def ip_adapter_scale(self) -> float:
+        """The loaded IP-Adapter's scale now, within the image prompt scale slider's ends (0.0 without one)."""
+        if self.ip_adapter is None:
+            return MIN_IP_ADAPTER_SCALE
+        return min(max(self.ip_adapter.scale, MIN_IP_ADAPTER_SCALE), MAX_IP_ADAPTER_SCALE)
+
     def limits(self) -> RequestLimits:
         """What a request may ask for now: this runner's tasks, sizes and steps, and the adapters loaded now."""
         return RequestLimits(
@@ -227,13 +240,15 @@ class GenerationRunner:
             pipeline_name=type(self.pipeline).__name__,
             adapters=tuple(self.adapters),
             controlnets=len(self.pipelines["controlnet"].controlnets) if "controlnet" in self.pipelines else 0,
+            ip_adapter=self.ip_adapter is not None,
         )
 
     def check(self, **fields) -> GenerationRequest:
         """The request with every field checked (`check_request`'s keyword arguments: prompt, negative_prompt, seed,
         randomize_seed, width, height, guidance_scale, num_inference_steps, task, image, mask_image, strength,
-        fast, adapter, lora_scale, and ControlNet's preprocessor, controlnet_conditioning_scale,
-        control_guidance_start, control_guidance_end); a ValueError or TypeError names the first bad field."""
+        fast, adapter, lora_scale, ControlNet's preprocessor, controlnet_conditioning_scale, control_guidance_start,
+        control_guidance_end, and IP-Adapter's ip_adapter_image, ip_adapter_scale); a ValueError or TypeError names
+        the first bad field."""
         return check_request(self.limits(), **fields)
 
     def generate(self, *, on_step: Callable[[int, int], None] | None = None, owner: str | None = None, **fields):
@@ -334,6 +349,8 @@ class GenerationRunner:
                 pipeline.on_compile = on_status  # the shared models compile for a new size: say so
             try:
                 self._apply_adapter(request)
+                if request.ip_adapter_scale is not None:  # the adapter is shared: setting it on one pipeline sets it on all
+                    self.pipeline.set_ip_adapter_scale(request.ip_adapter_scale)
                 image = pipeline(
                     **request.pipeline_arguments(),
                     generator=torch.Generator().manual_seed(request.seed),

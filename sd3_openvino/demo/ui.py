@@ -1,6 +1,6 @@
 """The demo's Gradio UI: `make_demo(pipeline)` builds a `gr.Blocks` with a tab per task (text to image, image to
 image, inpainting, and ControlNet for a ControlNet pipeline), each made of small parts (the prompt row, the advanced
-settings, the options, the image field).
+settings, the options, the image field, the image prompt of an IP-Adapter).
 
 gradio is imported inside the functions that build the UI, so importing this module needs no UI library.
 
@@ -15,7 +15,9 @@ API endpoints (outputs: image, seed used, streamed: the previews, then the resul
 - `/controlnet` (a ControlNet pipeline only): the image the control image is made from, the preprocessor (one of
   `CONTROL_PREPROCESSORS`: "canny", "blur", "depth", "none"), then `/generate`'s inputs up to the steps, then the
   ControlNet scale, guidance start and guidance end, then the options.
-The options may be left out (the controls' initial values are used). The inputs reach `GenerationRunner.check`
+The options may be left out (the controls' initial values are used). With an IP-Adapter loaded, every endpoint also takes
+`ip_adapter_image` (an image file, or None: no image prompt) and `ip_adapter_scale` (0 to 1) after the options, by
+name, or positionally right after the options the demo shows. The inputs reach `GenerationRunner.check`
 as sent (Gradio's own conversion is off), so a bad value from an API client gets the same named error as one
 from the page.
 """
@@ -33,9 +35,11 @@ from .checks import (
     MAX_CONTROLNET_SCALE,
     MAX_GUIDANCE_SCALE,
     MAX_INFERENCE_STEPS,
+    MAX_IP_ADAPTER_SCALE,
     MAX_LORA_SCALE,
     MAX_PROMPT_CHARS,
     MAX_SEED,
+    MIN_IP_ADAPTER_SCALE,
     MIN_LORA_SCALE,
     NO_ADAPTER,
 )
@@ -79,6 +83,7 @@ class ControlDefaults:
     adapter: str = NO_ADAPTER  # the adapter chosen at first: the one active when the demo is built
     lora_scale: float = 1.0  # the LoRA scale at first: the active adapter's weight (`--lora PATH:SCALE`)
     previews: bool = False  # the result image shows live previews (our pipelines)
+    ip_adapter_scale: float | None = None  # the IP-Adapter's scale when the demo is built; None: no IP-Adapter, no image prompt
 
 
 def _prompt_row(task: str) -> tuple:
@@ -185,6 +190,33 @@ def _options(task: str, defaults: ControlDefaults) -> list:
     return options
 
 
+def _image_prompt(task: str, *, handlers: DemoHandlers, defaults: ControlDefaults) -> dict:
+    """With an IP-Adapter loaded, the image prompt over its scale, in a column of the tab's image row, by the name of
+    the endpoints' parameter (the Run event passes them by name: `inputs_kwargs`); {} without one."""
+    import gradio as gr
+
+    if defaults.ip_adapter_scale is None:
+        return {}
+    prefix = ELEM_ID_PREFIXES[task]
+    with gr.Column():
+        image = handlers.image_prompt_fields[task] = gr.Image(
+            label="Image prompt (IP-Adapter)",
+            type="pil",
+            sources=["upload", "clipboard"],
+            elem_id=f"{prefix}ip-adapter-image",
+        )
+        scale = gr.Slider(
+            label="Image prompt scale",
+            info="How strongly the image prompt conditions the image: 0 ignores it, 1 is the adapter's full weight",
+            minimum=MIN_IP_ADAPTER_SCALE,
+            maximum=MAX_IP_ADAPTER_SCALE,
+            step=0.05,
+            value=defaults.ip_adapter_scale,
+            elem_id=f"{prefix}ip-adapter-scale",
+        )
+    return {"ip_adapter_image": image, "ip_adapter_scale": scale}
+
+
 def _image_field(task: str):
     """The image to restyle (image to image), the image to make the control image from (ControlNet), or the image
     editor to paint the mask on (inpainting)."""
@@ -227,15 +259,19 @@ def _strength_slider(value: float):
     )
 
 
-def _on_run(task: str, fn: Callable, *, prompt, run_button, inputs: list, outputs: list, previews: bool):
-    """Run `fn` on Run or Enter in the prompt, in the queue that every tab shares; returns the event. With live
-    `previews`, the progress shows as a bar and a step count over them ("minimal"), not as a cover that hides them."""
+def _on_run(
+    task: str, fn: Callable, *, prompt, run_button, inputs: list, outputs: list, previews: bool, image_prompt: dict
+):
+    """Run `fn` on Run or Enter in the prompt, in the queue that every tab shares; returns the event. `inputs` go
+    by position, the `image_prompt` controls (`_image_prompt`) by name. With live `previews`, the progress shows as a
+    bar and a step count over them ("minimal"), not as a cover that hides them."""
     import gradio as gr
 
     return gr.on(
         triggers=[run_button.click, prompt.submit],
         fn=fn,
         inputs=inputs,
+        inputs_kwargs=image_prompt or None,
         outputs=outputs,
         api_name=API_NAMES[task],
         show_progress="minimal" if previews else "full",
@@ -243,13 +279,15 @@ def _on_run(task: str, fn: Callable, *, prompt, run_button, inputs: list, output
     )
 
 
-def _text_to_image_tab(generate: Callable, *, examples: list[str], defaults: ControlDefaults) -> tuple:
+def _text_to_image_tab(generate: Callable, *, handlers: DemoHandlers, examples: list[str], defaults: ControlDefaults) -> tuple:
     """The text to image controls and their Run event; returns (the event, the Stop button)."""
     import gradio as gr
 
     task = "text-to-image"
     prompt, run_button, stop_button = _prompt_row(task)
-    result = _result_image(task)
+    with gr.Row(equal_height=True) if defaults.ip_adapter_scale is not None else contextlib.nullcontext():
+        image_prompt = _image_prompt(task, handlers=handlers, defaults=defaults)
+        result = _result_image(task)
     settings, options = _advanced_settings(task, defaults)
     used_seed = _used_seed_box(task)
     gr.Examples(examples=[[example] for example in examples], inputs=[prompt], label="Example prompts")
@@ -262,6 +300,7 @@ def _text_to_image_tab(generate: Callable, *, examples: list[str], defaults: Con
         inputs=inputs,
         outputs=[result, used_seed],
         previews=defaults.previews,
+        image_prompt=image_prompt,
     )
     return event, stop_button
 
@@ -276,6 +315,7 @@ def _image_tab(
     prompt, run_button, stop_button = _prompt_row(task)
     with gr.Row(equal_height=True):
         image = handlers.image_fields[task] = _image_field(task)
+        image_prompt = _image_prompt(task, handlers=handlers, defaults=defaults)
         result = _result_image(task)
     strength_slider = _strength_slider(strength)
     settings, options = _advanced_settings(task, defaults)
@@ -297,6 +337,7 @@ def _image_tab(
         inputs=[image, prompt, *settings, strength_slider, *options],
         outputs=[result, used_seed],
         previews=defaults.previews,
+        image_prompt=image_prompt,
     )
     return event, stop_button
 
@@ -350,6 +391,7 @@ def _controlnet_tab(fn: Callable, *, handlers: DemoHandlers, defaults: ControlDe
     with gr.Row(equal_height=True):
         image = handlers.image_fields[task] = _image_field(task)
         preview = gr.Image(label="Control image", type="pil", format="png", interactive=False, elem_id=f"{prefix}control-image")
+        image_prompt = _image_prompt(task, handlers=handlers, defaults=defaults)
         result = _result_image(task)
     preprocessor = gr.Radio(
         label="Preprocessor",
@@ -372,6 +414,7 @@ def _controlnet_tab(fn: Callable, *, handlers: DemoHandlers, defaults: ControlDe
         inputs=[image, preprocessor, prompt, *settings, *control_settings, *options],
         outputs=[result, used_seed],
         previews=defaults.previews,
+        image_prompt=image_prompt,
     )
     return event, stop_button
 
@@ -393,7 +436,7 @@ def _control_defaults(
     max_inference_steps: int,
 ) -> ControlDefaults:
     """The controls' initial values: `make_demo`'s arguments (sizes snapped to ones the model accepts, the
-    model's native size by default) and what `runner`'s pipeline offers (step cache, adapters, previews)."""
+    model's native size by default) and what `runner`'s pipeline offers (step cache, adapters, previews, IP-Adapter)."""
     rules = runner.size_rules
     return ControlDefaults(
         rules=rules,
@@ -407,6 +450,7 @@ def _control_defaults(
         adapter=runner.active_adapter(),
         lora_scale=runner.active_lora_scale(),
         previews=runner.preview_method is not None,
+        ip_adapter_scale=runner.ip_adapter_scale() if runner.ip_adapter is not None else None,
     )
 
 
@@ -419,7 +463,7 @@ def _task_tabs(pipelines: dict, *, handlers: DemoHandlers, examples: list[str], 
     several_tabs = len(pipelines) > 1
     with gr.Tabs() if several_tabs else contextlib.nullcontext():
         with gr.Tab(TAB_LABELS["text-to-image"], id="text-to-image") if several_tabs else contextlib.nullcontext():
-            tabs = [_text_to_image_tab(endpoints["text-to-image"], examples=examples, defaults=defaults)]
+            tabs = [_text_to_image_tab(endpoints["text-to-image"], handlers=handlers, examples=examples, defaults=defaults)]
         for task in [task for task in pipelines if task != "text-to-image"]:
             with gr.Tab(TAB_LABELS[task], id=task):
                 if task == "controlnet":
@@ -470,7 +514,9 @@ def make_demo(
     has LoRA adapters loaded (`pipeline.get_list_adapters()`), they also have an adapter choice (`NO_ADAPTER` or a
     loaded adapter, at first the active one) and a LoRA scale (at first the active adapter's weight); each
     generation sets them with `set_adapters([adapter], [scale])`, or `disable_lora()` for `NO_ADAPTER`, in its turn
-    in the queue.
+    in the queue. When `pipeline` has an IP-Adapter loaded (`pipeline.load_ip_adapter`), every tab has an optional
+    "Image prompt (IP-Adapter)" upload, passed as `ip_adapter_image`, and an "Image prompt scale" (0 to 1, at first the
+    adapter's scale), which each generation sets with `set_ip_adapter_scale` in its turn in the queue.
 
     While a generation runs, the result image shows the live preview of its latest step (our pipelines:
     `preview_images`, see `LivePreviews`), and the final image replaces it. diffusers' pipeline shows the final

@@ -1,8 +1,9 @@
-"""The command line of `python sd3_helper.py {tiny-model,convert,generate,tiny-controlnet,convert-controlnet}`: argument parsing, the image and LoRA
-arguments checked before any model loads, and one error line (exit status 2) for a user's mistake. `generate` runs
+"""The command line of `python sd3_helper.py {tiny-model,convert,generate,tiny-controlnet,convert-controlnet,tiny-ip-adapter}`:
+argument parsing, the image, LoRA and IP-Adapter arguments checked before any model loads, and one error line (exit status 2) for a user's mistake. `generate` runs
 without torch (0.5 GB of RSS): the exporters, which need it, are imported by their commands."""
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from ..core.layout import GENERATION_DEFAULTS, WEIGHT_FORMATS
 from ..runtime.control_images import CONTROL_PREPROCESSORS, control_image_for
 from ..runtime.controlnet_pipelines import OVStableDiffusion3ControlNetInpaintingPipeline, OVStableDiffusion3ControlNetPipeline
 from ..runtime.image_pipelines import OVStableDiffusion3Img2ImgPipeline, OVStableDiffusion3InpaintPipeline
+from ..runtime.ip_adapter import DEFAULT_IP_ADAPTER_SCALE
 from ..runtime.lora import check_lora, load_adapters, lora_argument
 from ..runtime.pipeline import OVStableDiffusion3Pipeline
 from ..runtime.shapes import SHAPES_POLICIES
@@ -80,8 +82,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="apply a LoRA at SCALE (default 1.0) at run time, without converting again; repeatable",
     )
     _add_control_arguments(generate)
+    _add_ip_adapter_arguments(generate)
     _add_controlnet_commands(commands)
-    return parser.parse_args(argv)
+    _add_ip_adapter_commands(commands)
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        _check_ip_adapter_flags(args, parser=generate)
+    return args
 
 
 def _add_controlnet_commands(commands) -> None:
@@ -121,6 +128,51 @@ def _add_control_arguments(generate) -> None:
     )
     generate.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where the ControlNets start acting")
     generate.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where they stop")
+
+
+def _finite_float(text: str) -> float:
+    """A finite float; argparse reports anything else (`nan`, `inf`, `abc`) with this message and exits 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"has to be a number but is {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"has to be a finite number but is {text!r}")
+    return value
+
+
+def _add_ip_adapter_arguments(generate) -> None:
+    """`generate`'s IP-Adapter flags: an image prompt."""
+    generate.add_argument(
+        "--ip-adapter", type=Path, default=None, metavar="PATH",
+        help="prompt with an image through this IP-Adapter: a folder converted by `convert_sd3_ip_adapter`, or its source "
+        "folder (`ip-adapter.safetensors` and `image_encoder/`, e.g. from `tiny-ip-adapter`), converted into MODEL_DIR once",
+    )
+    generate.add_argument("--ip-image", type=Path, default=None, metavar="PATH", help="the image prompt (needs --ip-adapter)")
+    generate.add_argument(
+        "--ip-scale", type=_finite_float, default=None, metavar="S",
+        help=f"how strongly the image prompt conditions the image: 0 ignores it, 1 is the adapter's full weight "
+        f"(default {DEFAULT_IP_ADAPTER_SCALE}, as diffusers)",
+    )
+
+
+def _check_ip_adapter_flags(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> None:
+    """`--ip-adapter` and `--ip-image` come together (`--ip-scale` needs them); argparse reports a lone one and exits 2."""
+    if args.ip_adapter is None and (args.ip_image is not None or args.ip_scale is not None):
+        given = "--ip-image" if args.ip_image is not None else "--ip-scale"
+        parser.error(f"`{given}` needs `--ip-adapter PATH`: the IP-Adapter that reads the image prompt (e.g. a folder from `tiny-ip-adapter`).")
+    if args.ip_adapter is not None and args.ip_image is None:
+        parser.error("`--ip-adapter` needs `--ip-image PATH`: the image to prompt with. Without an image prompt, leave `--ip-adapter` out.")
+
+
+def _add_ip_adapter_commands(commands) -> None:
+    """`tiny-ip-adapter`."""
+    tiny_ip_adapter = commands.add_parser(
+        "tiny-ip-adapter", help="write a tiny random-weight IP-Adapter for a tiny checkpoint (offline; families sd3 and sd3.5-large)"
+    )
+    tiny_ip_adapter.add_argument("checkpoint", type=Path, help="the tiny SD3 checkpoint (from `tiny-model`)")
+    tiny_ip_adapter.add_argument("output_dir", type=Path)
+    tiny_ip_adapter.add_argument("--seed", type=int, default=0)
 
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
@@ -192,6 +244,29 @@ def _control_arguments(args: argparse.Namespace, image_arguments: dict) -> dict:
     return arguments
 
 
+def _ip_adapter_arguments(args: argparse.Namespace) -> dict:
+    """The image prompt of `generate` (`ip_adapter_image`), read and checked before any model loads; {} without one."""
+    if args.ip_adapter is None:
+        return {}
+    if not args.ip_adapter.exists():
+        raise FileNotFoundError(
+            f"`--ip-adapter` {str(args.ip_adapter)!r} does not exist. Pass a folder converted by `convert_sd3_ip_adapter`, or "
+            "the adapter's source folder (`ip-adapter.safetensors` and `image_encoder/`)."
+        )
+    return {"ip_adapter_image": _read_image(args.ip_image, flag="--ip-image")}
+
+
+def _load_ip_adapter(pipe, args: argparse.Namespace) -> None:
+    """Load `--ip-adapter` (converting a source folder into the model folder once) at `--ip-scale`."""
+    if args.ip_adapter is None:
+        return
+    try:
+        pipe.load_ip_adapter(args.ip_adapter)
+    except USER_ERRORS as error:  # a folder that is no IP-Adapter, one for another transformer
+        raise type(error)(f"`--ip-adapter` {str(args.ip_adapter)!r}: {error}") from error
+    pipe.set_ip_adapter_scale(DEFAULT_IP_ADAPTER_SCALE if args.ip_scale is None else args.ip_scale)
+
+
 def _pipeline_class(args: argparse.Namespace):
     if args.controlnet:
         return OVStableDiffusion3ControlNetInpaintingPipeline if args.mask else OVStableDiffusion3ControlNetPipeline
@@ -202,12 +277,14 @@ def _generate(args: argparse.Namespace) -> Path:
     check_image_path(args.output)
     image_arguments = _image_arguments(args)
     image_arguments.update(_control_arguments(args, image_arguments))
+    image_arguments.update(_ip_adapter_arguments(args))
     lora = check_lora(args.lora, argument="`--lora`")  # a missing file or a bad scale fails before the model loads
     options = dict(device=args.device, shapes=args.shapes, cache_dir=args.cache_dir)
     if args.controlnet:
         options["controlnet"] = args.controlnet if len(args.controlnet) > 1 else args.controlnet[0]
     pipe = _pipeline_class(args).from_pretrained(args.model_dir, **options)
     load_adapters(pipe, lora)
+    _load_ip_adapter(pipe, args)
     image = pipe(
         args.prompt,
         **image_arguments,
@@ -249,6 +326,15 @@ def main(argv: list[str] | None = None) -> int:
             from .controlnet import convert_sd3_controlnet
 
             print(convert_sd3_controlnet(args.checkpoint, args.output_dir, weight_format=args.weight_format, base_model=args.base_model, overwrite=args.overwrite))
+        elif args.command == "tiny-ip-adapter":
+            if not (args.checkpoint / "transformer" / "config.json").is_file():  # before torch and diffusers load
+                raise FileNotFoundError(
+                    f"`checkpoint` '{args.checkpoint}' holds no `transformer/config.json`. Pass a tiny SD3 checkpoint: "
+                    f"`python sd3_helper.py tiny-model {args.checkpoint}` writes one."
+                )
+            from .tiny_model import make_tiny_ip_adapter
+
+            print(make_tiny_ip_adapter(args.checkpoint, args.output_dir, seed=args.seed))
         else:
             print(_generate(args))
     except USER_ERRORS as error:
