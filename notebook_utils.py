@@ -1,5 +1,5 @@
 """Small helpers for `stable-diffusion-v3.ipynb`: option widgets, model folders, the weight format comparison, timing,
-the LoRA stand-ins of the tiny model and the canny ControlNet of each model.
+the LoRA stand-ins of the tiny model, and the canny ControlNet and the IP-Adapter of each model.
 
 The notebook's cells call these so that each cell stays a few lines long. The project's API itself lives in
 `sd3_helper`; nothing here is needed to use it from your own code.
@@ -19,6 +19,25 @@ CANNY_CONTROLNETS = {
     "sd3.5-large-turbo": ("stabilityai/stable-diffusion-3.5-large-controlnet-canny", "sd3.5"),
 }
 CONTROLNET_WEIGHT_FORMAT = {"int8-hybrid": "int8"}  # a ControlNet takes weight-only formats: int8-hybrid's gets int8 weights
+
+
+@dataclass(frozen=True)
+class IPAdapterSource:
+    """What `pipe.load_ip_adapter` takes for one IP-Adapter: its first three arguments (see `ip_adapter_for`)."""
+
+    source: str | Path  # a hub id, or a folder in InstantX's layout
+    weight_name: str = "ip-adapter.safetensors"  # the weights file in `source`
+    image_encoder_folder: str = "image_encoder"  # a folder in `source`, or the image encoder's own hub id or folder
+
+
+# InstantX's adapter, trained on SD3.5 Large: its weights are a .bin file and its SigLIP image encoder is Google's checkpoint.
+INSTANTX_IP_ADAPTER = IPAdapterSource(
+    "InstantX/SD3.5-Large-IP-Adapter", weight_name="ip-adapter.bin", image_encoder_folder="google/siglip-so400m-patch14-384"
+)
+# The IP-Adapter of each preset. SD3.5 Large Turbo and TensorArt's TurboX have SD3.5 Large's architecture and get its
+# adapter; SD3 Medium has no published one, and SD3.5 Medium's dual-attention blocks (its turbo variants' too) fit none.
+IP_ADAPTERS = {key: INSTANTX_IP_ADAPTER for key in ("sd3.5-large", "sd3.5-large-turbo", "sd3.5-large-turbox")}
+DUAL_ATTENTION_FAMILY = "sd3.5-medium"  # the `tiny_family` of the presets whose transformer has dual-attention blocks
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,6 +166,54 @@ def tiny_controlnet(checkpoint: str | Path, *, models_dir: Path, family: str) ->
 
     folder = Path(models_dir) / f"{Path(str(checkpoint)).name}-controlnet-canny"
     return folder if (folder / "config.json").is_file() else make_tiny_sd3_controlnet(checkpoint, folder, family=family)
+
+
+def no_ip_adapter_reason(model_id: str | Path) -> str | None:
+    """Why `model_id` gets no IP-Adapter in the notebook (a sentence), or None when it gets one: an SD3.5 Large preset
+    (`IP_ADAPTERS`) or a tiny stand-in without dual-attention blocks ("tiny", "tiny-sd3.5-large...")."""
+    from sd3_helper import preset_for
+
+    preset = preset_for(str(model_id))
+    if preset is not None and preset.tiny_family == DUAL_ATTENTION_FAMILY:
+        return (
+            f"{model_id} has dual-attention blocks (SD3.5 Medium's MMDiT-X), which SD3 IP-Adapters do not fit "
+            "(`load_ip_adapter` refuses them): skipping this section."
+        )
+    if is_tiny(model_id) or (preset is not None and preset.key in IP_ADAPTERS):
+        return None
+    if preset is not None and preset.key == "sd3-medium":
+        return "No IP-Adapter is published for SD3 Medium: skipping this section (SD3.5 Large has InstantX's)."
+    return (
+        f"No IP-Adapter is set for {model_id} here: skipping this section. InstantX/SD3.5-Large-IP-Adapter fits SD3.5 Large "
+        "models; set `ip_adapter` (the commented line) to load it or another adapter."
+    )
+
+
+def ip_adapter_for(model_id: str | Path, *, checkpoint: str | Path, models_dir: Path) -> IPAdapterSource | None:
+    """The IP-Adapter to load on `model_id`'s pipeline (`IP_ADAPTERS`), or None, with the reason printed, for a model
+    without one (see `no_ip_adapter_reason`).
+
+    For the tiny models a random adapter for the tiny `checkpoint` stands in (`tiny_ip_adapter`, made once, offline).
+    Nothing is downloaded or converted here: `pipe.load_ip_adapter` converts the adapter once, into its SD3 folder.
+    """
+    from sd3_helper import preset_for
+
+    reason = no_ip_adapter_reason(model_id)
+    if reason is not None:
+        print(reason)
+        return None
+    if is_tiny(model_id):
+        return IPAdapterSource(tiny_ip_adapter(checkpoint, models_dir=models_dir))
+    return IP_ADAPTERS[preset_for(str(model_id)).key]
+
+
+def tiny_ip_adapter(checkpoint: str | Path, *, models_dir: Path) -> Path:
+    """A random IP-Adapter for the tiny `checkpoint` in InstantX's layout (`ip-adapter.safetensors`, `image_encoder/`),
+    made once, offline, in a moment: it stands in for a downloaded one. Returns its folder."""
+    from sd3_helper import make_tiny_ip_adapter
+
+    folder = Path(models_dir) / f"{Path(str(checkpoint)).name}-ip-adapter"
+    return folder if (folder / "ip-adapter.safetensors").is_file() else make_tiny_ip_adapter(checkpoint, folder)
 
 
 def timed(pipe, **kwargs) -> tuple:

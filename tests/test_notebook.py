@@ -22,7 +22,7 @@ NOTEBOOK = REPO_ROOT / "stable-diffusion-v3.ipynb"
 ARTIFACTS_DIR = Path(os.environ.get("SD3_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 KNOBS = {"model_id", "load_t5", "weight_format", "device", "height", "width", "num_inference_steps"}
 KNOBS |= {"guidance_scale", "seed", "prompt", "launch_demo", "image_to_image", "skip_guidance_layers"}
-KNOBS |= {"compare_formats", "quantize_vae", "lora_adapters", "use_controlnet"}
+KNOBS |= {"compare_formats", "quantize_vae", "lora_adapters", "use_controlnet", "use_ip_adapter"}
 WIDTH, HEIGHT = 48, 64  # not square, so that swapped sides show
 TEST_PARAMETERS = {
     "model_id": "tiny",
@@ -153,6 +153,75 @@ def test_controlnet_for_converts_the_presets_controlnet_with_the_model_as_base_m
         assert controlnet_for("sd3.5-medium", checkpoint="stabilityai/stable-diffusion-3.5-medium", models_dir=tmp_path, weight_format="int8") is None
     assert folder == tmp_path / "stable-diffusion-3.5-large-controlnet-canny-ov-int8"  # int8-hybrid is a transformer format
     assert calls == [(STABILITY_CANNY, folder, {"weight_format": "int8", "base_model": base})]
+
+
+INSTANTX_IP_ADAPTER = ("InstantX/SD3.5-Large-IP-Adapter", "ip-adapter.bin", "google/siglip-so400m-patch14-384")
+TINY_IP_ADAPTER = ("<models_dir>/<checkpoint>-ip-adapter", "ip-adapter.safetensors", "image_encoder")  # made offline
+DUAL_ATTENTION, NOT_PUBLISHED, NOT_SET = "has dual-attention blocks", "No IP-Adapter is published for SD3 Medium", "No IP-Adapter is set"
+IP_ADAPTER_CASES = {  # model id -> (source, weight_name, image_encoder_folder), or the start of the reason it has none
+    "tiny": TINY_IP_ADAPTER,  # SD3-shaped, no dual attention: a random adapter shows the section on it
+    "tiny-sd3.5-large": TINY_IP_ADAPTER,
+    "tiny-sd3.5-large-turbo": TINY_IP_ADAPTER,
+    "sd3.5-large": INSTANTX_IP_ADAPTER,
+    "stabilityai/stable-diffusion-3.5-large": INSTANTX_IP_ADAPTER,
+    "sd3.5-large-turbo": INSTANTX_IP_ADAPTER,
+    "sd3.5-large-turbox": INSTANTX_IP_ADAPTER,  # TensorArt's distilled SD3.5 Large
+    "sd3-medium": NOT_PUBLISHED,
+    "stabilityai/stable-diffusion-3-medium-diffusers": NOT_PUBLISHED,
+    "sd3.5-medium": DUAL_ATTENTION,
+    "sd3.5-medium-turbo": DUAL_ATTENTION,
+    "tiny-sd3.5-medium": DUAL_ATTENTION,  # `load_ip_adapter` would refuse its transformer
+    "/models/my-sd3": NOT_SET,
+}
+
+
+@pytest.mark.parametrize("model_id, expected", IP_ADAPTER_CASES.items(), ids=IP_ADAPTER_CASES.keys())
+def test_each_model_gets_the_ip_adapter_of_its_family_or_the_reason_it_has_none(model_id, expected, tmp_path, capsys):
+    """`make_tiny_ip_adapter` stubbed: which adapter, with which `load_ip_adapter` arguments, and nothing built."""
+    import sd3_helper
+    from notebook_utils import ip_adapter_for
+
+    made = []
+
+    def make(checkpoint, output_dir):
+        made.append((checkpoint, output_dir))
+        return output_dir
+
+    checkpoint = tmp_path / "sd3-tiny-x"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(vars(sd3_helper), "make_tiny_ip_adapter", make)  # without importing the real one (torch)
+        adapter = ip_adapter_for(model_id, checkpoint=checkpoint, models_dir=tmp_path)
+    printed = capsys.readouterr().out
+    if isinstance(expected, str):
+        assert adapter is None and made == [] and expected in printed and "skipping this section" in printed
+        return
+    assert printed == ""
+    if expected is TINY_IP_ADAPTER:
+        folder = tmp_path / "sd3-tiny-x-ip-adapter"  # beside the tiny checkpoint's other stand-ins
+        assert made == [(checkpoint, folder)]
+        expected = (folder, *expected[1:])
+    else:
+        assert made == []
+    assert (adapter.source, adapter.weight_name, adapter.image_encoder_folder) == expected
+
+
+def test_tiny_ip_adapter_is_made_once_and_loads_with_the_pipelines_defaults(tmp_path):
+    """A folder already made is used as it is; `IPAdapterSource`'s defaults are `load_ip_adapter`'s, so the notebook's
+    keyword call loads a tiny folder as `load_ip_adapter(folder)` does."""
+    import inspect
+
+    import sd3_helper
+    from notebook_utils import IPAdapterSource, tiny_ip_adapter
+
+    folder = tmp_path / "sd3-tiny-ip-adapter"
+    folder.mkdir()
+    (folder / "ip-adapter.safetensors").write_bytes(b"")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(vars(sd3_helper), "make_tiny_ip_adapter", lambda *args, **kwargs: pytest.fail("made again"))
+        assert tiny_ip_adapter(tmp_path / "sd3-tiny", models_dir=tmp_path) == folder
+    defaults = inspect.signature(sd3_helper.OVStableDiffusion3Pipeline.load_ip_adapter).parameters
+    source = IPAdapterSource(folder)
+    assert (source.weight_name, source.image_encoder_folder) == (defaults["weight_name"].default, defaults["image_encoder_folder"].default)
 
 
 def test_bar_charts_draw_one_panel_per_comparison_with_the_values():
@@ -312,6 +381,23 @@ def test_controlnet_section_shows_the_edges_and_the_images_at_three_scales(execu
     assert record["kind"] == "sd3_controlnet" and record["options"]["weight_format"] == "fp16"
 
 
+def test_ip_adapter_section_shows_the_image_prompt_and_three_scales_then_unloads(executed):
+    image_prompt, scale_0, scale_half, scale_1 = grid_cells(executed["output_dir"] / "ip-adapter.png", 4)
+    np.testing.assert_array_equal(image_prompt, np.asarray(Image.open(executed["output_dir"] / "image.png")))  # the generated image
+    half, full = max_difference(scale_half, scale_0), max_difference(scale_1, scale_0)
+    print(f"\nIP-Adapter vs scale 0: 0.5 {half}/255, 1.0 {full}/255")
+    assert min(half, full) > 4, "the random tiny IP-Adapter should change the image"  # measured 23 and 43
+    shown = next(cell for cell in code_cells(executed["notebook"]) if "ip_grid" in cell.source)
+    assert any("image/png" in output.get("data", {}) for output in shown.outputs), "the grid is not shown"
+    printed = "".join(code_outputs(executed, "stdout"))
+    assert "IP-Adapter: " in printed and "IP-Adapter at scale 1.0: 3 steps in " in printed and "image prompt " in printed
+    assert "IP-Adapter after unload_ip_adapter: None" in printed
+    model_dir = ov_model_dir(executed["models_dir"] / "sd3-tiny", models_dir=executed["models_dir"], weight_format="fp16", load_t5=True)
+    (folder,) = (model_dir / "ip_adapters").iterdir()  # converted once, into the SD3 folder
+    record = json.loads((folder / "openvino_conversion.json").read_text())
+    assert record["kind"] == "sd3_ip_adapter" and (executed["models_dir"] / "sd3-tiny-ip-adapter" / "ip-adapter.safetensors").is_file()
+
+
 def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed):
     restyled = Image.open(executed["output_dir"] / "image-to-image.png")  # input + two strengths
     repainted = Image.open(executed["output_dir"] / "inpainting.png")  # input + mask + result
@@ -322,8 +408,9 @@ def test_image_to_image_and_inpainting_section_shows_inputs_and_results(executed
 
 
 PRESET_RUN = dict(
-    height=32, width=32, compare_formats=False, compare_genai=False, image_to_image=False, lora_adapters=False, use_controlnet=False, launch_demo=False
-)
+    height=32, width=32, compare_formats=False, compare_genai=False, image_to_image=False, lora_adapters=False, use_controlnet=False,
+    use_ip_adapter=False, launch_demo=False,
+)  # fmt: skip
 
 
 @pytest.mark.slow  # papermill runs the notebook, which builds and converts a tiny model
