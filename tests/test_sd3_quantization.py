@@ -46,7 +46,8 @@ def constant_types(model) -> set[str]:
 def test_layout_and_weight_format_match_convert_sd3(converted, hybrid):
     source = converted("fp16")
     assert json.loads((hybrid / "model_index.json").read_text()) == json.loads((source / "model_index.json").read_text())
-    assert sorted(path.name for path in hybrid.iterdir()) == sorted(path.name for path in source.iterdir())
+    beside = {"ip_adapters"}  # IP-Adapters converted into the fp16 folder (the notebook's run does) are not copied
+    assert sorted(path.name for path in hybrid.iterdir()) == sorted(path.name for path in source.iterdir() if path.name not in beside)
     core = ov.Core()
     for name in SUBMODELS:
         assert (hybrid / name / "config.json").read_text() == (source / name / "config.json").read_text()

@@ -20,7 +20,18 @@ from test_interop import PROMPT, SEED, genai_image
 # decoder's on the same latents. Quantizing the GroupNorm and residual-Add inputs and the residual convolutions too
 # (NNCF's default rules with only the first and last convolutions and the attention kept out) gives 40.6-40.9 dB.
 # The bound sits between: it catches a kept-out group that is quantized again.
-MIN_DECODER_PSNR_DB = 45.0
+# On a CPU without int8 dot-product instructions (AVX2 only: no AVX-512 VNNI, AVX-VNNI or AMX), OpenVINO's int8
+# convolutions add u8 x s8 pairs in 16 bits with saturation, and the same folder measured 37.0 and 37.8 dB (AMD EPYC,
+# AVX2 only, 2026-12-07): there the bound is lower, by the same margin below what was measured.
+INT8_DOT_PRODUCT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def cpu_has_int8_dot_products() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return not cpuinfo.is_file() or bool(INT8_DOT_PRODUCT_FLAGS & set(cpuinfo.read_text().split()))
+
+
+MIN_DECODER_PSNR_DB = 45.0 if cpu_has_int8_dot_products() else 35.0
 STEPS = 4
 
 
