@@ -34,6 +34,7 @@ SLOW_FIXTURES = {
     "ov_large_fp32",
     "tiny_ip_adapter_source",
     "ov_ip_adapter",
+    "controlnet_models",
     # in the test files
     "diffusers_image_pipelines",  # test_image_pipelines: diffusers' pipelines of the tiny checkpoint
     "ov_image_pipelines",
@@ -223,3 +224,25 @@ def ov_ip_adapter(ov_large_fp32, tiny_ip_adapter_source) -> Path:
 
     folder = converted_ip_adapter_dir(ov_large_fp32, tiny_ip_adapter_source, weight_name="ip-adapter.safetensors", subfolder=None)
     return sd3_helper.convert_sd3_ip_adapter(tiny_ip_adapter_source, folder, model_dir=ov_large_fp32)
+
+
+# -- ControlNets: tiny ones of both families, converted (test_controlnet, test_text_folding) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def controlnet_models(tiny_checkpoints, converted, tmp_path_factory):
+    """name -> (base checkpoint, our fp32 base folder without T5, the ControlNet checkpoint, its fp32 conversion)."""
+    root = tmp_path_factory.mktemp("controlnets")
+    made = {}
+    plans = {
+        "instantx": dict(family="sd3", options=dict(family="instantx", num_layers=1)),
+        "instantx-2": dict(family="sd3", options=dict(family="instantx", num_layers=1, seed=1)),
+        "sd3.5": dict(family="sd3.5-large", options=dict(family="sd3.5", num_layers=2)),
+        "inpainting": dict(family="sd3", options=dict(family="instantx", num_layers=1, inpainting=True)),
+    }
+    for name, plan in plans.items():
+        checkpoint = tiny_checkpoints(family=plan["family"])
+        source = sd3_helper.make_tiny_sd3_controlnet(checkpoint, root / name, **plan["options"])
+        folder = sd3_helper.convert_sd3_controlnet(source, root / f"{name}-ov", weight_format="fp32", base_model=checkpoint)
+        made[name] = (checkpoint, converted("fp32", False, family=plan["family"]), source, folder)
+    return made

@@ -48,25 +48,6 @@ def encode_with_mean(pipe):
 
 
 @pytest.fixture(scope="session")
-def controlnet_models(tiny_checkpoints, converted, tmp_path_factory):
-    """name -> (base checkpoint, our fp32 base folder without T5, the ControlNet checkpoint, its fp32 conversion)."""
-    root = tmp_path_factory.mktemp("controlnets")
-    made = {}
-    plans = {
-        "instantx": dict(family="sd3", options=dict(family="instantx", num_layers=1)),
-        "instantx-2": dict(family="sd3", options=dict(family="instantx", num_layers=1, seed=1)),
-        "sd3.5": dict(family="sd3.5-large", options=dict(family="sd3.5", num_layers=2)),
-        "inpainting": dict(family="sd3", options=dict(family="instantx", num_layers=1, inpainting=True)),
-    }
-    for name, plan in plans.items():
-        checkpoint = tiny_checkpoints(family=plan["family"])
-        source = sd3_helper.make_tiny_sd3_controlnet(checkpoint, root / name, **plan["options"])
-        folder = sd3_helper.convert_sd3_controlnet(source, root / f"{name}-ov", weight_format="fp32", base_model=checkpoint)
-        made[name] = (checkpoint, converted("fp32", False, family=plan["family"]), source, folder)
-    return made
-
-
-@pytest.fixture(scope="session")
 def controlnet_pipelines(controlnet_models):
     """`pipelines(*names, inpainting=False)` -> (ours, diffusers') with those ControlNets, made once each."""
     from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetInpaintingPipeline, StableDiffusion3ControlNetPipeline

@@ -81,9 +81,10 @@ def test_auto_shapes_compile_each_call_shape_and_give_the_dynamic_images(convert
         latent_size = f"{size['height'] // 2},{size['width'] // 2}"
         assert compiled_inputs(auto.transformer) == {
             "hidden_states": f"[{2 * images},4,{latent_size}]",  # guidance doubles the batch
-            "encoder_hidden_states": f"[{2 * images},333,96]",
+            "encoder_hidden_states": f"[{2 * images},78,96]",  # 77 CLIP tokens and T5's zero rows folded into one
             "pooled_projections": f"[{2 * images},80]",
             "timestep": f"[{2 * images}]",
+            "text_attention_bias": "[78]",
         }
         assert compiled_inputs(auto.vae_decoder) == {"latent_sample": f"[{images},4,{latent_size}]"}
     assert auto.transformer.compilations == 3 and len(auto.transformer._compiled) == 1  # one kept: the default bound

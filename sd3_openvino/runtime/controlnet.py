@@ -213,9 +213,9 @@ class ControlNetResiduals:
         self.pooled_text, self.num_layers, self.run_submodel = pooled_text, num_layers, run_submodel
         self.last = None  # the states of the last step computed, for skip-layer guidance's pass
 
-    def __call__(self, latent_model_input: np.ndarray, *, timestep: np.float32, step: int, text: tuple) -> dict[str, np.ndarray] | None:
-        """The transformer's residual states for this step (None when no ControlNet acts: the states stay zero)."""
-        prompt_embeds, pooled_prompt_embeds = text
+    def __call__(self, latent_model_input: np.ndarray, *, timestep: np.float32, step: int, text) -> dict[str, np.ndarray] | None:
+        """The transformer's residual states for this step (None when no ControlNet acts: the states stay zero); `text` is
+        the call's `text_folding.TransformerText`."""
         summed = None
         for index, controlnet in enumerate(self.controlnets):
             scale = self.scales[index] * self.keep[step, index]
@@ -224,12 +224,12 @@ class ControlNetResiduals:
             inputs = dict(
                 hidden_states=latent_model_input,
                 controlnet_cond=self.controlnet_cond(index, batch=latent_model_input.shape[0]),
-                pooled_projections=self.pooled_projections(index, pooled_prompt_embeds=pooled_prompt_embeds),
+                pooled_projections=self.pooled_projections(index, pooled_prompt_embeds=text.pooled),
                 timestep=np.full(latent_model_input.shape[0], timestep, dtype=np.float32),
                 conditioning_scale=np.array([scale], dtype=np.float32),
             )
             if controlnet.reads_text:
-                inputs["encoder_hidden_states"] = prompt_embeds
+                inputs.update(text.attention_inputs(controlnet.submodel))
             outputs = self.run_submodel(controlnet.submodel, **inputs)
             samples = [outputs[f"{CONTROLNET_OUTPUT}.{block}"] for block in range(controlnet.num_blocks)]
             summed = samples if summed is None else [total + sample for total, sample in zip(summed, samples)]

@@ -92,6 +92,7 @@ class OVStableDiffusion3ControlNetPipeline(OVStableDiffusion3Pipeline):
                 raise TypeError("`controlnet` is required: pass a folder written by `convert_sd3_controlnet` (or a list of them).")
             new_pipe.controlnets = pipe.controlnets
             enable_controlnet_states(new_pipe.transformer, where=new_pipe.model_dir / "transformer")
+            new_pipe.enable_text_folding()
         else:
             new_pipe.attach_controlnets(controlnet, device=pipe.transformer.device, ov_config=shared_ov_config(pipe.transformer))
         return new_pipe
@@ -105,6 +106,11 @@ class OVStableDiffusion3ControlNetPipeline(OVStableDiffusion3Pipeline):
             controlnet, core=self.transformer.core, device=submodel_device, ov_config=config, transformer_config=self.transformer.config
         )
         enable_controlnet_states(self.transformer, where=self.model_dir / "transformer")
+        self.enable_text_folding()  # the ControlNets that read the text get its bias too
+
+    def text_attention_models(self) -> list:
+        """The transformer and the ControlNets that read the prompt embeddings (InstantX's)."""
+        return [self.transformer] + [controlnet.submodel for controlnet in self.controlnets if controlnet.reads_text]
 
     def clone_extras(self, twin) -> None:
         """A clone runs its own infer requests on the ControlNets too (see `OVStableDiffusion3Pipeline.clone`)."""

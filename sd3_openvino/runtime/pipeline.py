@@ -58,6 +58,7 @@ from .scheduler import calculate_shift, retrieve_timesteps
 from .shapes import ShapesMixin, call_shape
 from .steps import DEFAULT_STEP_CACHE, SkipLayerGuidance, TaylorSeerCache, TaylorSeerConfig, classifier_free_guidance
 from .submodels import OVSubmodel, physical_memory, release_file_pages
+from .text_folding import TextFoldingMixin, TransformerText
 
 logger = logging.getLogger(__name__)  # truncation warnings of `encode_prompt` come from here, as in diffusers
 
@@ -71,8 +72,9 @@ class SD3PipelineOutput:
 
 
 class OVStableDiffusion3Pipeline(
-    PipelineLoaderMixin, PromptEncodingMixin, LoraLoaderMixin, IPAdapterMixin, LatentPreviewMixin, ShapesMixin, PerformanceMetricsMixin
-):
+    PipelineLoaderMixin, PromptEncodingMixin, LoraLoaderMixin, IPAdapterMixin, LatentPreviewMixin, ShapesMixin, TextFoldingMixin,
+    PerformanceMetricsMixin,
+):  # fmt: skip
     """Text-to-image with Stable Diffusion 3 on OpenVINO, argument for argument like diffusers' pipeline; calls run one at a
     time (thread-safe)."""
 
@@ -111,6 +113,7 @@ class OVStableDiffusion3Pipeline(
         self._pages_released = {}  # submodel name -> the compilation after whose first inference its IR pages went
         self._progress_bar_config = {}
         self._interrupt = False
+        self.fold_text_padding = False  # fold repeated text tokens (`text_folding.py`): `from_pretrained` turns it on
         self.shapes = "dynamic"  # the shapes policy: the IR's own until `from_pretrained` sets one (see `shapes.py`)
         self.on_compile = None  # called with a message when a call compiles the models for its shape (the demo's status)
         self._static_shape = None  # set by `reshape`
@@ -219,6 +222,14 @@ class OVStableDiffusion3Pipeline(
             token_multiple=self.size_rules.multiple, clip_tokens=self.tokenizer_max_length,
         )  # fmt: skip
 
+    def start_call(self) -> None:
+        """A call starts uninterrupted, with the run-time changes of the transformer graph made again where a graph
+        change dropped them (`unload_lora_weights` reads the IR anew): the folded text's bias, an IP-Adapter's image
+        attention."""
+        self._interrupt = False
+        self.enable_text_folding()
+        self.enable_ip_adapter_attention()
+
     # -- 3. Text encoding: `encode_prompt` and `prepare_embeddings` of `PromptEncodingMixin` (prompts.py) ---
 
     # -- 4. Latents ----------------------------------------------------------------------------------------
@@ -277,7 +288,7 @@ class OVStableDiffusion3Pipeline(
         latents: np.ndarray,
         *,
         timestep: np.float32,
-        text: tuple[np.ndarray, np.ndarray],
+        text: TransformerText,
         guidance_scale: float,
         model_input: Callable[[np.ndarray], np.ndarray] | None = None,
         transformer_states: Callable[..., dict | None] | None = None,
@@ -288,7 +299,6 @@ class OVStableDiffusion3Pipeline(
         the states `transformer_states(latent_model_input, timestep=, step=, text=)` gives for this step (a ControlNet's
         residuals) and the adapter inputs of `image_prompt` (an IP-Adapter's, see `ip_adapter_inputs`); returns the flow
         prediction, not yet guided."""
-        encoder_hidden_states, pooled_projections = text
         do_classifier_free_guidance = guidance_scale > 1.0
         latent_model_input = np.concatenate([latents] * 2) if do_classifier_free_guidance else latents
         states = transformer_states(latent_model_input, timestep=timestep, step=step, text=text) if transformer_states else None
@@ -299,13 +309,12 @@ class OVStableDiffusion3Pipeline(
             states=states,
             hidden_states=latent_model_input,
             timestep=np.full(latent_model_input.shape[0], timestep, dtype=np.float32),
-            encoder_hidden_states=encoder_hidden_states,
-            pooled_projections=pooled_projections,
+            **text.inputs(self.transformer),
             **self.ip_adapter_inputs(image_prompt, timestep=timestep, batch=latent_model_input.shape[0]),
         )["out_sample"]
 
     def predict_skipping(
-        self, latents: np.ndarray, *, timestep: np.float32, text: tuple[np.ndarray, np.ndarray], layers: tuple[int, ...], states: dict | None = None,
+        self, latents: np.ndarray, *, timestep: np.float32, text: TransformerText, layers: tuple[int, ...], states: dict | None = None,
         image_prompt=None,
     ) -> np.ndarray:  # fmt: skip
         """One transformer call on `latents` and the positive `text` with the blocks `layers` skipped (the
@@ -314,14 +323,12 @@ class OVStableDiffusion3Pipeline(
         image_inputs = self.ip_adapter_inputs(image_prompt, timestep=timestep, batch=latents.shape[0], positive_only=True)
         mask = np.ones(self.transformer.config["num_layers"], dtype=np.float32)
         mask[list(layers)] = 0.0
-        encoder_hidden_states, pooled_projections = text
         with self.metrics_recorder.infer(self.transformer):  # the one inference that does not go through `run_submodel`
             return self.transformer.call_with_states(
                 {BLOCK_MASK: mask, **(states or {})},
                 hidden_states=latents,
                 timestep=np.full(latents.shape[0], timestep, dtype=np.float32),
-                encoder_hidden_states=encoder_hidden_states,
-                pooled_projections=pooled_projections,
+                **text.inputs(self.transformer),
                 **image_inputs,
             )["out_sample"]
 
@@ -353,8 +360,8 @@ class OVStableDiffusion3Pipeline(
         model_input = getattr(conditioning, "model_input", None)
         after_step = getattr(conditioning, "after_step", None)
         transformer_states = getattr(conditioning, "transformer_states", None)
-        text = (prompt_embeds, pooled_prompt_embeds)
-        positive_text = tuple(array[len(array) // 2 :] for array in text)  # guidance batches are [negative, positive]
+        text = self.transformer_text(prompt_embeds, pooled_prompt_embeds)  # repeated trailing tokens folded (text_folding.py)
+        positive_text = text.positive()  # guidance batches are [negative, positive]
         cache = TaylorSeerCache(taylorseer, num_steps=len(timesteps)) if taylorseer else None
         for step, t in enumerate(tqdm(timesteps, **self._progress_bar_config)):
             if self.interrupt:
@@ -473,18 +480,18 @@ class OVStableDiffusion3Pipeline(
         returns_torch = wants_torch(generator, latents, *embeds.values()) or (image_inputs is not None and image_inputs.torch_inputs)
         generator = as_generator(generator)  # a seed: one stream for the whole call
         with self._call_lock:
-            self.fit_call_shape(call_shape(
-                height=height, width=width, batch_size=batch_size, num_images_per_prompt=num_images_per_prompt,
-                do_classifier_free_guidance=do_classifier_free_guidance, max_sequence_length=max_sequence_length,
-            ), transformer_batch_varies=skip_layer_guidance is not None)  # fmt: skip
-            self._interrupt = False
+            self.start_call()
 
-            # 3. Encode prompt, and the image prompt of an IP-Adapter
+            # 3. Encode prompt (the models then compiled for the call's shape), and the image prompt of an IP-Adapter
             prompt_embeds, pooled_prompt_embeds = self.prepare_embeddings(
                 prompts=dict(prompt=prompt, negative_prompt=negative_prompt, **other_prompts), **embeds,
                 do_classifier_free_guidance=do_classifier_free_guidance, num_images_per_prompt=num_images_per_prompt,
                 clip_skip=clip_skip, max_sequence_length=max_sequence_length,
             )  # fmt: skip
+            self.fit_call_shape(call_shape(
+                height=height, width=width, batch_size=batch_size, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
+                do_classifier_free_guidance=do_classifier_free_guidance, text_tokens=self.transformer_text(prompt_embeds, pooled_prompt_embeds).tokens,
+            ), transformer_batch_varies=skip_layer_guidance is not None)  # fmt: skip
             image_prompt = self.prepare_image_prompt(
                 ip_adapter_image, ip_adapter_image_embeds, batch_size=batch_size, num_images=batch_size * num_images_per_prompt,
                 do_classifier_free_guidance=do_classifier_free_guidance,

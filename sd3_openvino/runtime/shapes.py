@@ -12,7 +12,8 @@ Shapes policies:
 - "dynamic": every model accepts any size, compiled once (more memory at large sizes; no compilation per size).
 - "static": `reshape()` at load for the default call (the native size, one image, guidance on); another call raises.
 
-Imports the layout (for the generation defaults), `runtime/submodels.py` (type hints) and `runtime/vae_tiling.py`.
+Imports the layout (for the generation defaults), `runtime/submodels.py` (type hints), `runtime/text_folding.py` (the
+text's tokens) and `runtime/vae_tiling.py`.
 """
 
 import logging
@@ -20,6 +21,7 @@ from typing import Callable
 
 from ..core.layout import GENERATION_DEFAULTS, SizeRules
 from .submodels import OVSubmodel
+from .text_folding import TEXT_ATTENTION_BIAS, has_text_attention_bias
 from .vae_tiling import TILE_OVERLAP_FACTOR, VaeTiling
 
 SHAPES_POLICIES = ("auto", "dynamic", "static")
@@ -37,9 +39,11 @@ def check_shapes_policy(shapes, *, max_compiled_shapes) -> None:
 
 
 def call_shape(
-    *, height: int, width: int, batch_size: int, num_images_per_prompt: int, do_classifier_free_guidance: bool, max_sequence_length: int
-) -> dict:
-    """What fixes every input shape of one kind of call (see `ShapesMixin.reshape`)."""
+    *, height: int, width: int, batch_size: int, num_images_per_prompt: int, do_classifier_free_guidance: bool, max_sequence_length: int,
+    text_tokens: int,
+) -> dict:  # fmt: skip
+    """What fixes every input shape of one kind of call (see `ShapesMixin.reshape`); `text_tokens`: the transformer's
+    (after folding, `text_folding.py`)."""
     return dict(
         height=height,
         width=width,
@@ -47,6 +51,7 @@ def call_shape(
         num_images_per_prompt=num_images_per_prompt,
         do_classifier_free_guidance=do_classifier_free_guidance,
         max_sequence_length=max_sequence_length,
+        text_tokens=text_tokens,
     )
 
 
@@ -89,9 +94,7 @@ class ShapesMixin:
         """Make the models ready for a call of `shape` (a `call_shape`): under "static" check it is the reshaped one,
         under "auto" give the transformer and VAE decoder its shapes (they compile on first use, or come from the
         shapes kept compiled), under "dynamic" nothing. `transformer_batch_varies`: the call runs the transformer on
-        two batch sizes (skip-layer guidance), so its batch stays dynamic. An IP-Adapter's image attention is stitched
-        into the transformer graph first if a graph change dropped it (`unload_lora_weights` reads the IR anew)."""
-        self.enable_ip_adapter_attention()
+        two batch sizes (skip-layer guidance), so its batch stays dynamic."""
         if self.shapes == "static":
             self._check_static_shape(shape)
         elif self.shapes == "auto":
@@ -125,6 +128,7 @@ class ShapesMixin:
         height = self.size_rules.default if height is None else height
         width = self.size_rules.default if width is None else width
         self.size_rules.check(height=height, width=width)
+        self.enable_text_folding()
         shape = call_shape(
             height=height,
             width=width,
@@ -132,6 +136,7 @@ class ShapesMixin:
             num_images_per_prompt=num_images_per_prompt,
             do_classifier_free_guidance=do_classifier_free_guidance,
             max_sequence_length=max_sequence_length,
+            text_tokens=self.expected_text_tokens(max_sequence_length),
         )
         text_batch = batch_size * (2 if do_classifier_free_guidance else 1)  # positive and negative prompts go through together
         for encoder in (self.text_encoder, self.text_encoder_2):
@@ -152,9 +157,10 @@ class ShapesMixin:
         config = self.transformer.config
         return {
             "hidden_states": [batch, config["in_channels"], shape["height"] // self.vae_scale_factor, shape["width"] // self.vae_scale_factor],
-            "encoder_hidden_states": [batch, self.tokenizer_max_length + shape["max_sequence_length"], config["joint_attention_dim"]],
+            "encoder_hidden_states": [batch, shape["text_tokens"], config["joint_attention_dim"]],
             "pooled_projections": [batch, config["pooled_projection_dim"]],
             "timestep": [batch],
+            **({TEXT_ATTENTION_BIAS: [shape["text_tokens"]]} if has_text_attention_bias(self.transformer.model) else {}),
             **(self.ip_adapter.input_shapes(batch) if self.ip_adapter is not None else {}),
         }
 
