@@ -12,6 +12,7 @@ import sd3_openvino.export.conversion as sd3_conversion
 import sd3_helper
 import sd3_openvino.core.files as sd3_layout
 import sd3_openvino.export.quantization as sd3_quantization
+from sd3_openvino.core.layout import CONVERSION_RECORD
 from conftest import F32, psnr
 
 NUM_SAMPLES = 8  # transformer calls recorded for calibration: 2 images of 4 steps
@@ -172,6 +173,27 @@ def test_rejects_wrong_sources_and_foreign_outputs(converted, hybrid, tmp_path):
     with pytest.raises(ValueError, match="overwrite=True"):
         quantize(converted("fp16"), foreign)
     assert (foreign / "model_index.json").is_file(), "a refused call leaves a complete folder complete"
+
+
+def test_smooth_quant_off_is_recorded_and_leaves_activations_unscaled(converted, hybrid, tmp_path):
+    """SmoothQuant scales activations by a Multiply per channel ahead of the quantizer (its weights take the inverse):
+    with `smooth_quant_alpha=-1` there is none, and the record says so."""
+    plain = quantize(converted("fp16"), tmp_path / "no-smooth-quant", smooth_quant_alpha=-1.0)
+    record = json.loads((plain / CONVERSION_RECORD).read_text())
+    assert record["options"]["smooth_quant_alpha"] == -1.0
+    assert "smooth_quant_alpha" not in json.loads((hybrid / CONVERSION_RECORD).read_text())["options"]
+
+    def scales(folder):
+        model = ov.Core().read_model(folder / "transformer" / "openvino_model.xml")
+        return [op for op in model.get_ops() if op.get_type_name() == "Multiply" and "smooth_quant" in op.get_friendly_name()]
+
+    assert scales(hybrid) and not scales(plain)
+
+
+@pytest.mark.parametrize("alpha", ["strong", True, 1.5, [0.5]])
+def test_a_bad_smooth_quant_alpha_is_named_before_anything_is_read(tmp_path, alpha):
+    with pytest.raises(ValueError, match=r"`smooth_quant_alpha` has to be None \(NNCF's default\), a number up to 1, or negative"):
+        sd3_quantization.quantize_sd3(tmp_path / "missing", tmp_path / "out", smooth_quant_alpha=alpha)
 
 
 def test_calibration_prompts(tmp_path):

@@ -94,7 +94,8 @@ def _check_source(model_dir: Path, submodels: list[str]) -> None:
 
 def _calibration_data(collect, model_dir: Path, *, calibration: dict, device: str, ov_config: dict | None, **overrides):
     """`collect(pipe, **calibration, **overrides)` with the fp16 pipeline of `model_dir`, freed afterwards."""
-    pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device, ov_config=ov_config, compile=False)
+    # the IR's own inputs, unfolded: the graph being quantized is the converted one, without `text_attention_bias`
+    pipe = OVStableDiffusion3Pipeline.from_pretrained(model_dir, device=device, ov_config=ov_config, compile=False, fold_text_padding=False)
     pipe.set_progress_bar_config(disable=True)
     data = collect(pipe, **{**calibration, **overrides})
     del pipe  # frees the compiled models before NNCF compiles its own
@@ -102,13 +103,13 @@ def _calibration_data(collect, model_dir: Path, *, calibration: dict, device: st
     return data
 
 
-def _quantized_transformer(model_dir: Path, *, calibration: dict, device: str, ov_config: dict | None):
+def _quantized_transformer(model_dir: Path, *, calibration: dict, smooth_quant_alpha: float | None, device: str, ov_config: dict | None):
     """Collect calibration data with the fp16 pipeline of `model_dir`, then quantize its transformer."""
     import openvino as ov
 
     calibration_data = _calibration_data(collect_calibration_data, model_dir, calibration=calibration, device=device, ov_config=ov_config)
     ov_model = ov.Core().read_model(model_dir / "transformer" / OV_MODEL_XML)
-    return quantize_transformer(ov_model, calibration_data)
+    return quantize_transformer(ov_model, calibration_data, smooth_quant_alpha=smooth_quant_alpha)
 
 
 def quantize_sd3(
@@ -124,6 +125,7 @@ def quantize_sd3(
     width: int | None = None,
     quantize_vae: bool = False,
     vae_num_samples: int = DEFAULT_VAE_NUM_SAMPLES,
+    smooth_quant_alpha: float | None = None,
     device: str = "CPU",
     ov_config: dict | None = None,
     overwrite: bool = False,
@@ -137,11 +139,17 @@ def quantize_sd3(
     OpenVINO properties `ov_config`; `seed` fixes the prompts, negative prompts and latents. The other submodels
     get int8 weights. With `quantize_vae=True` the VAE decoder and encoder are quantized too
     (`quantize_vae_model`), calibrated on `vae_num_samples` whole generations of the same settings (see
-    `collect_vae_calibration_data`). The choices are explained in docs/quantization.md.
+    `collect_vae_calibration_data`). `smooth_quant_alpha` overrides NNCF's SmoothQuant strength for the transformer's
+    MatMuls; a negative value turns SmoothQuant off, which at SD3 Medium's full depth keeps the peak memory under what a
+    24 GB machine has (SmoothQuant's rescaled weights are a second copy). The choices are explained in docs/quantization.md.
 
     The folder is written atomically (staging folders, `model_index.json` last), in the layout `convert_sd3`
     writes; finished submodels are kept unless `overwrite=True`. Returns `output_dir`.
     """
+    if smooth_quant_alpha is not None and (isinstance(smooth_quant_alpha, bool) or not isinstance(smooth_quant_alpha, (int, float)) or smooth_quant_alpha > 1):
+        raise ValueError(
+            f"`smooth_quant_alpha` has to be None (NNCF's default), a number up to 1, or negative (SmoothQuant off) but is {smooth_quant_alpha!r:.80}."
+        )
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     submodels = [item.name for item in SUBMODEL_EXPORTS if is_converted(model_dir / item.name)]
     _check_source(model_dir, submodels)
@@ -159,7 +167,7 @@ def quantize_sd3(
     )
     vae_calibration = vae_calibration_settings(quantize_vae=quantize_vae, num_samples=vae_num_samples)
     source_record = read_conversion_record(model_dir) or {"source": {"folder_fingerprint": checkpoint_fingerprint(model_dir)}}
-    record = hybrid_record(source_record, calibration=calibration, vae_calibration=vae_calibration)
+    record = hybrid_record(source_record, calibration=calibration, vae_calibration=vae_calibration, smooth_quant_alpha=smooth_quant_alpha)
     with model_folder(
         output_dir,
         record=record,
@@ -168,7 +176,7 @@ def quantize_sd3(
         weight_format=HYBRID_WEIGHT_FORMAT,
         overwrite=overwrite,
     ) as folder:
-        quantize_kwargs = dict(calibration=calibration, vae_calibration=vae_calibration, device=device, ov_config=ov_config)
+        quantize_kwargs = dict(calibration=calibration, vae_calibration=vae_calibration, smooth_quant_alpha=smooth_quant_alpha, device=device, ov_config=ov_config)
         _quantize_submodels(model_dir, folder, submodels=submodels, **quantize_kwargs)
         for name in COPIED_COMPONENTS:
             if (model_dir / name).is_dir() and folder.needs_component(name):
@@ -184,6 +192,7 @@ def _quantize_submodels(
     submodels: list[str],
     calibration: dict,
     vae_calibration: dict | None,
+    smooth_quant_alpha: float | None,
     device: str,
     ov_config: dict | None,
 ) -> None:
@@ -200,7 +209,7 @@ def _quantize_submodels(
             tqdm.write(f"{name}: already quantized, skipped")
             continue
         if name == "transformer":
-            ov_model = _quantized_transformer(model_dir, calibration=calibration, device=device, ov_config=ov_config)
+            ov_model = _quantized_transformer(model_dir, calibration=calibration, smooth_quant_alpha=smooth_quant_alpha, device=device, ov_config=ov_config)
         elif vae_calibration is not None and name in VAE_SUBMODELS:
             vae_data = vae_data or _calibration_data(
                 collect_vae_calibration_data,

@@ -71,13 +71,15 @@ def conversion_record(
     return {"source": source, "options": options}
 
 
-def hybrid_record(source_record: dict, *, calibration: dict, vae_calibration: dict | None = None) -> dict:
+def hybrid_record(source_record: dict, *, calibration: dict, vae_calibration: dict | None = None, smooth_quant_alpha: float | None = None) -> dict:
     """The conversion record of an int8-hybrid folder: the fp16 folder's source, its options with weight_format
     int8-hybrid, and the calibration settings (the prompts as a digest); with an int8 VAE, `quantize_vae: true`
-    and `vae_calibration`."""
+    and `vae_calibration`; with `smooth_quant_alpha`, that too."""
     prompts_digest = hashlib.sha256("\n".join(calibration["prompts"]).encode()).hexdigest()
     settings = {key: value for key, value in calibration.items() if key != "prompts"} | {"prompts_sha256": prompts_digest}
     options = {**source_record.get("options", {}), "weight_format": HYBRID_WEIGHT_FORMAT, "calibration": settings}
     if vae_calibration is not None:  # absent otherwise, so folders written before the option keep their record
         options |= {"quantize_vae": True, "vae_calibration": vae_calibration}
+    if smooth_quant_alpha is not None:  # likewise
+        options |= {"smooth_quant_alpha": smooth_quant_alpha}
     return {"source": source_record.get("source", {}), "options": options}
