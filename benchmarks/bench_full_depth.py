@@ -3,10 +3,15 @@ optimum-intel on the same folders.
 
     python benchmarks/bench_full_depth.py                  # every run below (about an hour on 2 cores)
     python benchmarks/bench_full_depth.py --only genai-fp16 ours-fp16
+    python benchmarks/bench_full_depth.py --prepare-only   # build and convert the folders, run nothing
 
-The folders are `bench_full_depth_memory.py`'s SD3-Medium-shaped ones (24 transformer layers, the real CLIP-L/G and
-VAE, no T5, random weights, which time like trained ones): `<work-dir>/sd3-medium-shaped-24-layers-{fp16,int8,
-int8-hybrid}`; the fastest path is a view of the int8-hybrid folder with the int8 folder's VAE decoder (int8 weights).
+The folders are `bench_checkpoint.py`'s SD3-Medium-shaped checkpoint (24 transformer layers, the real CLIP-L/G and
+VAE, no T5, random weights, which time like real ones) converted without T5: `<work-dir>/sd3-medium-shaped-24-layers-
+{fp16,int8,int8-hybrid}`, each made in a process of its own when missing. int8-hybrid is `quantize_sd3` on the fp16
+folder calibrated on `--hybrid-samples` transformer calls at `--hybrid-size` pixels, SmoothQuant off by default
+(`quantize_sd3`'s defaults, 200 calls at 512x512 with SmoothQuant, need more than the 23.5 GB of a 2-core VM at full
+depth: killed at 22.5 GB, and at 22 GB with 28 calls at 256x256; these settings change the ranges, not the work of a step). The
+fastest path is a view of the int8-hybrid folder with the int8 folder's VAE decoder (int8 weights).
 Every run is a fresh process (its peak RSS is its own): load, one 2-step call (the compilation of "auto" shapes and
 the first-call costs), then the timed call. Ours reports its stages with `get_performance_metrics()`, genai with its
 own performance metrics, optimum-intel by the `callback_on_step_end` marks and the call's wall time. Runs that
@@ -32,7 +37,6 @@ PROMPT = "A raccoon trapped inside a glass jar full of colorful candies, the bac
 SEED = 141
 GUIDANCE_SCALE = 5.0
 WARMUP_STEPS = 2
-FOLDER_STEM = "sd3-medium-shaped-24-layers"
 FULL_CACHE = {"cache_dir": "cache-fp16-full", "ov_config": {"CACHE_MODE": "OPTIMIZE_SPEED"}}  # blobs with the weights
 # name -> (runtime, folder, options, size key); options of ours are `from_pretrained` / call keywords.
 RUNS = {
@@ -63,7 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-steps", type=int, default=2)
     parser.add_argument("--only", nargs="+", default=None, help="run names (or their beginnings) to run")
     parser.add_argument("--rounds", type=int, default=1, help="visit the runs this many times, in turn; each row is its median round")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/bench_full_depth_24-layers"))
+    parser.add_argument("--layers", type=int, default=24, help="transformer blocks (24: SD3 Medium; 2: the quick proxy)")
+    parser.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/bench_full_depth_<layers>-layers")
+    parser.add_argument("--hybrid-samples", type=int, default=28, help="int8-hybrid calibration: transformer calls recorded")
+    parser.add_argument("--hybrid-size", type=int, default=256, help="int8-hybrid calibration: image side in pixels")
+    parser.add_argument("--hybrid-smooth-quant-alpha", type=float, default=-1.0, help="int8-hybrid: NNCF's SmoothQuant strength (negative: off, which fits 24 GB)")
+    parser.add_argument("--prepare-only", action="store_true", help="build and convert the missing folders, then stop")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -163,7 +172,29 @@ def run_cli(task: dict) -> dict:
     return {"image_s": time.perf_counter() - started, "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
 
 
-RUNNERS = {"ours": run_ours, "genai": run_genai, "optimum": run_optimum, "cli": run_cli}
+def run_prepare(task: dict) -> dict:
+    """Build the checkpoint and convert it to one weight format (`task["weight_format"]`), in this process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_checkpoint import build_checkpoint
+
+    from sd3_helper import convert_sd3, quantize_sd3
+
+    work_dir, weight_format, stem = Path(task["work_dir"]), task["weight_format"], folder_stem(task.get("layers", 24))
+    checkpoint = build_checkpoint(work_dir, layers=task.get("layers", 24))
+    output_dir = work_dir / f"{stem}-{weight_format}"
+    started = time.perf_counter()
+    if weight_format == "int8-hybrid":
+        size = task["hybrid_size"]
+        quantize_sd3(
+            work_dir / f"{stem}-fp16", output_dir, num_samples=task["hybrid_samples"], height=size, width=size,
+            smooth_quant_alpha=task.get("hybrid_smooth_quant_alpha"),
+        )  # fmt: skip
+    else:
+        convert_sd3(checkpoint, output_dir, load_t5=False, weight_format=weight_format)
+    return {"seconds": time.perf_counter() - started}
+
+
+RUNNERS = {"ours": run_ours, "genai": run_genai, "optimum": run_optimum, "cli": run_cli, "prepare": run_prepare}
 
 
 def worker(task_path: Path) -> int:
@@ -179,25 +210,48 @@ def worker(task_path: Path) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def fastest_view(work_dir: Path) -> Path:
+def folder_stem(layers: int) -> str:
+    """The converted folders' name before the weight format (`bench_checkpoint.build_checkpoint`'s checkpoint name)."""
+    return f"sd3-medium-shaped-{layers}-layers"
+
+
+def fastest_view(work_dir: Path, *, layers: int) -> Path:
     """The int8-hybrid folder with the int8 folder's VAE decoder, as a folder of links."""
-    view, hybrid = work_dir / f"{FOLDER_STEM}-fastest", work_dir / f"{FOLDER_STEM}-int8-hybrid"
+    stem = folder_stem(layers)
+    view, hybrid = work_dir / f"{stem}-fastest", work_dir / f"{stem}-int8-hybrid"
     view.mkdir(exist_ok=True)
     for item in hybrid.iterdir():
-        source = work_dir / f"{FOLDER_STEM}-int8" / item.name if item.name == "vae_decoder" else item
+        source = work_dir / f"{stem}-int8" / item.name if item.name == "vae_decoder" else item
         link = view / item.name
         if not link.is_symlink():
             link.symlink_to(source.resolve())
     return view
 
 
+def prepare(args: argparse.Namespace, logs: Path) -> None:
+    """Make the missing folders (fp16 first: int8-hybrid is quantized from it), each in a process of its own."""
+    for weight_format in ("fp16", "int8", "int8-hybrid"):
+        if (args.work_dir / f"{folder_stem(args.layers)}-{weight_format}" / "model_index.json").is_file():
+            continue
+        task = {"runtime": "prepare", "work_dir": str(args.work_dir), "weight_format": weight_format, "layers": args.layers}
+        task.update(hybrid_samples=args.hybrid_samples, hybrid_size=args.hybrid_size, hybrid_smooth_quant_alpha=args.hybrid_smooth_quant_alpha)
+        task.update(result_path=str(logs / f"prepare-{weight_format}.json"))
+        (logs / f"prepare-{weight_format}.task.json").write_text(json.dumps(task))
+        print(f"[{time.strftime('%H:%M:%S')}] preparing {weight_format}", flush=True)
+        with open(logs / f"prepare-{weight_format}.log", "w") as log:
+            command = [sys.executable, __file__, "--worker", str(logs / f"prepare-{weight_format}.task.json")]
+            process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        if process.returncode != 0:  # the runs on this folder report it missing
+            print(f"preparing {weight_format} failed with exit status {process.returncode} (log: {logs / f'prepare-{weight_format}.log'})", flush=True)
+
+
 def run_one(name: str, spec: tuple, args: argparse.Namespace, logs: Path) -> dict:
     runtime, folder, options, size_key = spec
     options = dict(options)
-    needed = args.work_dir / f"{FOLDER_STEM}-{'int8-hybrid' if folder == 'fastest' else folder}"
+    needed = args.work_dir / f"{folder_stem(args.layers)}-{'int8-hybrid' if folder == 'fastest' else folder}"
     if not (needed / "model_index.json").is_file():  # not built (int8-hybrid: see docs/speed.md)
         return {"name": name, "error": f"no model in {needed}"}
-    folder_path = fastest_view(args.work_dir) if folder == "fastest" else needed
+    folder_path = fastest_view(args.work_dir, layers=args.layers) if folder == "fastest" else needed
     if "cache_dir" in options:
         options["cache_dir"] = str(args.work_dir / options["cache_dir"])
         if options.pop("fresh_cache", False):  # this run's compile is the cold one
@@ -251,12 +305,13 @@ CELLS = {"call_s": ".2f", "transformer_calls": "d", "text_s": ".2f", "decode_s":
 def markdown(rows: list[dict], args: argparse.Namespace, machine: dict) -> str:
     genai_defaults = {row["size"]: row for row in rows if row["name"].startswith("genai-fp16") and "off" not in row["name"] and "error" not in row}
     lines = [
-        f"# Full-depth SD3 Medium on CPU: one image, guidance {GUIDANCE_SCALE}, {args.steps} steps, no T5",
+        f"# {'Full-depth SD3 Medium' if args.layers == 24 else f'SD3 Medium shapes, {args.layers} of 24 layers'} on CPU: one image, "
+        f"guidance {GUIDANCE_SCALE}, {args.steps} steps, no T5",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores ({', '.join(machine['cpu_features'])}), {machine['ram_gb']} GB RAM; "
         f"openvino {machine['versions']['openvino']}, openvino-genai {machine['versions']['openvino-genai']}, "
         f"optimum-intel {machine['versions']['optimum-intel']}; {machine['date']}. Random weights of SD3 Medium's shapes "
-        "(24 transformer layers, real CLIP-L/G and VAE). Each visit a fresh process; rows run once in this order, except "
+        f"({args.layers} transformer layers, real CLIP-L/G and VAE). Each visit a fresh process; rows run once in this order, except "
         "those with alternating rounds (visited in turn in a later run; their median round).",
         "",
         "| run | image (s) | ÷ genai default | s per transformer step | transformer calls | text (s) | decode (s) | load (s) | compile in 1st call (s) | peak RSS (GB) |",
@@ -286,8 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
         return worker(args.worker)
+    args.output = args.output or Path(f"benchmarks/results/bench_full_depth_{args.layers}-layers")
     logs = args.work_dir / "full-depth-logs"
     logs.mkdir(parents=True, exist_ok=True)
+    prepare(args, logs)
+    if args.prepare_only:
+        return 0
     names = [name for name in RUNS if args.only is None or any(name.startswith(prefix) for prefix in args.only)]
     machine, rows = machine_description(), []
     if args.only is not None and args.output.with_suffix(".json").is_file():  # rerun some rows of an earlier run
