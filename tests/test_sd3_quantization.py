@@ -90,9 +90,12 @@ def test_layer_groups_follow_the_config(converted):
         sd3_quantization.transformer_ignored_scope(ov.Core().read_model(folder / "transformer" / "openvino_model.xml"), groups=("attention",))
 
 
-def test_hybrid_pipeline_generates_close_to_fp16(ov_pipeline, hybrid):
-    reference = ov_pipeline("fp16")
-    pipeline = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(hybrid, ov_config=F32)
+def test_hybrid_pipeline_generates_close_to_fp16(converted, hybrid):
+    """Quantization's error alone, on the graphs as converted: with text folding the int8 attention runs another CPU
+    kernel (a masked one), which measured 41.7-43.4 dB here on an AMX Xeon (2026-12-08)."""
+    reference = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(converted("fp16"), ov_config=F32, fold_text_padding=False)
+    reference.set_progress_bar_config(disable=True)
+    pipeline = sd3_helper.OVStableDiffusion3Pipeline.from_pretrained(hybrid, ov_config=F32, fold_text_padding=False)
     pipeline.set_progress_bar_config(disable=True)
     values = []
     for seed, prompt in enumerate(["a photo of a cat", "a watercolor painting of a lighthouse at sunset"]):

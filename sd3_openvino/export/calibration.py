@@ -14,6 +14,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..runtime.text_folding import TEXT_ATTENTION_BIAS
+
 CALIBRATION_PROMPTS_FILE = Path(__file__).resolve().parent / "calibration_prompts.txt"
 # Negative prompts drawn for calibration, as in the original tutorial, plus "" (the pipeline's default).
 NEGATIVE_PROMPTS = (
@@ -72,6 +74,7 @@ class RecordingSubmodel:
                 {
                     name: previous[name] if name in previous and np.array_equal(previous[name], value) else np.array(value, copy=True)
                     for name, value in inputs.items()
+                    if name != TEXT_ATTENTION_BIAS  # a run-time input (zeros, unfolded), not the converted IR's
                 }
             )
         return self.submodel(**inputs)
@@ -95,16 +98,19 @@ def calibration_size(pipe, *, height: int | None, width: int | None) -> tuple[in
 
 @contextmanager
 def recording(pipe, name: str, *, max_calls: int) -> Iterator[RecordingSubmodel]:
-    """Wrap `pipe.<name>` in a `RecordingSubmodel` and turn the progress bar off for the block; restore both."""
+    """Wrap `pipe.<name>` in a `RecordingSubmodel` and turn the progress bar and text folding off for the block (the
+    recorded inputs are the converted IR's: unfolded text, no `text_attention_bias`); restore all three."""
     recorder = RecordingSubmodel(getattr(pipe, name), max_calls=max_calls)
-    progress_config = pipe.progress_bar_config
+    progress_config, folds = pipe.progress_bar_config, pipe.fold_text_padding
     setattr(pipe, name, recorder)
     pipe.set_progress_bar_config(disable=True)
+    pipe.fold_text_padding = False
     try:
         yield recorder
     finally:
         setattr(pipe, name, recorder.submodel)
         pipe.set_progress_bar_config(**progress_config)
+        pipe.fold_text_padding = folds
 
 
 def collect_calibration_data(

@@ -481,17 +481,17 @@ class OVStableDiffusion3Pipeline(
         generator = as_generator(generator)  # a seed: one stream for the whole call
         with self._call_lock:
             self.start_call()
+            shape = call_shape(height=height, width=width, batch_size=batch_size, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
+                               do_classifier_free_guidance=do_classifier_free_guidance, text_tokens=self.expected_text_tokens(max_sequence_length))  # fmt: skip
+            self.fit_call_shape(shape, transformer_batch_varies=skip_layer_guidance is not None)
 
-            # 3. Encode prompt (the models then compiled for the call's shape), and the image prompt of an IP-Adapter
+            # 3. Encode prompt, and the image prompt of an IP-Adapter
             prompt_embeds, pooled_prompt_embeds = self.prepare_embeddings(
                 prompts=dict(prompt=prompt, negative_prompt=negative_prompt, **other_prompts), **embeds,
                 do_classifier_free_guidance=do_classifier_free_guidance, num_images_per_prompt=num_images_per_prompt,
                 clip_skip=clip_skip, max_sequence_length=max_sequence_length,
             )  # fmt: skip
-            self.fit_call_shape(call_shape(
-                height=height, width=width, batch_size=batch_size, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
-                do_classifier_free_guidance=do_classifier_free_guidance, text_tokens=self.transformer_text(prompt_embeds, pooled_prompt_embeds).tokens,
-            ), transformer_batch_varies=skip_layer_guidance is not None)  # fmt: skip
+            self.fit_text_tokens(shape, text=self.transformer_text(prompt_embeds, pooled_prompt_embeds), transformer_batch_varies=skip_layer_guidance is not None)
             image_prompt = self.prepare_image_prompt(
                 ip_adapter_image, ip_adapter_image_embeds, batch_size=batch_size, num_images=batch_size * num_images_per_prompt,
                 do_classifier_free_guidance=do_classifier_free_guidance,

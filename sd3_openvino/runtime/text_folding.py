@@ -197,6 +197,12 @@ class TextFoldingMixin:
         """A call's `TransformerText`: folded when `folds_text`."""
         return TransformerText.of(prompt_embeds, pooled_prompt_embeds, clip_tokens=self.tokenizer_max_length, fold=self.folds_text)
 
+    def fit_text_tokens(self, shape: dict, *, text: TransformerText, transformer_batch_varies: bool) -> None:
+        """Fit the models again (`fit_call_shape`) when a call's embeddings give the transformer another number of text
+        tokens than `expected_text_tokens` said (given embeddings that fold, or do not)."""
+        if text.tokens != shape["text_tokens"]:
+            self.fit_call_shape({**shape, "text_tokens": text.tokens}, transformer_batch_varies=transformer_batch_varies)
+
     def expected_text_tokens(self, max_sequence_length: int) -> int:
         """The text tokens the transformer gets for prompts encoded with `max_sequence_length` (static shapes)."""
         folds = self.folds_text and self.text_encoder_3 is None
